@@ -1,0 +1,355 @@
+//! Checkpoint formats. Every format is read into [`NamedTensors`] under the official names
+//! (`blocks.0.attn.qkv.weight`, `predictor_blocks.1.mlp.fc2.bias`, ...) and loaded into the
+//! burn modules with strict key and shape checks.
+//!
+//! * [`official`]: facebookresearch/ijepa `.pth.tar` (zip pickle, read without running Python);
+//! * [`hf`]: Hugging Face `IJepaModel` directories (read and write);
+//! * [`native`]: this project's single-file safetensors checkpoint with a JSON description.
+
+pub mod hf;
+pub mod native;
+pub mod official;
+pub mod pickle_guard;
+pub mod safetensors_io;
+pub mod tensors;
+
+use std::path::{Path, PathBuf};
+
+use burn::tensor::backend::Backend;
+
+pub use tensors::{HostTensor, NamedTensors};
+
+use crate::data::transform::Preprocess;
+use crate::error::{Error, Result};
+use crate::model::config::PRESETS;
+use crate::model::{EncoderConfig, Init, Predictor, PredictorConfig, VisionTransformer};
+use native::Description;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    Official,
+    HuggingFace,
+    Native,
+}
+
+/// What cannot be read from the weights themselves.
+#[derive(Clone, Debug, Default)]
+pub struct LoadOptions {
+    /// Attention heads of the encoder (inferred for the official widths 192...1408).
+    pub num_heads: Option<usize>,
+    /// Attention heads of the predictor (official: the encoder's).
+    pub pred_num_heads: Option<usize>,
+}
+
+/// Any checkpoint, as host tensors plus the model description.
+pub struct Checkpoint {
+    pub path: PathBuf,
+    pub format: Format,
+    pub description: Description,
+    /// Context encoder (the only encoder of HF directories).
+    pub encoder: NamedTensors,
+    pub target_encoder: Option<NamedTensors>,
+    pub predictor: Option<NamedTensors>,
+    /// Every tensor of a native file (training state included), prefixed.
+    pub raw: NamedTensors,
+}
+
+/// Which format `path` holds, looking at the bytes rather than the name.
+pub fn detect(path: &Path) -> Result<(Format, PathBuf)> {
+    if path.is_dir() && hf::is_hf_dir(path) {
+        return Ok((Format::HuggingFace, path.to_path_buf()));
+    }
+    if let Some(file) = native::resolve(path) {
+        let mut head = [0u8; 8];
+        let n = std::fs::File::open(&file)
+            .and_then(|mut f| std::io::Read::read(&mut f, &mut head))
+            .map_err(|e| Error::io(&file, e))?;
+        if official::looks_like_torch(&head[..n]) {
+            return Ok((Format::Official, file));
+        }
+        if native::is_native(&file) {
+            return Ok((Format::Native, file));
+        }
+        if let Some(dir) = file.parent().filter(|d| hf::is_hf_dir(d)) {
+            return Ok((Format::HuggingFace, dir.to_path_buf()));
+        }
+        return Err(Error::format(
+            &file,
+            "not a checkpoint this program knows: expected an official .pth.tar, a native ijepa .safetensors or a Hugging Face directory (config.json + model.safetensors)",
+        ));
+    }
+    if path.is_dir() {
+        return Err(Error::format(
+            path,
+            "folder holds neither config.json + model.safetensors (Hugging Face) nor latest.safetensors (ijepa run)",
+        ));
+    }
+    Err(Error::io(
+        path,
+        std::io::Error::new(std::io::ErrorKind::NotFound, "no such file or folder"),
+    ))
+}
+
+fn heads_for_width(width: usize, given: Option<usize>, what: &str) -> Result<usize> {
+    if let Some(h) = given {
+        return Ok(h);
+    }
+    PRESETS.iter().find(|p| p.1 == width).map(|p| p.3).ok_or_else(|| {
+        Error::Config(format!(
+            "the number of attention heads of the {what} (width {width}) is not stored in official checkpoints and {width} is not an official width: pass --num-heads / --pred-num-heads"
+        ))
+    })
+}
+
+fn dims(named: &NamedTensors, key: &str, path: &Path) -> Result<Vec<usize>> {
+    named
+        .get(key)
+        .map(|t| t.shape.clone())
+        .ok_or_else(|| Error::format(path, format!("state dict has no '{key}'")))
+}
+
+fn count_blocks(named: &NamedTensors, prefix: &str) -> usize {
+    (0..)
+        .take_while(|i| named.contains_key(&format!("{prefix}.{i}.norm1.weight")))
+        .count()
+}
+
+/// Shapes of an official encoder state dict.
+pub fn infer_encoder_config(
+    named: &NamedTensors,
+    opts: &LoadOptions,
+    path: &Path,
+) -> Result<EncoderConfig> {
+    let w = dims(named, "patch_embed.proj.weight", path)?;
+    let pos = dims(named, "pos_embed", path)?;
+    let fc1 = dims(named, "blocks.0.mlp.fc1.weight", path)?;
+    let ([d, c, p, _], [_, n, _]) = (w.as_slice(), pos.as_slice()) else {
+        return Err(Error::format(
+            path,
+            format!("patch_embed.proj.weight {w:?} / pos_embed {pos:?} have the wrong rank"),
+        ));
+    };
+    let grid = (*n as f64).sqrt().round() as usize;
+    if grid * grid != *n {
+        return Err(Error::format(
+            path,
+            format!("pos_embed has {n} tokens, not a square grid"),
+        ));
+    }
+    let cfg = EncoderConfig {
+        image_size: grid * p,
+        patch_size: *p,
+        in_chans: *c,
+        embed_dim: *d,
+        depth: count_blocks(named, "blocks"),
+        num_heads: heads_for_width(*d, opts.num_heads, "encoder")?,
+        mlp_hidden: fc1[0],
+        qkv_bias: named.contains_key("blocks.0.attn.qkv.bias"),
+        layer_norm_eps: 1e-6,
+    };
+    cfg.validate()
+        .map_err(|e| Error::format(path, e.to_string()))?;
+    Ok(cfg)
+}
+
+/// Shapes of an official predictor state dict.
+pub fn infer_predictor_config(
+    named: &NamedTensors,
+    enc: &EncoderConfig,
+    opts: &LoadOptions,
+    path: &Path,
+) -> Result<PredictorConfig> {
+    let embed = dims(named, "predictor_embed.weight", path)?;
+    let fc1 = dims(named, "predictor_blocks.0.mlp.fc1.weight", path)?;
+    let cfg = PredictorConfig {
+        embed_dim: enc.embed_dim,
+        predictor_embed_dim: embed[0],
+        depth: count_blocks(named, "predictor_blocks"),
+        num_heads: opts.pred_num_heads.unwrap_or(enc.num_heads),
+        mlp_hidden: fc1[0],
+        grid: enc.grid(),
+        qkv_bias: enc.qkv_bias,
+        layer_norm_eps: enc.layer_norm_eps,
+    };
+    cfg.validate()
+        .map_err(|e| Error::format(path, e.to_string()))?;
+    Ok(cfg)
+}
+
+impl Checkpoint {
+    pub fn read(path: &Path, opts: &LoadOptions) -> Result<Self> {
+        let (format, path) = detect(path)?;
+        match format {
+            Format::Official => {
+                let ck = official::OfficialCheckpoint::read(&path)?;
+                let enc_cfg = infer_encoder_config(&ck.encoder, opts, &path)?;
+                let pred_cfg = match &ck.predictor {
+                    Some(p) => Some(infer_predictor_config(p, &enc_cfg, opts, &path)?),
+                    None => None,
+                };
+                let pre = Preprocess::imagenet_eval(enc_cfg.image_size, enc_cfg.in_chans);
+                let source = format!("official:{}", path.display());
+                Ok(Self {
+                    description: Description::new(enc_cfg, pred_cfg, pre, source),
+                    format,
+                    encoder: ck.encoder,
+                    target_encoder: ck.target_encoder,
+                    predictor: ck.predictor,
+                    raw: NamedTensors::new(),
+                    path,
+                })
+            }
+            Format::HuggingFace => {
+                let m = hf::read_dir(&path)?;
+                let source = format!("hf:{}", path.display());
+                Ok(Self {
+                    description: Description::new(m.config, None, m.preprocess, source),
+                    format,
+                    encoder: m.encoder,
+                    target_encoder: None,
+                    predictor: None,
+                    raw: NamedTensors::new(),
+                    path,
+                })
+            }
+            Format::Native => {
+                let (description, raw) = native::read(&path)?;
+                let encoder = native::section(&raw, "encoder");
+                let target = native::section(&raw, "target_encoder");
+                let predictor = native::section(&raw, "predictor");
+                Ok(Self {
+                    description,
+                    format,
+                    encoder,
+                    target_encoder: (!target.is_empty()).then_some(target),
+                    predictor: (!predictor.is_empty()).then_some(predictor),
+                    raw,
+                    path,
+                })
+            }
+        }
+    }
+
+    /// The encoder to embed with: `target` (EMA; the paper evaluates it) or `context`.
+    pub fn encoder_tensors(&self, which: EncoderChoice) -> Result<&NamedTensors> {
+        match which {
+            EncoderChoice::Context => Ok(&self.encoder),
+            EncoderChoice::Target => self.target_encoder.as_ref().ok_or_else(|| {
+                Error::format(&self.path, "holds no target encoder (Hugging Face models are the context encoder): use --encoder context")
+            }),
+        }
+    }
+
+    pub fn build_encoder<B: Backend>(
+        &self,
+        which: EncoderChoice,
+        device: &B::Device,
+    ) -> Result<VisionTransformer<B>> {
+        let named = self.encoder_tensors(which)?;
+        build_encoder(
+            &self.description.encoder,
+            named,
+            &format!("{} ({which:?} encoder)", self.path.display()),
+            device,
+        )
+    }
+
+    pub fn build_predictor<B: Backend>(&self, device: &B::Device) -> Result<Predictor<B>> {
+        let (Some(cfg), Some(named)) = (&self.description.predictor, &self.predictor) else {
+            return Err(Error::format(&self.path, "holds no predictor"));
+        };
+        build_predictor(
+            cfg,
+            named,
+            &format!("{} (predictor)", self.path.display()),
+            device,
+        )
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EncoderChoice {
+    Target,
+    Context,
+}
+
+/// Replace a fixed position table with the checkpoint's copy (shape-checked).
+fn load_table<B: Backend>(
+    named: &NamedTensors,
+    key: &str,
+    current: &burn::tensor::Tensor<B, 2>,
+    what: &str,
+) -> Result<Option<burn::tensor::Tensor<B, 2>>> {
+    let Some(t) = named.get(key) else {
+        return Ok(None);
+    };
+    let [n, d] = current.dims();
+    let ok = matches!(t.shape.as_slice(), [1, tn, td] if *tn == n && *td == d) || t.shape == [n, d];
+    if !ok {
+        return Err(Error::Checkpoint(format!(
+            "{what}: {key} has shape {:?}, the model needs [1, {n}, {d}]",
+            t.shape
+        )));
+    }
+    Ok(Some(
+        HostTensor::new(vec![n, d], t.data.clone()).to_tensor(&current.device()),
+    ))
+}
+
+pub fn build_encoder<B: Backend>(
+    cfg: &EncoderConfig,
+    named: &NamedTensors,
+    what: &str,
+    device: &B::Device,
+) -> Result<VisionTransformer<B>> {
+    let model = VisionTransformer::<B>::new(cfg, &mut Init::zeros(), device);
+    let mut model = tensors::load_named::<B, _>(model, named, &["pos_embed"], what)?;
+    if let Some(pos) = load_table(named, "pos_embed", &model.pos_embed, what)? {
+        model.pos_embed = pos;
+    }
+    Ok(model)
+}
+
+pub fn build_predictor<B: Backend>(
+    cfg: &PredictorConfig,
+    named: &NamedTensors,
+    what: &str,
+    device: &B::Device,
+) -> Result<Predictor<B>> {
+    let model = Predictor::<B>::new(cfg, &mut Init::zeros(), device);
+    let mut model = tensors::load_named::<B, _>(model, named, &["predictor_pos_embed"], what)?;
+    if let Some(pos) = load_table(
+        named,
+        "predictor_pos_embed",
+        &model.predictor_pos_embed,
+        what,
+    )? {
+        model.predictor_pos_embed = pos;
+    }
+    Ok(model)
+}
+
+/// Official state dict of an encoder, fixed position table included (`[1, N, D]`).
+pub fn encoder_state<B: Backend>(model: &VisionTransformer<B>) -> NamedTensors {
+    let mut named = tensors::module_to_named::<B, _>(model);
+    let pos = HostTensor::from_tensor(model.pos_embed.clone().unsqueeze::<3>());
+    named.insert("pos_embed".into(), pos);
+    named
+}
+
+/// Official state dict of a predictor, fixed position table included.
+pub fn predictor_state<B: Backend>(model: &Predictor<B>) -> NamedTensors {
+    let mut named = tensors::module_to_named::<B, _>(model);
+    let pos = HostTensor::from_tensor(model.predictor_pos_embed.clone().unsqueeze::<3>());
+    named.insert("predictor_pos_embed".into(), pos);
+    named
+}
+
+/// Prefix every key (`encoder.` ...), for native files.
+pub fn prefixed(prefix: &str, named: NamedTensors) -> NamedTensors {
+    named
+        .into_iter()
+        .map(|(k, v)| (format!("{prefix}.{k}"), v))
+        .collect()
+}

@@ -1,0 +1,120 @@
+//! The official `.pth.tar` checkpoints of facebookresearch/ijepa (spec 1.11): a torch zip
+//! pickle whose top-level dict holds `encoder`, `predictor` and `target_encoder` state dicts with
+//! `module.` prefixes. Read with burn-store's pure-Rust pickle reader after [`pickle_guard`]
+//! has refused anything that would execute code.
+
+use std::io::Read;
+use std::path::Path;
+
+use burn_store::pytorch::PytorchReader;
+
+use super::pickle_guard;
+use super::tensors::{HostTensor, NamedTensors};
+use crate::error::{Error, Result};
+
+/// The three state dicts of an official checkpoint, `module.` stripped. `predictor` and
+/// `target_encoder` are absent from encoder-only files.
+pub struct OfficialCheckpoint {
+    pub encoder: NamedTensors,
+    pub predictor: Option<NamedTensors>,
+    pub target_encoder: Option<NamedTensors>,
+}
+
+/// True when `bytes` start like a PyTorch file (zip archive or raw pickle).
+pub fn looks_like_torch(head: &[u8]) -> bool {
+    head.starts_with(b"PK\x03\x04") || head.first() == Some(&0x80)
+}
+
+/// Refuse files whose pickle references anything but tensors and plain containers.
+pub fn check_pickle_safety(path: &Path) -> Result<()> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let refuse = |why: String| {
+        Error::format(
+            path,
+            format!(
+                "refusing to read this PyTorch file: {why}; only tensors, storages and plain containers are accepted (no Python code is ever run)"
+            ),
+        )
+    };
+    if bytes.starts_with(b"PK\x03\x04") {
+        let mut zip = zip::ZipArchive::new(std::io::Cursor::new(&bytes))
+            .map_err(|e| Error::format(path, format!("not a readable torch zip archive: {e}")))?;
+        let names: Vec<String> = zip
+            .file_names()
+            .filter(|n| n.ends_with("data.pkl"))
+            .map(String::from)
+            .collect();
+        let [name] = names.as_slice() else {
+            return Err(Error::format(
+                path,
+                "zip archive without exactly one data.pkl: not a torch.save file",
+            ));
+        };
+        let mut pickle = Vec::new();
+        zip.by_name(name)
+            .and_then(|mut f| f.read_to_end(&mut pickle).map_err(Into::into))
+            .map_err(|e| Error::format(path, format!("cannot read {name}: {e}")))?;
+        pickle_guard::scan(&pickle, 0).map_err(refuse)?;
+    } else if bytes.first() == Some(&0x80) {
+        // Legacy format: magic, protocol, sys-info and data pickles, then raw storages.
+        let mut pos = 0;
+        for _ in 0..4 {
+            if bytes.get(pos) != Some(&0x80) {
+                break;
+            }
+            pos = pickle_guard::scan(&bytes, pos).map_err(refuse)?;
+        }
+    } else {
+        return Err(Error::format(
+            path,
+            "not a PyTorch checkpoint (neither a zip archive nor a pickle)",
+        ));
+    }
+    Ok(())
+}
+
+fn read_state_dict(path: &Path, key: &str) -> Result<Option<NamedTensors>> {
+    let reader = match PytorchReader::with_top_level_key(path, key) {
+        Ok(r) => r,
+        Err(burn_store::pytorch::PytorchError::KeyNotFound(_)) => return Ok(None),
+        Err(e) => return Err(Error::format(path, format!("cannot read '{key}': {e}"))),
+    };
+    let mut out = NamedTensors::new();
+    for (name, snapshot) in reader.into_tensors() {
+        let data = snapshot
+            .to_data()
+            .map_err(|e| Error::format(path, format!("tensor '{key}.{name}' unreadable: {e:?}")))?;
+        let shape = data.shape.to_vec();
+        let values = data
+            .convert::<f32>()
+            .into_vec::<f32>()
+            .map_err(|e| Error::format(path, format!("tensor '{key}.{name}': {e:?}")))?;
+        let name = name.strip_prefix("module.").unwrap_or(&name).to_string();
+        out.insert(name, HostTensor::new(shape, values));
+    }
+    Ok(Some(out))
+}
+
+impl OfficialCheckpoint {
+    pub fn read(path: &Path) -> Result<Self> {
+        check_pickle_safety(path)?;
+        let encoder = read_state_dict(path, "encoder")?;
+        let target_encoder = read_state_dict(path, "target_encoder")?;
+        let predictor = read_state_dict(path, "predictor")?;
+        let encoder = match (encoder, &target_encoder) {
+            (Some(e), _) => e,
+            (None, Some(t)) => t.clone(),
+            (None, None) => {
+                return Err(Error::format(
+                    path,
+                    "no 'encoder' or 'target_encoder' state dict at the top level: not an I-JEPA checkpoint",
+                ));
+            }
+        };
+        Ok(Self {
+            encoder,
+            predictor,
+            target_encoder,
+        })
+    }
+}

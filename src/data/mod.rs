@@ -1,0 +1,3 @@
+//! Data: image decoding and preprocessing.
+
+pub mod transform;

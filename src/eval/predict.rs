@@ -1,0 +1,64 @@
+//! What the predictor predicts for chosen blocks: one forward pass of the training objective
+//! with every intermediate kept (the arrays of the official reference).
+
+use burn::tensor::Tensor;
+
+use crate::Cpu;
+use crate::checkpoint::{Checkpoint, EncoderChoice, HostTensor};
+use crate::error::{Error, Result};
+use crate::model::MaskIndices;
+use crate::train::loss;
+
+pub struct Prediction {
+    /// `target_encoder(x)`: `[B, N, D]`.
+    pub target_raw: HostTensor,
+    /// `target_encoder(x)`, layer-normed (eps 1e-5, no affine): `[B, N, D]`.
+    pub target_h: HostTensor,
+    /// `target_h` at the target blocks: `[npred*nenc*B, K_pred, D]`.
+    pub targets: HostTensor,
+    /// `encoder(x, masks_enc)`: `[nenc*B, K_enc, D]`.
+    pub context_z: HostTensor,
+    /// `predictor(z, masks_enc, masks_pred)`: same shape as `targets`.
+    pub pred: HostTensor,
+    pub smooth_l1: f64,
+    pub l2: f64,
+}
+
+/// Run the objective on `x [B, C, H, W]` with the given context and target masks.
+pub fn predict(
+    ck: &Checkpoint,
+    x: &HostTensor,
+    masks_enc: &MaskIndices,
+    masks_pred: &MaskIndices,
+) -> Result<Prediction> {
+    let dev = Default::default();
+    let context = ck.build_encoder::<Cpu>(EncoderChoice::Context, &dev)?;
+    let target = ck.build_encoder::<Cpu>(EncoderChoice::Target, &dev)?;
+    let predictor = ck.build_predictor::<Cpu>(&dev)?;
+    let batch = x.shape[0];
+    for (name, m) in [("masks-enc", masks_enc), ("masks-pred", masks_pred)] {
+        if m.batch() != batch {
+            return Err(Error::Shape(format!(
+                "--{name} covers {} images, the input has {batch}",
+                m.batch()
+            )));
+        }
+    }
+    let x: Tensor<Cpu, 4> = x.to_tensor(&dev);
+    let raw = target.forward(x.clone(), None);
+    let h = loss::normalize_targets(raw.clone());
+    let targets = loss::gather_targets(h.clone(), masks_pred, masks_enc.n_masks());
+    let z = context.forward(x, Some(masks_enc));
+    let pred = predictor.forward(z.clone(), masks_enc, masks_pred);
+    let smooth_l1 = loss::smooth_l1(pred.clone(), targets.clone()).into_scalar() as f64;
+    let l2 = loss::l2(pred.clone(), targets.clone()).into_scalar() as f64;
+    Ok(Prediction {
+        target_raw: HostTensor::from_tensor(raw),
+        target_h: HostTensor::from_tensor(h),
+        targets: HostTensor::from_tensor(targets),
+        context_z: HostTensor::from_tensor(z),
+        pred: HostTensor::from_tensor(pred),
+        smooth_l1,
+        l2,
+    })
+}

@@ -1,0 +1,22 @@
+//! I-JEPA (Assran et al., CVPR 2023) in Rust on burn: the official multi-block masks, the ViT
+//! encoder and predictor with the official math and parameter layout, the training objective,
+//! and readers / writers for the official, Hugging Face and native checkpoints.
+//!
+//! Data flows one way: [`data`] -> [`masks`] -> [`model`] -> [`train`] -> [`checkpoint`].
+
+pub mod checkpoint;
+pub mod data;
+pub mod error;
+pub mod eval;
+pub mod fsutil;
+pub mod masks;
+pub mod model;
+pub mod npy;
+pub mod train;
+
+pub use error::{Error, Result};
+
+/// The default CPU backend.
+pub type Cpu = burn::backend::Flex;
+/// The default CPU backend with autodiff, for training.
+pub type CpuAutodiff = burn::backend::Autodiff<Cpu>;

@@ -1,0 +1,190 @@
+//! Model shapes: one config struct for the encoder and one for the predictor, plus the
+//! official `vit_*` presets (spec 1.6).
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// Shapes of a ViT encoder (context or target; both have the same).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EncoderConfig {
+    pub image_size: usize,
+    pub patch_size: usize,
+    pub in_chans: usize,
+    pub embed_dim: usize,
+    pub depth: usize,
+    pub num_heads: usize,
+    /// Hidden width of the MLP (`int(embed_dim * mlp_ratio)` in the official code).
+    pub mlp_hidden: usize,
+    pub qkv_bias: bool,
+    pub layer_norm_eps: f64,
+}
+
+/// Shapes of the narrow predictor.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PredictorConfig {
+    /// Width of the encoder whose tokens it reads and predicts.
+    pub embed_dim: usize,
+    pub predictor_embed_dim: usize,
+    pub depth: usize,
+    pub num_heads: usize,
+    pub mlp_hidden: usize,
+    /// Patch grid side of the encoder (the predictor's position table is `grid x grid`).
+    pub grid: usize,
+    pub qkv_bias: bool,
+    pub layer_norm_eps: f64,
+}
+
+/// `(embed_dim, depth, heads, mlp_ratio)` of the official `vit_*` factories.
+pub const PRESETS: [(&str, usize, usize, usize, f64); 6] = [
+    ("vit_tiny", 192, 12, 3, 4.0),
+    ("vit_small", 384, 12, 6, 4.0),
+    ("vit_base", 768, 12, 12, 4.0),
+    ("vit_large", 1024, 24, 16, 4.0),
+    ("vit_huge", 1280, 32, 16, 4.0),
+    ("vit_giant", 1408, 40, 16, 48.0 / 11.0),
+];
+
+impl EncoderConfig {
+    /// An official preset (`vit_tiny` ... `vit_giant`) at any image and patch size.
+    pub fn preset(
+        name: &str,
+        image_size: usize,
+        patch_size: usize,
+        in_chans: usize,
+    ) -> Result<Self> {
+        let (_, dim, depth, heads, ratio) =
+            PRESETS.iter().find(|p| p.0 == name).ok_or_else(|| {
+                let names: Vec<&str> = PRESETS.iter().map(|p| p.0).collect();
+                Error::Config(format!(
+                    "unknown model preset '{name}' (known: {})",
+                    names.join(", ")
+                ))
+            })?;
+        let cfg = Self {
+            image_size,
+            patch_size,
+            in_chans,
+            embed_dim: *dim,
+            depth: *depth,
+            num_heads: *heads,
+            mlp_hidden: (*dim as f64 * ratio) as usize,
+            qkv_bias: true,
+            layer_norm_eps: 1e-6,
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Patches per side.
+    pub fn grid(&self) -> usize {
+        self.image_size / self.patch_size
+    }
+
+    pub fn num_patches(&self) -> usize {
+        self.grid() * self.grid()
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::Config(m));
+        if self.patch_size == 0 || self.image_size < self.patch_size {
+            return bad(format!(
+                "image_size {} must be at least patch_size {} (> 0)",
+                self.image_size, self.patch_size
+            ));
+        }
+        if self.image_size % self.patch_size != 0 {
+            return bad(format!(
+                "image_size {} is not a multiple of patch_size {}",
+                self.image_size, self.patch_size
+            ));
+        }
+        check_width("embed_dim", self.embed_dim, self.num_heads)?;
+        if self.in_chans == 0 || self.depth == 0 || self.mlp_hidden == 0 {
+            return bad("in_chans, depth and mlp_hidden must be positive".into());
+        }
+        check_eps(self.layer_norm_eps)
+    }
+}
+
+impl PredictorConfig {
+    /// The official `vit_predictor` for an encoder: heads = encoder heads, mlp ratio 4.
+    pub fn for_encoder(
+        enc: &EncoderConfig,
+        predictor_embed_dim: usize,
+        depth: usize,
+        num_heads: usize,
+    ) -> Result<Self> {
+        let cfg = Self {
+            embed_dim: enc.embed_dim,
+            predictor_embed_dim,
+            depth,
+            num_heads,
+            mlp_hidden: predictor_embed_dim * 4,
+            grid: enc.grid(),
+            qkv_bias: enc.qkv_bias,
+            layer_norm_eps: enc.layer_norm_eps,
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn num_patches(&self) -> usize {
+        self.grid * self.grid
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        check_width(
+            "predictor_embed_dim",
+            self.predictor_embed_dim,
+            self.num_heads,
+        )?;
+        if self.embed_dim == 0 || self.depth == 0 || self.mlp_hidden == 0 || self.grid == 0 {
+            return Err(Error::Config(
+                "predictor embed_dim, depth, mlp_hidden and grid must be positive".into(),
+            ));
+        }
+        check_eps(self.layer_norm_eps)
+    }
+}
+
+fn check_width(name: &str, dim: usize, heads: usize) -> Result<()> {
+    if dim == 0 || heads == 0 || dim % heads != 0 {
+        return Err(Error::Config(format!(
+            "{name} {dim} must be a positive multiple of the number of heads {heads}"
+        )));
+    }
+    if dim % 4 != 0 {
+        return Err(Error::Config(format!(
+            "{name} {dim} must be divisible by 4 (2-D sin-cos position embedding)"
+        )));
+    }
+    Ok(())
+}
+
+fn check_eps(eps: f64) -> Result<()> {
+    if !(eps > 0.0 && eps.is_finite()) {
+        return Err(Error::Config(format!(
+            "layer_norm_eps must be positive, got {eps}"
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn presets_have_the_official_widths() {
+        let g = EncoderConfig::preset("vit_giant", 224, 16, 3).unwrap();
+        assert_eq!(
+            (g.embed_dim, g.depth, g.num_heads, g.mlp_hidden),
+            (1408, 40, 16, 6144)
+        );
+        let h = EncoderConfig::preset("vit_huge", 224, 14, 3).unwrap();
+        assert_eq!((h.grid(), h.mlp_hidden), (16, 5120));
+        assert!(EncoderConfig::preset("vit_enormous", 224, 16, 3).is_err());
+        assert!(EncoderConfig::preset("vit_base", 225, 16, 3).is_err());
+    }
+}

@@ -1,0 +1,174 @@
+//! Token selection as the official `apply_masks` / `repeat_interleave_batch` do it, with the
+//! index arithmetic done once on the host and a single `select` on the device.
+
+use burn::tensor::backend::Backend;
+use burn::tensor::{Int, Tensor, TensorData};
+
+use crate::error::{Error, Result};
+
+/// Patch-index sets of one batch, `[n_masks][batch][k]`, every list of the same length `k`
+/// (the collator truncates them to the batch minimum) and every index below `num_patches`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MaskIndices {
+    n_masks: usize,
+    batch: usize,
+    k: usize,
+    /// Row-major `[n_masks, batch, k]`.
+    flat: Vec<usize>,
+}
+
+impl MaskIndices {
+    pub fn new(masks: &[Vec<Vec<usize>>], num_patches: usize) -> Result<Self> {
+        let n_masks = masks.len();
+        let batch = masks.first().map_or(0, |m| m.len());
+        let k = masks.first().and_then(|m| m.first()).map_or(0, |v| v.len());
+        if n_masks == 0 || batch == 0 || k == 0 {
+            return Err(Error::Shape(format!(
+                "mask set must be non-empty, got [{n_masks} masks, {batch} images, {k} indices]"
+            )));
+        }
+        let mut flat = Vec::with_capacity(n_masks * batch * k);
+        for (m, per_image) in masks.iter().enumerate() {
+            if per_image.len() != batch {
+                return Err(Error::Shape(format!(
+                    "mask {m} covers {} images, mask 0 covers {batch}",
+                    per_image.len()
+                )));
+            }
+            for (b, idx) in per_image.iter().enumerate() {
+                if idx.len() != k {
+                    return Err(Error::Shape(format!(
+                        "mask {m} of image {b} has {} indices, expected {k} (all masks of a batch have one length)",
+                        idx.len()
+                    )));
+                }
+                if let Some(bad) = idx.iter().find(|&&i| i >= num_patches) {
+                    return Err(Error::Shape(format!(
+                        "mask {m} of image {b} holds patch index {bad}, the model has {num_patches} patches"
+                    )));
+                }
+                flat.extend_from_slice(idx);
+            }
+        }
+        Ok(Self {
+            n_masks,
+            batch,
+            k,
+            flat,
+        })
+    }
+
+    /// From a `[n_masks, batch, k]` integer array (the layout of the reference `.npy` files).
+    pub fn from_array(shape: &[usize], values: &[i64], num_patches: usize) -> Result<Self> {
+        let [m, b, k] = shape else {
+            return Err(Error::Shape(format!(
+                "mask array must be 3-D [n_masks, batch, k], got {shape:?}"
+            )));
+        };
+        if values.len() != m * b * k {
+            return Err(Error::Shape(format!(
+                "mask array {shape:?} holds {} values",
+                values.len()
+            )));
+        }
+        if let Some(bad) = values.iter().find(|&&v| v < 0) {
+            return Err(Error::Shape(format!(
+                "negative patch index {bad} in mask array"
+            )));
+        }
+        let nested: Vec<Vec<Vec<usize>>> = (0..*m)
+            .map(|mi| {
+                (0..*b)
+                    .map(|bi| {
+                        let start = (mi * b + bi) * k;
+                        values[start..start + k]
+                            .iter()
+                            .map(|&v| v as usize)
+                            .collect()
+                    })
+                    .collect()
+            })
+            .collect();
+        Self::new(&nested, num_patches)
+    }
+
+    pub fn n_masks(&self) -> usize {
+        self.n_masks
+    }
+    pub fn batch(&self) -> usize {
+        self.batch
+    }
+    pub fn k(&self) -> usize {
+        self.k
+    }
+    pub fn as_flat(&self) -> &[usize] {
+        &self.flat
+    }
+
+    /// Nested `[n_masks][batch][k]` copy.
+    pub fn to_nested(&self) -> Vec<Vec<Vec<usize>>> {
+        self.flat
+            .chunks(self.batch * self.k)
+            .map(|m| m.chunks(self.k).map(|v| v.to_vec()).collect())
+            .collect()
+    }
+
+    /// Indices into `[batch * num_patches]` rows for `apply_masks`, then repeated for
+    /// `repeat_interleave_batch(., batch, repeat)`: row order (mask, repeat, image).
+    fn batch_rows(&self, num_patches: usize, repeat: usize) -> Vec<i64> {
+        let mut rows = Vec::with_capacity(self.flat.len() * repeat);
+        for per_mask in self.flat.chunks(self.batch * self.k) {
+            for _ in 0..repeat {
+                for (b, idx) in per_mask.chunks(self.k).enumerate() {
+                    rows.extend(idx.iter().map(|&i| (b * num_patches + i) as i64));
+                }
+            }
+        }
+        rows
+    }
+
+    /// Like `batch_rows` but into a shared `[num_patches]` table (position embeddings).
+    fn table_rows(&self, repeat: usize) -> Vec<i64> {
+        let mut rows = Vec::with_capacity(self.flat.len() * repeat);
+        for per_mask in self.flat.chunks(self.batch * self.k) {
+            for _ in 0..repeat {
+                rows.extend(per_mask.iter().map(|&i| i as i64));
+            }
+        }
+        rows
+    }
+}
+
+fn int_tensor<B: Backend>(rows: Vec<i64>, device: &B::Device) -> Tensor<B, 1, Int> {
+    let n = rows.len();
+    Tensor::from_data(TensorData::new(rows, [n]), device)
+}
+
+/// `repeat_interleave_batch(apply_masks(x, masks), B, repeat)`: `x [B, N, D]` ->
+/// `[n_masks * repeat * B, k, D]`, row `(m*repeat + r)*B + b` = mask m of image b.
+pub fn apply_masks<B: Backend>(
+    x: Tensor<B, 3>,
+    masks: &MaskIndices,
+    repeat: usize,
+) -> Tensor<B, 3> {
+    let [b, n, d] = x.dims();
+    debug_assert_eq!(b, masks.batch);
+    let rows = int_tensor::<B>(masks.batch_rows(n, repeat), &x.device());
+    x.reshape([b * n, d])
+        .select(0, rows)
+        .reshape([masks.n_masks * repeat * b, masks.k, d])
+}
+
+/// Gather rows of a shared `[N, D]` table (position embeddings) for every mask and image:
+/// `[n_masks * repeat * B, k, D]`, same row order as [`apply_masks`].
+pub fn gather_table<B: Backend>(
+    table: Tensor<B, 2>,
+    masks: &MaskIndices,
+    repeat: usize,
+) -> Tensor<B, 3> {
+    let [_, d] = table.dims();
+    let rows = int_tensor::<B>(masks.table_rows(repeat), &table.device());
+    table
+        .select(0, rows)
+        .reshape([masks.n_masks * repeat * masks.batch, masks.k, d])
+}

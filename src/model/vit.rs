@@ -1,0 +1,137 @@
+//! The ViT encoder of the official `VisionTransformer` (spec 1.6): conv patch embedding,
+//! fixed sin-cos positions, optional token selection *before* the blocks, pre-norm blocks,
+//! final LayerNorm. No CLS token.
+
+use burn::module::{Module, Param};
+use burn::tensor::Tensor;
+use burn::tensor::TensorData;
+use burn::tensor::backend::Backend;
+
+use super::config::EncoderConfig;
+use super::gather::{MaskIndices, apply_masks};
+use super::init::Init;
+use super::layers::{Block, BlockDims, LayerNorm};
+use super::pos_embed::sincos_2d;
+
+/// The `Conv2d(C, D, kernel=p, stride=p)` of the official patch embedding, computed as
+/// "cut into patches, flatten each in (channel, y, x) order, multiply": the same numbers as the
+/// convolution and one GEMM on every backend.
+#[derive(Module, Debug)]
+pub struct PatchConv<B: Backend> {
+    /// `[D, C, p, p]`, the PyTorch layout.
+    pub weight: Param<Tensor<B, 4>>,
+    pub bias: Param<Tensor<B, 1>>,
+}
+
+#[derive(Module, Debug)]
+pub struct PatchEmbed<B: Backend> {
+    pub proj: PatchConv<B>,
+    pub patch_size: usize,
+}
+
+impl<B: Backend> PatchEmbed<B> {
+    pub fn new(
+        in_chans: usize,
+        dim: usize,
+        patch: usize,
+        init: &mut Init,
+        device: &B::Device,
+    ) -> Self {
+        Self {
+            proj: PatchConv {
+                weight: Param::from_tensor(init.normal([dim, in_chans, patch, patch], device)),
+                bias: Param::from_tensor(Tensor::zeros([dim], device)),
+            },
+            patch_size: patch,
+        }
+    }
+
+    /// `[B, C, H, W]` -> `[B, N, D]`, tokens row-major over the patch grid.
+    pub fn forward(&self, img: Tensor<B, 4>) -> Tensor<B, 3> {
+        let [b, c, h, w] = img.dims();
+        let p = self.patch_size;
+        let (gh, gw) = (h / p, w / p);
+        let [d, ..] = self.proj.weight.dims();
+        let patches = img
+            .reshape([b, c, gh, p, gw, p])
+            .permute([0, 2, 4, 1, 3, 5])
+            .reshape([b * gh * gw, c * p * p]);
+        let weight = self.proj.weight.val().reshape([d, c * p * p]).transpose();
+        let bias = self.proj.bias.val().unsqueeze::<2>();
+        (patches.matmul(weight) + bias).reshape([b, gh * gw, d])
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct VisionTransformer<B: Backend> {
+    pub patch_embed: PatchEmbed<B>,
+    /// Fixed `[N, D]` sin-cos table: a constant, not a parameter (`requires_grad=False`).
+    pub pos_embed: Tensor<B, 2>,
+    pub blocks: Vec<Block<B>>,
+    pub norm: LayerNorm<B>,
+}
+
+impl<B: Backend> VisionTransformer<B> {
+    /// A freshly initialised encoder (official init order: patch conv, blocks, norm).
+    pub fn new(cfg: &EncoderConfig, init: &mut Init, device: &B::Device) -> Self {
+        let dims = BlockDims {
+            dim: cfg.embed_dim,
+            num_heads: cfg.num_heads,
+            mlp_hidden: cfg.mlp_hidden,
+            qkv_bias: cfg.qkv_bias,
+            eps: cfg.layer_norm_eps,
+        };
+        let patch_embed =
+            PatchEmbed::new(cfg.in_chans, cfg.embed_dim, cfg.patch_size, init, device);
+        let pos = sincos_2d(cfg.embed_dim, cfg.grid());
+        Self {
+            patch_embed,
+            pos_embed: Tensor::from_data(
+                TensorData::new(pos, [cfg.num_patches(), cfg.embed_dim]),
+                device,
+            ),
+            blocks: (0..cfg.depth)
+                .map(|_| Block::new(dims, init, device))
+                .collect(),
+            norm: LayerNorm::new(cfg.embed_dim, cfg.layer_norm_eps, device),
+        }
+    }
+
+    pub fn embed_dim(&self) -> usize {
+        self.pos_embed.dims()[1]
+    }
+
+    pub fn num_patches(&self) -> usize {
+        self.pos_embed.dims()[0]
+    }
+
+    /// Patch embedding plus positions: `[B, N, D]` (HF's `hidden_states[0]`).
+    pub fn embed(&self, img: Tensor<B, 4>) -> Tensor<B, 3> {
+        self.patch_embed.forward(img) + self.pos_embed.clone().unsqueeze::<3>()
+    }
+
+    /// `encoder(imgs, masks)`: keep the listed tokens (concatenated over masks along the batch),
+    /// then blocks and the final norm. `None` runs the full image.
+    pub fn forward(&self, img: Tensor<B, 4>, masks: Option<&MaskIndices>) -> Tensor<B, 3> {
+        let mut x = self.embed(img);
+        if let Some(masks) = masks {
+            x = apply_masks(x, masks, 1);
+        }
+        for block in &self.blocks {
+            x = block.forward(x);
+        }
+        self.norm.forward(x)
+    }
+
+    /// Full-image forward that also returns the input to every block and the last block's
+    /// output (before the final norm): `depth + 1` tensors, as HF's `hidden_states`.
+    pub fn forward_hidden(&self, img: Tensor<B, 4>) -> (Tensor<B, 3>, Vec<Tensor<B, 3>>) {
+        let mut x = self.embed(img);
+        let mut hidden = vec![x.clone()];
+        for block in &self.blocks {
+            x = block.forward(x);
+            hidden.push(x.clone());
+        }
+        (self.norm.forward(x), hidden)
+    }
+}

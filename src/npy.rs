@@ -1,0 +1,109 @@
+//! `.npy` arrays in and out (NumPy's format, via `npyz`), with errors that name the file.
+
+use std::path::Path;
+
+use npyz::{NpyFile, WriterBuilder};
+
+use crate::checkpoint::HostTensor;
+use crate::error::{Error, Result};
+use crate::fsutil::write_atomic;
+
+fn open(path: &Path) -> Result<NpyFile<std::io::BufReader<std::fs::File>>> {
+    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    NpyFile::new(std::io::BufReader::new(file))
+        .map_err(|e| Error::format(path, format!("not a valid .npy file: {e}")))
+}
+
+fn shape_of<R: std::io::Read>(npy: &NpyFile<R>) -> Vec<usize> {
+    npy.shape().iter().map(|&d| d as usize).collect()
+}
+
+/// A float array (f32 or f64 on disk) as f32.
+pub fn read_f32(path: &Path) -> Result<HostTensor> {
+    let npy = open(path)?;
+    let shape = shape_of(&npy);
+    let dtype = npy.dtype().descr().trim_matches('\'').to_string();
+    let bad = |e: std::io::Error| Error::format(path, format!("cannot read the array data: {e}"));
+    let data: Vec<f32> = match dtype.as_str() {
+        "<f4" => npy.into_vec::<f32>().map_err(bad)?,
+        "<f8" => npy
+            .into_vec::<f64>()
+            .map_err(bad)?
+            .into_iter()
+            .map(|v| v as f32)
+            .collect(),
+        other => {
+            return Err(Error::format(
+                path,
+                format!("array has dtype {other}, expected float32 (<f4) or float64"),
+            ));
+        }
+    };
+    if data.len() != shape.iter().product::<usize>() {
+        return Err(Error::format(
+            path,
+            "array data is shorter than its shape says (truncated file?)",
+        ));
+    }
+    Ok(HostTensor::new(shape, data))
+}
+
+/// An integer array (any common integer dtype) as i64, with its shape.
+pub fn read_i64(path: &Path) -> Result<(Vec<usize>, Vec<i64>)> {
+    let npy = open(path)?;
+    let shape = shape_of(&npy);
+    let dtype = npy.dtype().descr().trim_matches('\'').to_string();
+    let bad = |e: std::io::Error| Error::format(path, format!("cannot read the array data: {e}"));
+    let data: Vec<i64> = match dtype.as_str() {
+        "<i8" => npy.into_vec::<i64>().map_err(bad)?,
+        "<i4" => npy
+            .into_vec::<i32>()
+            .map_err(bad)?
+            .into_iter()
+            .map(i64::from)
+            .collect(),
+        "<u4" => npy
+            .into_vec::<u32>()
+            .map_err(bad)?
+            .into_iter()
+            .map(i64::from)
+            .collect(),
+        "<u8" => npy
+            .into_vec::<u64>()
+            .map_err(bad)?
+            .into_iter()
+            .map(|v| v as i64)
+            .collect(),
+        other => {
+            return Err(Error::format(
+                path,
+                format!("array has dtype {other}, expected an integer type (int64)"),
+            ));
+        }
+    };
+    if data.len() != shape.iter().product::<usize>() {
+        return Err(Error::format(
+            path,
+            "array data is shorter than its shape says (truncated file?)",
+        ));
+    }
+    Ok((shape, data))
+}
+
+/// Write a little-endian float32 array atomically.
+pub fn write_f32(path: &Path, shape: &[usize], data: &[f32]) -> Result<()> {
+    let shape: Vec<u64> = shape.iter().map(|&d| d as u64).collect();
+    write_atomic(path, |w| {
+        let mut writer = npyz::WriteOptions::new()
+            .default_dtype()
+            .shape(&shape)
+            .writer(w)
+            .begin_nd()?;
+        writer.extend(data.iter().copied())?;
+        writer.finish()
+    })
+}
+
+pub fn write_host(path: &Path, t: &HostTensor) -> Result<()> {
+    write_f32(path, &t.shape, &t.data)
+}

@@ -1,0 +1,56 @@
+//! The EMA target encoder (spec 1.9 step 4): after every step, for every encoder parameter,
+//! `target = m * target + (1 - m) * online`, in f32 with the scalars rounded to f32 first
+//! (PyTorch's `param_k.mul_(m).add_((1 - m) * param_q)`).
+
+use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
+use burn::tensor::backend::Backend;
+use burn::tensor::{Tensor, TensorPrimitive};
+
+use crate::model::VisionTransformer;
+
+struct Collect<B: Backend> {
+    tensors: Vec<TensorPrimitive<B>>,
+}
+
+impl<B: Backend> ModuleVisitor<B> for Collect<B> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        self.tensors.push(param.val().into_primitive());
+    }
+}
+
+struct Update<B: Backend> {
+    online: std::vec::IntoIter<TensorPrimitive<B>>,
+    m: f32,
+    one_minus_m: f32,
+}
+
+impl<B: Backend> ModuleMapper<B> for Update<B> {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+        let (id, target, mapper) = param.consume();
+        let Some(online) = self.online.next() else {
+            return Param::from_mapped_value(id, target, mapper);
+        };
+        let online = Tensor::<B, D>::from_primitive(online);
+        let updated = target.mul_scalar(self.m) + online.mul_scalar(self.one_minus_m);
+        Param::from_mapped_value(id, updated, mapper)
+    }
+}
+
+/// One EMA step of `target` towards `online` (same architecture, same parameter order).
+/// The fixed position table is a constant equal in both and is left as it is.
+pub fn ema_update<B: Backend>(
+    target: VisionTransformer<B>,
+    online: &VisionTransformer<B>,
+    momentum: f64,
+) -> VisionTransformer<B> {
+    let mut collect = Collect::<B> {
+        tensors: Vec::new(),
+    };
+    online.visit(&mut collect);
+    let mut update = Update::<B> {
+        online: collect.tensors.into_iter(),
+        m: momentum as f32,
+        one_minus_m: (1.0 - momentum) as f32,
+    };
+    target.map(&mut update)
+}

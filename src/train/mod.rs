@@ -1,0 +1,4 @@
+//! Training: the objective, the EMA target.
+
+pub mod ema;
+pub mod loss;

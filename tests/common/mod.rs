@@ -1,0 +1,59 @@
+//! Shared helpers for the integration tests: where the reference data lives and how to
+//! compare arrays.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+
+use ijepa::checkpoint::HostTensor;
+
+/// `../shared/reference` next to the repository, or `$IJEPA_REFERENCE`. A missing reference
+/// folder is a test failure, never a silent skip.
+pub fn reference_dir() -> PathBuf {
+    let dir = std::env::var_os("IJEPA_REFERENCE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/reference"));
+    assert!(
+        dir.join("README.md").is_file(),
+        "reference data not found at {} (set IJEPA_REFERENCE)",
+        dir.display()
+    );
+    dir
+}
+
+pub fn reference(rel: &str) -> PathBuf {
+    reference_dir().join(rel)
+}
+
+pub fn expected_json() -> serde_json::Value {
+    let path = reference("expected.json");
+    serde_json::from_str(&std::fs::read_to_string(&path).expect("read expected.json"))
+        .expect("parse expected.json")
+}
+
+pub fn npy(rel: &str) -> HostTensor {
+    ijepa::npy::read_f32(&reference(rel)).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Assert same shape and max |a - b| <= tol; the message names the array and the worst index.
+pub fn assert_close(name: &str, got: &HostTensor, want: &HostTensor, tol: f32) {
+    assert_eq!(got.shape, want.shape, "{name}: shape");
+    let (mut worst, mut at) = (0f32, 0usize);
+    for (i, (a, b)) in got.data.iter().zip(&want.data).enumerate() {
+        let d = (a - b).abs();
+        if d > worst || d.is_nan() {
+            worst = d;
+            at = i;
+        }
+    }
+    assert!(
+        worst <= tol,
+        "{name}: max |diff| {worst:e} > {tol:e} at flat index {at} (got {}, want {})",
+        got.data[at],
+        want.data[at]
+    );
+    eprintln!("{name}: max |diff| {worst:.2e}");
+}
+
+pub fn ijepa_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_ijepa"))
+}
