@@ -64,11 +64,12 @@ pub fn detect(path: &Path) -> Result<(Format, PathBuf)> {
         let n = std::fs::File::open(&file)
             .and_then(|mut f| std::io::Read::read(&mut f, &mut head))
             .map_err(|e| Error::io(&file, e))?;
-        if official::looks_like_torch(&head[..n]) {
-            return Ok((Format::Official, file));
-        }
+        // Native first: a safetensors header length may start with any byte, 0x80 included.
         if native::is_native(&file) {
             return Ok((Format::Native, file));
+        }
+        if official::looks_like_torch(&head[..n]) {
+            return Ok((Format::Official, file));
         }
         if let Some(dir) = file.parent().filter(|d| hf::is_hf_dir(d)) {
             return Ok((Format::HuggingFace, dir.to_path_buf()));
