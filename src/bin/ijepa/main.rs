@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 mod common;
 mod embed;
 mod export;
+mod masks;
 mod predict;
 
 #[global_allocator]
@@ -26,6 +27,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Sample multi-block masks: statistics and a picture.
+    Masks(masks::Args),
     /// Embed images (or a preprocessed .npy) with an official, Hugging Face or native model.
     Embed(embed::Args),
     /// Run encoder, target encoder and predictor on given masks; write every intermediate.
@@ -37,6 +40,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Masks(a) => masks::run(a),
         Command::Embed(a) => embed::run(a),
         Command::Predict(a) => predict::run(a),
         Command::Export(a) => export::run(a),
