@@ -69,7 +69,7 @@ impl HostTensor {
 pub type NamedTensors = BTreeMap<String, HostTensor>;
 
 /// True for parameters that burn stores transposed: the weights of `Linear` layers.
-fn is_linear_weight(name: &str, rank: usize) -> bool {
+pub(crate) fn is_linear_weight(name: &str, rank: usize) -> bool {
     rank == 2 && name.ends_with(".weight")
 }
 
@@ -154,10 +154,16 @@ impl<B: Backend> ModuleMapper<B> for Load<'_, B> {
         let name = self.path.join(".");
         let (id, tensor, mapper) = param.consume();
         // Keys and shapes were checked before mapping: every lookup succeeds.
+        let require_grad = tensor.is_require_grad();
         let value = match self.named.get(&name) {
             Some(t) if is_linear_weight(&name, D) => t.transposed().to_tensor::<B, D>(&self.device),
             Some(t) => t.to_tensor::<B, D>(&self.device),
             None => tensor,
+        };
+        let value = if require_grad {
+            value.require_grad()
+        } else {
+            value
         };
         Param::from_mapped_value(id, value, mapper)
     }

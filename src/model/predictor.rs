@@ -75,7 +75,9 @@ impl<B: Backend> Predictor<B> {
         // One query per target patch: mask token + the target's position, rows (j, i, b).
         let queries = self.mask_token.val() + gather_table(pos, masks, nenc);
         // Context tiled once per target mask (`x.repeat(npred, 1, 1)`), queries appended.
-        let x = Tensor::cat(vec![x.repeat_dim(0, npred), queries], 1);
+        // (`cat` of copies rather than `repeat_dim`: burn 0.21's autodiff backward of
+        // `repeat_dim` sums the copies as if they were interleaved, which is wrong for a tile.)
+        let x = Tensor::cat(vec![Tensor::cat(vec![x; npred], 0), queries], 1);
 
         let mut x = x;
         for block in &self.predictor_blocks {

@@ -1,4 +1,8 @@
-//! Training: the objective, the EMA target.
+//! Training: the objective, the schedules, AdamW with the official parameter groups, the EMA
+//! target, and one iteration in the official order.
 
 pub mod ema;
 pub mod loss;
+pub mod optim;
+pub mod schedule;
+pub mod step;

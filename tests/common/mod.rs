@@ -57,3 +57,10 @@ pub fn assert_close(name: &str, got: &HostTensor, want: &HostTensor, tol: f32) {
 pub fn ijepa_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_ijepa"))
 }
+
+/// Like [`assert_close`] with a tolerance relative to the largest |want| (for gradients, whose
+/// scale can be far below the absolute tolerance).
+pub fn assert_close_rel(name: &str, got: &HostTensor, want: &HostTensor, rel: f32) {
+    let scale = want.data.iter().fold(0f32, |m, v| m.max(v.abs()));
+    assert_close(name, got, want, rel * scale + 1e-12);
+}

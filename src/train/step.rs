@@ -1,0 +1,131 @@
+//! One training iteration in the official order (spec 1.9):
+//! target encoder on the full image (no grad) -> layer norm -> gather the target blocks;
+//! context encoder on the context tokens -> predictor -> loss; backward; AdamW; EMA.
+
+use burn::module::AutodiffModule;
+use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::{ElementConversion, Tensor};
+
+use super::loss::{self, LossKind};
+use super::optim::{AdamW, StepHyper, TensorMap, collect_grads, grad_norm};
+use crate::error::{Error, Result};
+use crate::model::{MaskIndices, Predictor, VisionTransformer};
+
+/// The three networks of I-JEPA: the context encoder and the predictor train; the target
+/// encoder is their EMA and lives on the inner (non-autodiff) backend.
+pub struct Networks<B: AutodiffBackend> {
+    pub encoder: VisionTransformer<B>,
+    pub predictor: Predictor<B>,
+    pub target: VisionTransformer<B::InnerBackend>,
+}
+
+/// A batch: pixels `[B, C, H, W]` and the collator's masks.
+pub struct Batch<B: AutodiffBackend> {
+    pub images: Tensor<B::InnerBackend, 4>,
+    pub masks_enc: MaskIndices,
+    pub masks_pred: MaskIndices,
+}
+
+/// Loss and gradients of one batch (before any optimizer update).
+pub struct Gradients<B: AutodiffBackend> {
+    pub loss: f64,
+    /// `encoder.<name>` / `predictor.<name>`.
+    pub grads: TensorMap<B::InnerBackend>,
+}
+
+/// Forward and backward of the objective on one batch.
+pub fn loss_and_grads<B: AutodiffBackend>(
+    nets: &Networks<B>,
+    batch: &Batch<B>,
+    kind: LossKind,
+) -> Gradients<B> {
+    let nenc = batch.masks_enc.n_masks();
+    let targets = {
+        let h = loss::normalize_targets(nets.target.forward(batch.images.clone(), None));
+        loss::gather_targets(h, &batch.masks_pred, nenc)
+    };
+    let images = Tensor::<B, 4>::from_inner(batch.images.clone());
+    let z = nets.encoder.forward(images, Some(&batch.masks_enc));
+    let pred = nets
+        .predictor
+        .forward(z, &batch.masks_enc, &batch.masks_pred);
+    let loss = loss::loss(kind, pred, Tensor::from_inner(targets));
+    let value: f64 = loss.clone().into_scalar().elem();
+    let grads = loss.backward();
+    let mut map = collect_grads(&nets.encoder, &grads, "encoder");
+    map.extend(collect_grads(&nets.predictor, &grads, "predictor"));
+    Gradients {
+        loss: value,
+        grads: map,
+    }
+}
+
+/// Settings of the update that follows the gradients.
+#[derive(Clone, Copy, Debug)]
+pub struct UpdateHyper {
+    pub lr: f64,
+    pub weight_decay: f64,
+    pub momentum: f64,
+    /// Clip the global gradient norm to this value (off when `None`, as the official code).
+    pub grad_clip: Option<f64>,
+}
+
+/// AdamW on encoder and predictor, then the EMA of the target. Returns the gradient norm
+/// when clipping is on (computing it costs a pass over every gradient).
+pub fn apply_update<B: AutodiffBackend>(
+    nets: Networks<B>,
+    adam: &mut AdamW<B::InnerBackend>,
+    mut grads: TensorMap<B::InnerBackend>,
+    h: UpdateHyper,
+) -> (Networks<B>, Option<f64>) {
+    let mut norm = None;
+    if let Some(max) = h.grad_clip {
+        let total = grad_norm(&grads);
+        norm = Some(total);
+        let factor = max / (total + 1e-6);
+        if factor < 1.0 {
+            for g in grads.values_mut() {
+                *g = g.clone().mul_scalar(factor as f32);
+            }
+        }
+    }
+    let hyper = StepHyper {
+        lr: h.lr,
+        weight_decay: h.weight_decay,
+    };
+    adam.begin_step();
+    let encoder = adam.update::<B, _>(nets.encoder, "encoder", &grads, hyper);
+    let predictor = adam.update::<B, _>(nets.predictor, "predictor", &grads, hyper);
+    let target = super::ema::ema_update(nets.target, &encoder.valid(), h.momentum);
+    (
+        Networks {
+            encoder,
+            predictor,
+            target,
+        },
+        norm,
+    )
+}
+
+/// A full step: gradients, a finite-loss check (nothing is updated on NaN / inf), update.
+pub fn train_step<B: AutodiffBackend>(
+    nets: Networks<B>,
+    adam: &mut AdamW<B::InnerBackend>,
+    batch: &Batch<B>,
+    kind: LossKind,
+    h: UpdateHyper,
+) -> Result<(Networks<B>, f64)> {
+    let g = loss_and_grads(&nets, batch, kind);
+    check_finite(g.loss)?;
+    let (nets, _) = apply_update(nets, adam, g.grads, h);
+    Ok((nets, g.loss))
+}
+
+pub fn check_finite(loss: f64) -> Result<()> {
+    if !loss.is_finite() {
+        return Err(Error::Config(format!(
+            "loss is {loss}: training diverged (lower optimization.lr, raise the EMA momentum or check the data); no update was applied"
+        )));
+    }
+    Ok(())
+}
