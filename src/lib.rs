@@ -4,6 +4,7 @@
 //!
 //! Data flows one way: [`data`] -> [`masks`] -> [`model`] -> [`train`] -> [`checkpoint`].
 
+pub mod bench;
 pub mod checkpoint;
 pub mod data;
 pub mod error;
@@ -12,6 +13,7 @@ pub mod fsutil;
 pub mod masks;
 pub mod model;
 pub mod npy;
+pub mod ops;
 pub mod train;
 
 pub use error::{Error, Result};

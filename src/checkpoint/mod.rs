@@ -15,8 +15,6 @@ pub mod tensors;
 
 use std::path::{Path, PathBuf};
 
-use burn::tensor::backend::Backend;
-
 pub use tensors::{HostTensor, NamedTensors};
 
 use crate::data::transform::Preprocess;
@@ -241,7 +239,7 @@ impl Checkpoint {
         }
     }
 
-    pub fn build_encoder<B: Backend>(
+    pub fn build_encoder<B: crate::ops::IjepaBackend>(
         &self,
         which: EncoderChoice,
         device: &B::Device,
@@ -255,7 +253,10 @@ impl Checkpoint {
         )
     }
 
-    pub fn build_predictor<B: Backend>(&self, device: &B::Device) -> Result<Predictor<B>> {
+    pub fn build_predictor<B: crate::ops::IjepaBackend>(
+        &self,
+        device: &B::Device,
+    ) -> Result<Predictor<B>> {
         let (Some(cfg), Some(named)) = (&self.description.predictor, &self.predictor) else {
             return Err(Error::format(&self.path, "holds no predictor"));
         };
@@ -276,7 +277,7 @@ pub enum EncoderChoice {
 }
 
 /// Replace a fixed position table with the checkpoint's copy (shape-checked).
-fn load_table<B: Backend>(
+fn load_table<B: crate::ops::IjepaBackend>(
     named: &NamedTensors,
     key: &str,
     current: &burn::tensor::Tensor<B, 2>,
@@ -298,7 +299,7 @@ fn load_table<B: Backend>(
     ))
 }
 
-pub fn build_encoder<B: Backend>(
+pub fn build_encoder<B: crate::ops::IjepaBackend>(
     cfg: &EncoderConfig,
     named: &NamedTensors,
     what: &str,
@@ -312,7 +313,7 @@ pub fn build_encoder<B: Backend>(
     Ok(model)
 }
 
-pub fn build_predictor<B: Backend>(
+pub fn build_predictor<B: crate::ops::IjepaBackend>(
     cfg: &PredictorConfig,
     named: &NamedTensors,
     what: &str,
@@ -332,7 +333,7 @@ pub fn build_predictor<B: Backend>(
 }
 
 /// Official state dict of an encoder, fixed position table included (`[1, N, D]`).
-pub fn encoder_state<B: Backend>(model: &VisionTransformer<B>) -> NamedTensors {
+pub fn encoder_state<B: crate::ops::IjepaBackend>(model: &VisionTransformer<B>) -> NamedTensors {
     let mut named = tensors::module_to_named::<B, _>(model);
     let pos = HostTensor::from_tensor(model.pos_embed.clone().unsqueeze::<3>());
     named.insert("pos_embed".into(), pos);
@@ -340,7 +341,7 @@ pub fn encoder_state<B: Backend>(model: &VisionTransformer<B>) -> NamedTensors {
 }
 
 /// Official state dict of a predictor, fixed position table included.
-pub fn predictor_state<B: Backend>(model: &Predictor<B>) -> NamedTensors {
+pub fn predictor_state<B: crate::ops::IjepaBackend>(model: &Predictor<B>) -> NamedTensors {
     let mut named = tensors::module_to_named::<B, _>(model);
     let pos = HostTensor::from_tensor(model.predictor_pos_embed.clone().unsqueeze::<3>());
     named.insert("predictor_pos_embed".into(), pos);

@@ -1,3 +1,332 @@
-//! Data: image decoding and preprocessing.
+//! Data: datasets (IDX files, image folders), training augmentation, the parallel loader,
+//! and inference preprocessing.
+//!
+//! Every dataset hands out decoded 8-bit images in the channel count the caller asked for, so
+//! the transforms and the loader never care whether pixels came from an IDX file or a JPEG.
 
+pub mod augment;
+pub mod folder;
+pub mod idx;
+pub mod loader;
+pub mod resize;
 pub mod transform;
+
+use std::path::{Path, PathBuf};
+
+use crate::data::folder::FolderDataset;
+use crate::data::idx::IdxDataset;
+
+/// One decoded image: 8-bit, interleaved HWC (row-major, channels innermost).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RawImage {
+    pub width: usize,
+    pub height: usize,
+    /// 1 (grayscale) or 3 (RGB).
+    pub channels: usize,
+    /// `width * height * channels` bytes.
+    pub pixels: Vec<u8>,
+}
+
+impl RawImage {
+    /// Same image in `channels` (1 or 3) channels. RGB to gray uses PIL's `convert("L")`
+    /// weights (ITU-R 601-2, fixed point), so results match the official PIL pipeline. Other
+    /// counts (from a custom [`Dataset`]) are handled without failing: extra channels such as
+    /// alpha are dropped, a missing alpha is filled with 255.
+    pub fn to_channels(&self, channels: usize) -> RawImage {
+        if channels == self.channels {
+            return self.clone();
+        }
+        let c = self.channels;
+        let n = self.width * self.height;
+        let pixels = if c == 0 {
+            vec![0; n * channels]
+        } else {
+            let mut out = Vec::with_capacity(n * channels);
+            for p in self.pixels.chunks_exact(c) {
+                let (rgb, gray) = if c >= 3 {
+                    ([p[0], p[1], p[2]], pil_luma(p[0], p[1], p[2]))
+                } else {
+                    ([p[0]; 3], p[0])
+                };
+                match channels {
+                    0 => {}
+                    1 => out.push(gray),
+                    2 => out.extend_from_slice(&[gray, 255]),
+                    _ => {
+                        out.extend_from_slice(&rgb);
+                        out.extend(std::iter::repeat_n(255, channels - 3));
+                    }
+                }
+            }
+            out
+        };
+        RawImage {
+            width: self.width,
+            height: self.height,
+            channels,
+            pixels,
+        }
+    }
+}
+
+/// PIL's RGB to L conversion: `(r*19595 + g*38470 + b*7471 + 0x8000) >> 16`.
+pub fn pil_luma(r: u8, g: u8, b: u8) -> u8 {
+    ((r as u32 * 19595 + g as u32 * 38470 + b as u32 * 7471 + 0x8000) >> 16) as u8
+}
+
+/// Which half of a dataset to read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Split {
+    Train,
+    Test,
+}
+
+/// Errors of the data pipeline; each one names the file (or source spec) that is at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum DataError {
+    /// A file or folder that cannot be read.
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// A file whose contents are not what they should be (bad magic, truncated, size mismatch).
+    #[error("{}: {msg}", path.display())]
+    Format { path: PathBuf, msg: String },
+    /// An image file the decoder rejects.
+    #[error("{}: cannot decode image: {source}", path.display())]
+    Decode {
+        path: PathBuf,
+        source: image::ImageError,
+    },
+    /// A data source string that cannot be opened as asked.
+    #[error("data source `{spec}`: {msg}")]
+    Source { spec: String, msg: String },
+    /// Loader or transform settings that cannot work.
+    #[error("invalid data settings: {0}")]
+    Config(String),
+    /// An index past the end of a dataset.
+    #[error("{dataset}: index {index} out of range (dataset has {len} images)")]
+    OutOfRange {
+        dataset: String,
+        index: usize,
+        len: usize,
+    },
+    /// Non-strict loading found nothing readable to substitute for a broken image.
+    #[error("no readable image left in the dataset; the last failure was: {last}")]
+    NothingReadable { last: Box<DataError> },
+    /// The loader's background thread ended without a result (it panicked).
+    #[error("data loader thread stopped unexpectedly")]
+    ProducerDied,
+}
+
+impl DataError {
+    pub fn io(path: impl AsRef<Path>, source: std::io::Error) -> Self {
+        DataError::Io {
+            path: path.as_ref().to_path_buf(),
+            source,
+        }
+    }
+
+    pub fn format(path: impl AsRef<Path>, msg: impl Into<String>) -> Self {
+        DataError::Format {
+            path: path.as_ref().to_path_buf(),
+            msg: msg.into(),
+        }
+    }
+
+    fn source_err(spec: &str, msg: impl Into<String>) -> Self {
+        DataError::Source {
+            spec: spec.to_string(),
+            msg: msg.into(),
+        }
+    }
+}
+
+/// A random-access image collection. `Send + Sync` because the loader decodes from many
+/// threads at once; `get` does the (possibly failing) decoding so that one broken file only
+/// fails when it is read.
+pub trait Dataset: Send + Sync {
+    fn len(&self) -> usize;
+    fn get(&self, index: usize) -> Result<RawImage, DataError>;
+    /// Class index, or `None` for unlabelled images.
+    fn label(&self, index: usize) -> Option<usize>;
+    /// Number of classes (0 for an unlabelled set).
+    fn num_classes(&self) -> usize;
+    /// Human-readable name of one image for messages: a file path or `file[123]`.
+    fn name(&self, index: usize) -> String;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl<D: Dataset + ?Sized> Dataset for Box<D> {
+    fn len(&self) -> usize {
+        (**self).len()
+    }
+    fn get(&self, index: usize) -> Result<RawImage, DataError> {
+        (**self).get(index)
+    }
+    fn label(&self, index: usize) -> Option<usize> {
+        (**self).label(index)
+    }
+    fn num_classes(&self) -> usize {
+        (**self).num_classes()
+    }
+    fn name(&self, index: usize) -> String {
+        (**self).name(index)
+    }
+}
+
+/// Opens a data source.
+///
+/// * `fmnist:DIR` / `mnist:DIR`: the IDX pair `train-*` (Train) or `t10k-*` (Test) in DIR, gzip
+///   or raw, spelled `-idx3-ubyte` or `.idx3-ubyte`; labels are required.
+/// * `idx:FILE`: one IDX image file; labels are taken from the file of the same name with
+///   `images-idx3` replaced by `labels-idx1` when it exists.
+/// * anything else: an image folder (see [`FolderDataset`]); a plain IDX file is accepted too.
+///
+/// `channels` (1 or 3) is the channel count `get` returns.
+pub fn open_source(
+    spec: &str,
+    split: Split,
+    channels: usize,
+) -> Result<Box<dyn Dataset>, DataError> {
+    if channels != 1 && channels != 3 {
+        return Err(DataError::source_err(
+            spec,
+            format!("channels must be 1 or 3, got {channels}"),
+        ));
+    }
+    let ds: Box<dyn Dataset> = if let Some(dir) = spec
+        .strip_prefix("fmnist:")
+        .or_else(|| spec.strip_prefix("mnist:"))
+    {
+        let dir = Path::new(dir);
+        let prefix = match split {
+            Split::Train => "train",
+            Split::Test => "t10k",
+        };
+        let images = find_idx(dir, prefix, "images", "idx3").ok_or_else(|| {
+            DataError::source_err(
+                spec,
+                format!(
+                    "no {prefix}-images-idx3-ubyte[.gz] (or {prefix}-images.idx3-ubyte[.gz]) in {}",
+                    dir.display()
+                ),
+            )
+        })?;
+        let labels = find_idx(dir, prefix, "labels", "idx1").ok_or_else(|| {
+            DataError::source_err(
+                spec,
+                format!(
+                    "no {prefix}-labels-idx1-ubyte[.gz] (or {prefix}-labels.idx1-ubyte[.gz]) in {}",
+                    dir.display()
+                ),
+            )
+        })?;
+        Box::new(IdxDataset::open(&images, Some(&labels), channels)?)
+    } else if let Some(file) = spec.strip_prefix("idx:") {
+        let path = Path::new(file);
+        if !path.is_file() {
+            return Err(DataError::source_err(
+                spec,
+                format!("{} is not a file", path.display()),
+            ));
+        }
+        let labels = labels_next_to(path);
+        Box::new(IdxDataset::open(path, labels.as_deref(), channels)?)
+    } else {
+        let path = Path::new(spec);
+        if path.is_dir() {
+            Box::new(FolderDataset::open(path, split, channels)?)
+        } else if path.is_file() {
+            let labels = labels_next_to(path);
+            Box::new(IdxDataset::open(path, labels.as_deref(), channels)?)
+        } else {
+            return Err(DataError::source_err(
+                spec,
+                "no such folder or file (expected fmnist:DIR, mnist:DIR, idx:FILE or an image folder)",
+            ));
+        }
+    };
+    if ds.is_empty() {
+        return Err(DataError::source_err(spec, "holds no images"));
+    }
+    Ok(ds)
+}
+
+/// `DIR/{prefix}-{kind}-{idx}-ubyte[.gz]` or the `.{idx}` spelling, first one that exists.
+fn find_idx(dir: &Path, prefix: &str, kind: &str, idx: &str) -> Option<PathBuf> {
+    let names = [
+        format!("{prefix}-{kind}-{idx}-ubyte"),
+        format!("{prefix}-{kind}.{idx}-ubyte"),
+    ];
+    names
+        .iter()
+        .flat_map(|n| [dir.join(n), dir.join(format!("{n}.gz"))])
+        .find(|p| p.is_file())
+}
+
+/// The labels file belonging to an IDX image file, if one exists next to it.
+fn labels_next_to(images: &Path) -> Option<PathBuf> {
+    let name = images.file_name()?.to_str()?;
+    let replaced = if name.contains("images-idx3") {
+        name.replace("images-idx3", "labels-idx1")
+    } else if name.contains("images.idx3") {
+        name.replace("images.idx3", "labels.idx1")
+    } else {
+        return None;
+    };
+    let base = replaced
+        .strip_suffix(".gz")
+        .unwrap_or(&replaced)
+        .to_string();
+    [replaced.clone(), base.clone(), format!("{base}.gz")]
+        .into_iter()
+        .map(|n| images.with_file_name(n))
+        .find(|p| p.is_file())
+}
+
+/// The first `n` images of `ds` (all of them if it has fewer): quick runs on a subset.
+pub fn with_max_images(ds: Box<dyn Dataset>, n: usize) -> Box<dyn Dataset> {
+    if n >= ds.len() {
+        return ds;
+    }
+    Box::new(FirstN { inner: ds, n })
+}
+
+struct FirstN {
+    inner: Box<dyn Dataset>,
+    n: usize,
+}
+
+impl Dataset for FirstN {
+    fn len(&self) -> usize {
+        self.n
+    }
+    fn get(&self, index: usize) -> Result<RawImage, DataError> {
+        if index >= self.n {
+            return Err(DataError::OutOfRange {
+                dataset: self.inner.name(index),
+                index,
+                len: self.n,
+            });
+        }
+        self.inner.get(index)
+    }
+    fn label(&self, index: usize) -> Option<usize> {
+        if index < self.n {
+            self.inner.label(index)
+        } else {
+            None
+        }
+    }
+    fn num_classes(&self) -> usize {
+        self.inner.num_classes()
+    }
+    fn name(&self, index: usize) -> String {
+        self.inner.name(index)
+    }
+}

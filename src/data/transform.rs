@@ -10,6 +10,8 @@
 //!   black pixels per side, mean 0.2860 / std 0.3530, no resize).
 
 use image::{DynamicImage, GenericImageView};
+
+use super::resize::{Rounding, resize_bilinear_aa};
 use serde::{Deserialize, Serialize};
 
 pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
@@ -76,35 +78,58 @@ impl Preprocess {
         }
     }
 
-    /// Decode-independent part: turn a decoded image into normalised CHW f32 pixels.
+    /// Turn a decoded image into normalised CHW f32 pixels.
     pub fn apply(&self, img: &DynamicImage) -> Vec<f32> {
-        let img = if self.pad > 0 {
-            let (w, h) = img.dimensions();
-            let p = self.pad as u32;
-            let mut canvas = DynamicImage::new(w + 2 * p, h + 2 * p, img.color());
-            image::imageops::overlay(&mut canvas, img, p as i64, p as i64);
-            canvas
+        let (w, h) = img.dimensions();
+        let (raw, c) = if self.channels == 1 {
+            (img.to_luma8().into_raw(), 1)
         } else {
-            img.clone()
+            (img.to_rgb8().into_raw(), 3)
+        };
+        self.apply_raw(&raw, w as usize, h as usize, c)
+    }
+
+    /// The same from interleaved 8-bit pixels with `c_in` channels (1 or 3).
+    pub fn apply_raw(&self, pixels: &[u8], w: usize, h: usize, c_in: usize) -> Vec<f32> {
+        let c = self.channels;
+        let converted;
+        let pixels = if c_in == c {
+            pixels
+        } else {
+            converted = convert_channels(pixels, c_in, c);
+            &converted
+        };
+        let (raw, w, h) = if self.pad > 0 {
+            let p = self.pad;
+            let (pw, ph) = (w + 2 * p, h + 2 * p);
+            let mut canvas = vec![0u8; pw * ph * c];
+            for y in 0..h {
+                canvas[((y + p) * pw + p) * c..((y + p) * pw + p + w) * c]
+                    .copy_from_slice(&pixels[y * w * c..(y + 1) * w * c]);
+            }
+            (canvas, pw, ph)
+        } else {
+            (pixels.to_vec(), w, h)
         };
         let s = self.size;
-        let c = self.channels;
-        let (w, h) = img.dimensions();
-        let (w, h) = (w as usize, h as usize);
-        let raw: Vec<u8> = if c == 1 {
-            img.to_luma8().into_raw()
-        } else {
-            img.to_rgb8().into_raw()
-        };
         let (mut raw, mut w, mut h) = match self.resize {
             Resize::None => (raw, w, h),
-            Resize::Exact => (resize_bilinear_aa(&raw, w, h, c, s, s), s, s),
+            Resize::Exact if (w, h) == (s, s) => (raw, w, h),
+            Resize::Exact => (
+                resize_bilinear_aa(&raw, w, h, c, s, s, Rounding::Torchvision),
+                s,
+                s,
+            ),
             Resize::ShorterSide { ratio } => {
                 let short = ((s as f64) * ratio).round().max(1.0);
                 let scale = short / w.min(h) as f64;
                 let nw = ((w as f64) * scale).round().max(1.0) as usize;
                 let nh = ((h as f64) * scale).round().max(1.0) as usize;
-                (resize_bilinear_aa(&raw, w, h, c, nw, nh), nw, nh)
+                (
+                    resize_bilinear_aa(&raw, w, h, c, nw, nh, Rounding::Torchvision),
+                    nw,
+                    nh,
+                )
             }
         };
         if self.center_crop || (w, h) != (s, s) {
@@ -118,7 +143,11 @@ impl Preprocess {
             }
             (raw, w, h) = (cropped, cw, ch);
             if (w, h) != (s, s) {
-                (raw, w, h) = (resize_bilinear_aa(&raw, w, h, c, s, s), s, s);
+                (raw, w, h) = (
+                    resize_bilinear_aa(&raw, w, h, c, s, s, Rounding::Torchvision),
+                    s,
+                    s,
+                );
             }
         }
         debug_assert_eq!((w, h), (s, s));
@@ -150,104 +179,17 @@ impl Preprocess {
     }
 }
 
-/// Per output pixel: first input index and fixed-point weights of the antialiased bilinear
-/// (triangle) filter, support scaled by the downscale factor, weights normalised to sum 1,
-/// then scaled by `2^precision` where `precision` is the largest (up to 22) that keeps every
-/// weight within int16, as torch's uint8 antialiased kernel does.
-fn aa_weights(in_size: usize, out_size: usize) -> (Vec<(usize, Vec<i64>)>, u32) {
-    let scale = in_size as f64 / out_size as f64;
-    let filter_scale = scale.max(1.0);
-    let support = filter_scale;
-    let float: Vec<(usize, Vec<f64>)> = (0..out_size)
-        .map(|i| {
-            let center = scale * (i as f64 + 0.5);
-            let xmin = ((center - support + 0.5) as i64).max(0) as usize;
-            let xmax = ((center + support + 0.5) as i64).min(in_size as i64) as usize;
-            let w: Vec<f64> = (xmin..xmax)
-                .map(|j| (1.0 - ((j as f64 - center + 0.5) / filter_scale).abs()).max(0.0))
-                .collect();
-            let total: f64 = w.iter().sum();
-            (
-                xmin,
-                w.iter()
-                    .map(|v| if total > 0.0 { v / total } else { 0.0 })
-                    .collect(),
-            )
-        })
-        .collect();
-    let max_weight = float
-        .iter()
-        .flat_map(|(_, w)| w.iter().copied())
-        .fold(0.0, f64::max);
-    let mut precision = 0u32;
-    while precision < 22
-        && ((0.5 + max_weight * (1u64 << (precision + 1)) as f64) as i64) < (1 << 15)
-    {
-        precision += 1;
+/// Grayscale <-> RGB for interleaved pixels (ITU-R 601 luma, as PIL's `convert("L")`).
+pub fn convert_channels(pixels: &[u8], from: usize, to: usize) -> Vec<u8> {
+    match (from, to) {
+        (3, 1) => pixels
+            .chunks_exact(3)
+            .map(|p| {
+                ((p[0] as u32 * 19595 + p[1] as u32 * 38470 + p[2] as u32 * 7471 + 0x8000) >> 16)
+                    as u8
+            })
+            .collect(),
+        (1, 3) => pixels.iter().flat_map(|&v| [v, v, v]).collect(),
+        _ => pixels.to_vec(),
     }
-    let unit = (1u64 << precision) as f64;
-    let fixed = float
-        .into_iter()
-        .map(|(start, w)| {
-            let w = w
-                .iter()
-                .map(|v| {
-                    if *v < 0.0 {
-                        (-0.5 + v * unit) as i64
-                    } else {
-                        (0.5 + v * unit) as i64
-                    }
-                })
-                .collect();
-            (start, w)
-        })
-        .collect();
-    (fixed, precision)
-}
-
-/// Antialiased bilinear resize of interleaved 8-bit pixels: a horizontal then a vertical pass
-/// in fixed point, rounding to 8 bits after each pass. This reproduces torchvision's
-/// `resize(uint8 tensor, antialias=True)` (the HF processors' default backend) exactly; PIL's
-/// `resize(BILINEAR)` differs from it by one level on a few pixels.
-pub fn resize_bilinear_aa(
-    src: &[u8],
-    w: usize,
-    h: usize,
-    c: usize,
-    out_w: usize,
-    out_h: usize,
-) -> Vec<u8> {
-    let pass = |precision: u32| {
-        let round = 1i64 << precision.saturating_sub(1);
-        move |acc: i64| ((acc + round) >> precision).clamp(0, 255) as u8
-    };
-    let (horizontal, ph) = aa_weights(w, out_w);
-    let clip = pass(ph);
-    let mut tmp = vec![0u8; out_w * h * c];
-    for y in 0..h {
-        for (x, (start, weights)) in horizontal.iter().enumerate() {
-            for ch in 0..c {
-                let acc: i64 = weights
-                    .iter()
-                    .enumerate()
-                    .map(|(k, wk)| wk * src[(y * w + start + k) * c + ch] as i64)
-                    .sum();
-                tmp[(y * out_w + x) * c + ch] = clip(acc);
-            }
-        }
-    }
-    let (vertical, pv) = aa_weights(h, out_h);
-    let clip = pass(pv);
-    let mut out = vec![0u8; out_w * out_h * c];
-    for (y, (start, weights)) in vertical.iter().enumerate() {
-        for x in 0..out_w * c {
-            let acc: i64 = weights
-                .iter()
-                .enumerate()
-                .map(|(k, wk)| wk * tmp[(start + k) * out_w * c + x] as i64)
-                .sum();
-            out[y * out_w * c + x] = clip(acc);
-        }
-    }
-    out
 }

@@ -185,3 +185,78 @@ pub fn embed_paths(ck: &Checkpoint, inputs: &[PathBuf], req: &EmbedRequest) -> R
         encoder: which,
     })
 }
+
+/// Which pooled features the evaluation reads (paper protocol: the better of the two).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Layers {
+    /// Average-pooled output of the last layer (after the final norm).
+    Last,
+    /// Concatenation of the average-pooled outputs of the last 4 blocks (each normed).
+    Last4,
+}
+
+impl Layers {
+    pub fn count(self) -> usize {
+        match self {
+            Layers::Last => 1,
+            Layers::Last4 => 4,
+        }
+    }
+}
+
+/// Features and labels of a labelled dataset.
+pub struct LabeledFeatures {
+    pub features: super::probe::Features,
+    pub labels: Vec<usize>,
+    pub num_classes: usize,
+}
+
+/// Frozen features of the first `max` images of `ds` (every image when `None`), preprocessed
+/// the way the model expects, in dataset order. Images are decoded in parallel per batch.
+pub fn dataset_features(
+    model: &VisionTransformer<Cpu>,
+    ds: &dyn crate::data::Dataset,
+    pre: &Preprocess,
+    layers: Layers,
+    batch_size: usize,
+    max: Option<usize>,
+) -> Result<LabeledFeatures> {
+    let n = max.map_or(ds.len(), |m| m.min(ds.len()));
+    if n == 0 {
+        return Err(Error::Config("the dataset is empty".into()));
+    }
+    let num_classes = ds.num_classes();
+    let labels: Vec<usize> = (0..n)
+        .map(|i| ds.label(i).ok_or_else(|| Error::Config(format!("{} has no class label (use a folder with one sub-folder per class, or an IDX set with labels)", ds.name(i)))))
+        .collect::<Result<_>>()?;
+    let dev = Default::default();
+    let per = pre.channels * pre.size * pre.size;
+    let mut data = Vec::new();
+    let mut dim = 0;
+    for start in (0..n).step_by(batch_size.max(1)) {
+        let end = (start + batch_size.max(1)).min(n);
+        let pixels: Vec<Vec<f32>> = (start..end)
+            .into_par_iter()
+            .map(|i| {
+                let img = ds.get(i).map_err(|e| Error::Config(e.to_string()))?;
+                Ok(pre.apply_raw(&img.pixels, img.width, img.height, img.channels))
+            })
+            .collect::<Result<_>>()?;
+        let b = end - start;
+        let x: Tensor<Cpu, 4> =
+            HostTensor::new(vec![b, pre.channels, pre.size, pre.size], pixels.concat())
+                .to_tensor(&dev);
+        debug_assert_eq!(x.shape().num_elements(), b * per);
+        let f = HostTensor::from_tensor(model.pooled(x, layers.count()));
+        dim = f.shape[1];
+        data.extend(f.data);
+    }
+    let features =
+        super::probe::Features::new(n, dim, data).map_err(|e| Error::Config(e.to_string()))?;
+    Ok(LabeledFeatures {
+        features,
+        labels,
+        num_classes,
+    })
+}

@@ -3,20 +3,20 @@
 //! the MLP and the pre-norm transformer block of the official `vision_transformer.py`.
 
 use burn::module::{Module, Param};
-use burn::tensor::activation::{gelu, softmax};
-use burn::tensor::backend::Backend;
-use burn::tensor::{Tensor, TensorPrimitive};
+use burn::tensor::Tensor;
+
+use crate::ops::{self, IjepaBackend};
 
 use super::init::Init;
 
 /// `y = x W + b` with `W` stored `[d_in, d_out]` (the transpose of PyTorch's layout).
 #[derive(Module, Debug)]
-pub struct Linear<B: Backend> {
+pub struct Linear<B: IjepaBackend> {
     pub weight: Param<Tensor<B, 2>>,
     pub bias: Option<Param<Tensor<B, 1>>>,
 }
 
-impl<B: Backend> Linear<B> {
+impl<B: IjepaBackend> Linear<B> {
     /// Official init: weight ~ trunc_normal(std 0.02), bias 0.
     pub fn new(d_in: usize, d_out: usize, bias: bool, init: &mut Init, device: &B::Device) -> Self {
         Self {
@@ -26,19 +26,42 @@ impl<B: Backend> Linear<B> {
     }
 
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
-        burn::tensor::module::linear(x, self.weight.val(), self.bias.as_ref().map(|b| b.val()))
+        self.apply(x, ops::linear)
+    }
+
+    /// `gelu(x W + b)` in one fused op (the MLP's first half).
+    pub fn forward_gelu<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        self.apply(x, ops::linear_gelu)
+    }
+
+    /// Run a 2-D op over all leading axes at once (one GEMM over every token).
+    fn apply<const D: usize>(
+        &self,
+        x: Tensor<B, D>,
+        op: fn(Tensor<B, 2>, Tensor<B, 2>, Option<Tensor<B, 1>>) -> Tensor<B, 2>,
+    ) -> Tensor<B, D> {
+        let mut dims = x.dims();
+        let d_in = dims[D - 1];
+        let rows = x.shape().num_elements() / d_in.max(1);
+        let y = op(
+            x.reshape([rows, d_in]),
+            self.weight.val(),
+            self.bias.as_ref().map(|b| b.val()),
+        );
+        dims[D - 1] = y.dims()[1];
+        y.reshape(dims)
     }
 }
 
 /// LayerNorm over the last axis with affine weight and bias.
 #[derive(Module, Debug)]
-pub struct LayerNorm<B: Backend> {
+pub struct LayerNorm<B: IjepaBackend> {
     pub weight: Param<Tensor<B, 1>>,
     pub bias: Param<Tensor<B, 1>>,
     pub eps: f64,
 }
 
-impl<B: Backend> LayerNorm<B> {
+impl<B: IjepaBackend> LayerNorm<B> {
     pub fn new(dim: usize, eps: f64, device: &B::Device) -> Self {
         Self {
             weight: Param::from_tensor(Tensor::ones([dim], device)),
@@ -48,37 +71,40 @@ impl<B: Backend> LayerNorm<B> {
     }
 
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
-        Tensor::from_primitive(TensorPrimitive::Float(B::layer_norm(
-            x.into_primitive().tensor(),
-            self.weight.val().into_primitive().tensor(),
-            Some(self.bias.val().into_primitive().tensor()),
+        let dims = x.dims();
+        let d = dims[D - 1];
+        let rows = x.shape().num_elements() / d.max(1);
+        ops::layer_norm(
+            x.reshape([rows, d]),
+            Some(self.weight.val()),
+            Some(self.bias.val()),
             self.eps,
-        )))
+        )
+        .reshape(dims)
     }
 }
 
 /// Parameter-free layer norm (`F.layer_norm(h, (D,))`, eps 1e-5), applied to the targets.
-pub fn layer_norm_no_affine<B: Backend, const D: usize>(x: Tensor<B, D>, eps: f64) -> Tensor<B, D> {
-    let dim = x.dims()[D - 1];
-    let ones = Tensor::<B, 1>::ones([dim], &x.device());
-    Tensor::from_primitive(TensorPrimitive::Float(B::layer_norm(
-        x.into_primitive().tensor(),
-        ones.into_primitive().tensor(),
-        None,
-        eps,
-    )))
+pub fn layer_norm_no_affine<B: IjepaBackend, const D: usize>(
+    x: Tensor<B, D>,
+    eps: f64,
+) -> Tensor<B, D> {
+    let dims = x.dims();
+    let d = dims[D - 1];
+    let rows = x.shape().num_elements() / d.max(1);
+    ops::layer_norm(x.reshape([rows, d]), None, None, eps).reshape(dims)
 }
 
 /// Multi-head self-attention with one fused `qkv` Linear(D, 3D): output rows `[0, D)` are q,
 /// `[D, 2D)` k, `[2D, 3D)` v; head h uses columns `h*hd .. (h+1)*hd` of each.
 #[derive(Module, Debug)]
-pub struct Attention<B: Backend> {
+pub struct Attention<B: IjepaBackend> {
     pub qkv: Linear<B>,
     pub proj: Linear<B>,
     pub num_heads: usize,
 }
 
-impl<B: Backend> Attention<B> {
+impl<B: IjepaBackend> Attention<B> {
     pub fn new(
         dim: usize,
         num_heads: usize,
@@ -93,34 +119,22 @@ impl<B: Backend> Attention<B> {
         }
     }
 
+    /// `proj(softmax(q k^T / sqrt(hd)) v)` with heads split from and merged back into the
+    /// fused qkv output (see [`ops::attention`]).
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let [b, n, d] = x.dims();
-        let h = self.num_heads;
-        let hd = d / h;
-        // [B, N, 3, H, hd] -> [3, B, H, N, hd]
-        let qkv = self
-            .qkv
-            .forward(x)
-            .reshape([b, n, 3, h, hd])
-            .permute([2, 0, 3, 1, 4]);
-        let q = qkv.clone().narrow(0, 0, 1).reshape([b, h, n, hd]);
-        let k = qkv.clone().narrow(0, 1, 1).reshape([b, h, n, hd]);
-        let v = qkv.narrow(0, 2, 1).reshape([b, h, n, hd]);
-        let scale = (hd as f64).powf(-0.5);
-        let attn = softmax(q.matmul(k.swap_dims(2, 3)).mul_scalar(scale), 3);
-        let out = attn.matmul(v).swap_dims(1, 2).reshape([b, n, d]);
-        self.proj.forward(out)
+        self.proj
+            .forward(ops::attention(self.qkv.forward(x), self.num_heads))
     }
 }
 
 /// fc1 -> exact (erf) GELU -> fc2.
 #[derive(Module, Debug)]
-pub struct Mlp<B: Backend> {
+pub struct Mlp<B: IjepaBackend> {
     pub fc1: Linear<B>,
     pub fc2: Linear<B>,
 }
 
-impl<B: Backend> Mlp<B> {
+impl<B: IjepaBackend> Mlp<B> {
     pub fn new(dim: usize, hidden: usize, init: &mut Init, device: &B::Device) -> Self {
         Self {
             fc1: Linear::new(dim, hidden, true, init, device),
@@ -129,13 +143,13 @@ impl<B: Backend> Mlp<B> {
     }
 
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        self.fc2.forward(gelu(self.fc1.forward(x)))
+        self.fc2.forward(self.fc1.forward_gelu(x))
     }
 }
 
 /// Pre-norm block: `x + attn(norm1(x))`, then `x + mlp(norm2(x))`.
 #[derive(Module, Debug)]
-pub struct Block<B: Backend> {
+pub struct Block<B: IjepaBackend> {
     pub norm1: LayerNorm<B>,
     pub attn: Attention<B>,
     pub norm2: LayerNorm<B>,
@@ -152,7 +166,7 @@ pub struct BlockDims {
     pub eps: f64,
 }
 
-impl<B: Backend> Block<B> {
+impl<B: IjepaBackend> Block<B> {
     pub fn new(dims: BlockDims, init: &mut Init, device: &B::Device) -> Self {
         // Same creation order as the official constructor: norm1, attn (qkv, proj), norm2, mlp.
         Self {

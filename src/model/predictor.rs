@@ -1,7 +1,6 @@
 //! The narrow predictor of the official `VisionTransformerPredictor` (spec 1.7).
 
 use burn::module::{Module, Param};
-use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 
 use super::config::PredictorConfig;
@@ -11,7 +10,7 @@ use super::layers::{Block, BlockDims, LayerNorm, Linear};
 use super::pos_embed::sincos_2d;
 
 #[derive(Module, Debug)]
-pub struct Predictor<B: Backend> {
+pub struct Predictor<B: crate::ops::IjepaBackend> {
     pub predictor_embed: Linear<B>,
     /// `[1, 1, Dp]`.
     pub mask_token: Param<Tensor<B, 3>>,
@@ -22,7 +21,7 @@ pub struct Predictor<B: Backend> {
     pub predictor_proj: Linear<B>,
 }
 
-impl<B: Backend> Predictor<B> {
+impl<B: crate::ops::IjepaBackend> Predictor<B> {
     pub fn new(cfg: &PredictorConfig, init: &mut Init, device: &B::Device) -> Self {
         let dp = cfg.predictor_embed_dim;
         let dims = BlockDims {

@@ -5,7 +5,6 @@
 use burn::module::{Module, Param};
 use burn::tensor::Tensor;
 use burn::tensor::TensorData;
-use burn::tensor::backend::Backend;
 
 use super::config::EncoderConfig;
 use super::gather::{MaskIndices, apply_masks};
@@ -17,19 +16,19 @@ use super::pos_embed::sincos_2d;
 /// "cut into patches, flatten each in (channel, y, x) order, multiply": the same numbers as the
 /// convolution and one GEMM on every backend.
 #[derive(Module, Debug)]
-pub struct PatchConv<B: Backend> {
+pub struct PatchConv<B: crate::ops::IjepaBackend> {
     /// `[D, C, p, p]`, the PyTorch layout.
     pub weight: Param<Tensor<B, 4>>,
     pub bias: Param<Tensor<B, 1>>,
 }
 
 #[derive(Module, Debug)]
-pub struct PatchEmbed<B: Backend> {
+pub struct PatchEmbed<B: crate::ops::IjepaBackend> {
     pub proj: PatchConv<B>,
     pub patch_size: usize,
 }
 
-impl<B: Backend> PatchEmbed<B> {
+impl<B: crate::ops::IjepaBackend> PatchEmbed<B> {
     pub fn new(
         in_chans: usize,
         dim: usize,
@@ -63,7 +62,7 @@ impl<B: Backend> PatchEmbed<B> {
 }
 
 #[derive(Module, Debug)]
-pub struct VisionTransformer<B: Backend> {
+pub struct VisionTransformer<B: crate::ops::IjepaBackend> {
     pub patch_embed: PatchEmbed<B>,
     /// Fixed `[N, D]` sin-cos table: a constant, not a parameter (`requires_grad=False`).
     pub pos_embed: Tensor<B, 2>,
@@ -71,7 +70,7 @@ pub struct VisionTransformer<B: Backend> {
     pub norm: LayerNorm<B>,
 }
 
-impl<B: Backend> VisionTransformer<B> {
+impl<B: crate::ops::IjepaBackend> VisionTransformer<B> {
     /// A freshly initialised encoder (official init order: patch conv, blocks, norm).
     pub fn new(cfg: &EncoderConfig, init: &mut Init, device: &B::Device) -> Self {
         let dims = BlockDims {
@@ -121,6 +120,23 @@ impl<B: Backend> VisionTransformer<B> {
             x = block.forward(x);
         }
         self.norm.forward(x)
+    }
+
+    /// Average-pooled features of the full image: the final (normed) output (`layers = 1`), or
+    /// the concatenation of the last `layers` blocks' outputs, each passed through the final
+    /// norm and pooled (the paper's "last 4 layers" protocol), `[B, layers * D]`.
+    pub fn pooled(&self, img: Tensor<B, 4>, layers: usize) -> Tensor<B, 2> {
+        let mut x = self.embed(img);
+        let depth = self.blocks.len();
+        let layers = layers.clamp(1, depth);
+        let mut kept = Vec::with_capacity(layers);
+        for (i, block) in self.blocks.iter().enumerate() {
+            x = block.forward(x);
+            if i + layers >= depth {
+                kept.push(self.norm.forward(x.clone()).mean_dim(1).squeeze_dim::<2>(1));
+            }
+        }
+        Tensor::cat(kept, 1)
     }
 
     /// Full-image forward that also returns the input to every block and the last block's

@@ -3,28 +3,27 @@
 //! (PyTorch's `param_k.mul_(m).add_((1 - m) * param_q)`).
 
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
-use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorPrimitive};
 
 use crate::model::VisionTransformer;
 
-struct Collect<B: Backend> {
+struct Collect<B: crate::ops::IjepaBackend> {
     tensors: Vec<TensorPrimitive<B>>,
 }
 
-impl<B: Backend> ModuleVisitor<B> for Collect<B> {
+impl<B: crate::ops::IjepaBackend> ModuleVisitor<B> for Collect<B> {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
         self.tensors.push(param.val().into_primitive());
     }
 }
 
-struct Update<B: Backend> {
+struct Update<B: crate::ops::IjepaBackend> {
     online: std::vec::IntoIter<TensorPrimitive<B>>,
     m: f32,
     one_minus_m: f32,
 }
 
-impl<B: Backend> ModuleMapper<B> for Update<B> {
+impl<B: crate::ops::IjepaBackend> ModuleMapper<B> for Update<B> {
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
         let (id, target, mapper) = param.consume();
         let Some(online) = self.online.next() else {
@@ -38,7 +37,7 @@ impl<B: Backend> ModuleMapper<B> for Update<B> {
 
 /// One EMA step of `target` towards `online` (same architecture, same parameter order).
 /// The fixed position table is a constant equal in both and is left as it is.
-pub fn ema_update<B: Backend>(
+pub fn ema_update<B: crate::ops::IjepaBackend>(
     target: VisionTransformer<B>,
     online: &VisionTransformer<B>,
     momentum: f64,

@@ -4,7 +4,6 @@
 //! paper's L2 (mean squared error).
 
 use burn::tensor::Tensor;
-use burn::tensor::backend::Backend;
 use serde::{Deserialize, Serialize};
 
 use crate::model::gather::{MaskIndices, apply_masks};
@@ -30,12 +29,12 @@ impl std::str::FromStr for LossKind {
 }
 
 /// `F.layer_norm(h, (D,))` of the target encoder's output.
-pub fn normalize_targets<B: Backend>(target_raw: Tensor<B, 3>) -> Tensor<B, 3> {
+pub fn normalize_targets<B: crate::ops::IjepaBackend>(target_raw: Tensor<B, 3>) -> Tensor<B, 3> {
     layer_norm_no_affine(target_raw, 1e-5)
 }
 
 /// `repeat_interleave_batch(apply_masks(h, masks_pred), B, nenc)`.
-pub fn gather_targets<B: Backend>(
+pub fn gather_targets<B: crate::ops::IjepaBackend>(
     h: Tensor<B, 3>,
     masks_pred: &MaskIndices,
     nenc: usize,
@@ -45,7 +44,7 @@ pub fn gather_targets<B: Backend>(
 
 /// Smooth-L1 with beta 1, mean over all elements: `0.5 d^2` for `|d| < 1`, `|d| - 0.5` else.
 /// Written as `q (|d| - q/2)` with `q = min(|d|, 1)`, which has the right gradient everywhere.
-pub fn smooth_l1<B: Backend, const D: usize>(
+pub fn smooth_l1<B: crate::ops::IjepaBackend, const D: usize>(
     pred: Tensor<B, D>,
     target: Tensor<B, D>,
 ) -> Tensor<B, 1> {
@@ -55,12 +54,15 @@ pub fn smooth_l1<B: Backend, const D: usize>(
 }
 
 /// Mean squared error.
-pub fn l2<B: Backend, const D: usize>(pred: Tensor<B, D>, target: Tensor<B, D>) -> Tensor<B, 1> {
+pub fn l2<B: crate::ops::IjepaBackend, const D: usize>(
+    pred: Tensor<B, D>,
+    target: Tensor<B, D>,
+) -> Tensor<B, 1> {
     let d = pred - target;
     (d.clone() * d).mean()
 }
 
-pub fn loss<B: Backend, const D: usize>(
+pub fn loss<B: crate::ops::IjepaBackend, const D: usize>(
     kind: LossKind,
     pred: Tensor<B, D>,
     target: Tensor<B, D>,

@@ -1,8 +1,12 @@
 //! Training: the objective, the schedules, AdamW with the official parameter groups, the EMA
 //! target, and one iteration in the official order.
 
+pub mod config;
 pub mod ema;
 pub mod loss;
+pub mod monitor;
 pub mod optim;
 pub mod schedule;
+pub mod state;
 pub mod step;
+pub mod trainer;

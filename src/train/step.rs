@@ -3,7 +3,6 @@
 //! context encoder on the context tokens -> predictor -> loss; backward; AdamW; EMA.
 
 use burn::module::AutodiffModule;
-use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{ElementConversion, Tensor};
 
 use super::loss::{self, LossKind};
@@ -13,28 +12,28 @@ use crate::model::{MaskIndices, Predictor, VisionTransformer};
 
 /// The three networks of I-JEPA: the context encoder and the predictor train; the target
 /// encoder is their EMA and lives on the inner (non-autodiff) backend.
-pub struct Networks<B: AutodiffBackend> {
+pub struct Networks<B: crate::ops::TrainBackend> {
     pub encoder: VisionTransformer<B>,
     pub predictor: Predictor<B>,
     pub target: VisionTransformer<B::InnerBackend>,
 }
 
 /// A batch: pixels `[B, C, H, W]` and the collator's masks.
-pub struct Batch<B: AutodiffBackend> {
+pub struct Batch<B: crate::ops::TrainBackend> {
     pub images: Tensor<B::InnerBackend, 4>,
     pub masks_enc: MaskIndices,
     pub masks_pred: MaskIndices,
 }
 
 /// Loss and gradients of one batch (before any optimizer update).
-pub struct Gradients<B: AutodiffBackend> {
+pub struct Gradients<B: crate::ops::TrainBackend> {
     pub loss: f64,
     /// `encoder.<name>` / `predictor.<name>`.
     pub grads: TensorMap<B::InnerBackend>,
 }
 
 /// Forward and backward of the objective on one batch.
-pub fn loss_and_grads<B: AutodiffBackend>(
+pub fn loss_and_grads<B: crate::ops::TrainBackend>(
     nets: &Networks<B>,
     batch: &Batch<B>,
     kind: LossKind,
@@ -72,7 +71,7 @@ pub struct UpdateHyper {
 
 /// AdamW on encoder and predictor, then the EMA of the target. Returns the gradient norm
 /// when clipping is on (computing it costs a pass over every gradient).
-pub fn apply_update<B: AutodiffBackend>(
+pub fn apply_update<B: crate::ops::TrainBackend>(
     nets: Networks<B>,
     adam: &mut AdamW<B::InnerBackend>,
     mut grads: TensorMap<B::InnerBackend>,
@@ -108,7 +107,7 @@ pub fn apply_update<B: AutodiffBackend>(
 }
 
 /// A full step: gradients, a finite-loss check (nothing is updated on NaN / inf), update.
-pub fn train_step<B: AutodiffBackend>(
+pub fn train_step<B: crate::ops::TrainBackend>(
     nets: Networks<B>,
     adam: &mut AdamW<B::InnerBackend>,
     batch: &Batch<B>,

@@ -28,3 +28,15 @@ impl ModelArgs {
         Ok(Checkpoint::read(&self.model, &opts)?)
     }
 }
+
+/// Size the compute thread pool (rayon's global pool, which burn's CPU backend uses).
+pub fn set_threads(threads: Option<usize>) -> Result<()> {
+    if let Some(t) = threads {
+        anyhow::ensure!(t > 0, "--threads must be positive");
+        // Fails only if the pool was already built, which cannot happen before this call.
+        let _ = rayon::ThreadPoolBuilder::new()
+            .num_threads(t)
+            .build_global();
+    }
+    Ok(())
+}

@@ -5,11 +5,14 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod bench;
 mod common;
 mod embed;
+mod evaluate;
 mod export;
 mod masks;
 mod predict;
+mod pretrain;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -27,6 +30,14 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Pretrain an encoder with I-JEPA (configs/fmnist_vit.yaml is the small-data recipe).
+    Pretrain(pretrain::Args),
+    /// Linear probe of frozen features (the paper's protocol).
+    Probe(evaluate::ProbeArgs),
+    /// Weighted kNN classification of frozen features.
+    Knn(evaluate::KnnArgs),
+    /// Time the training iteration and inference (same flags as the PyTorch baseline script).
+    Bench(bench::Args),
     /// Sample multi-block masks: statistics and a picture.
     Masks(masks::Args),
     /// Embed images (or a preprocessed .npy) with an official, Hugging Face or native model.
@@ -40,7 +51,11 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Pretrain(a) => pretrain::run(a),
         Command::Masks(a) => masks::run(a),
+        Command::Bench(a) => bench::run_cli(a),
+        Command::Probe(a) => evaluate::run_probe(a),
+        Command::Knn(a) => evaluate::run_knn(a),
         Command::Embed(a) => embed::run(a),
         Command::Predict(a) => predict::run(a),
         Command::Export(a) => export::run(a),

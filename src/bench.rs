@@ -1,0 +1,182 @@
+//! `ijepa bench`: times the trainer's own iteration (the functions `ijepa pretrain` calls:
+//! target forward + layer norm + gather, context encoder, predictor, loss, backward, AdamW,
+//! EMA) and the target encoder's inference, with the same flags and output lines as
+//! `../shared/bench/torch_ijepa_step.py`.
+
+use std::time::Instant;
+
+use burn::module::AutodiffModule;
+use burn::tensor::{Distribution, Tensor};
+use rand::SeedableRng;
+use rand::seq::index::sample;
+use rand_chacha::ChaCha8Rng;
+
+use crate::error::Result;
+use crate::masks::MaskSampler;
+use crate::model::{
+    EncoderConfig, Init, MaskIndices, Predictor, PredictorConfig, VisionTransformer,
+};
+use crate::train::loss::LossKind;
+use crate::train::optim::AdamW;
+use crate::train::step::{Batch, Networks, UpdateHyper, apply_update, loss_and_grads};
+
+/// Shapes and timing settings (the PyTorch script's flags).
+#[derive(Clone, Debug)]
+pub struct BenchSpec {
+    pub encoder: EncoderConfig,
+    pub predictor: PredictorConfig,
+    pub npred: usize,
+    pub k_enc: usize,
+    pub k_pred: usize,
+    pub batch_size: usize,
+    pub infer_batch_size: usize,
+    pub steps: usize,
+    pub warmup: usize,
+    pub seed: u64,
+    /// Draw masks with the real sampler instead of random index sets of fixed sizes.
+    pub sampler: Option<MaskSampler>,
+}
+
+#[derive(Clone, Debug)]
+pub struct BenchResult {
+    pub train_median_ms: f64,
+    pub train_img_per_s: f64,
+    pub infer_median_ms: f64,
+    pub infer_img_per_s: f64,
+    pub peak_rss_mb: f64,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+/// Peak resident memory of this process (Linux `VmHWM`), in MiB.
+pub fn peak_rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+fn random_masks(
+    rng: &mut ChaCha8Rng,
+    n_masks: usize,
+    batch: usize,
+    k: usize,
+    n: usize,
+) -> Result<MaskIndices> {
+    let sets: Vec<Vec<Vec<usize>>> = (0..n_masks)
+        .map(|_| {
+            (0..batch)
+                .map(|_| {
+                    let mut v = sample(rng, n, k).into_vec();
+                    v.sort_unstable();
+                    v
+                })
+                .collect()
+        })
+        .collect();
+    MaskIndices::new(&sets, n)
+}
+
+pub fn run<B: crate::ops::TrainBackend>(
+    spec: &BenchSpec,
+    device: &B::Device,
+) -> Result<BenchResult> {
+    let enc = &spec.encoder;
+    let n = enc.num_patches();
+    if spec.k_enc > n || spec.k_pred > n {
+        return Err(crate::Error::Config(format!(
+            "--k-enc {} / --k-pred {} exceed the {n} patches",
+            spec.k_enc, spec.k_pred
+        )));
+    }
+    let mut init = Init::new(spec.seed);
+    let encoder = VisionTransformer::<B>::new(enc, &mut init, device);
+    let predictor = Predictor::<B>::new(&spec.predictor, &mut init, device);
+    let target = encoder.valid();
+    let mut nets = Networks {
+        encoder,
+        predictor,
+        target,
+    };
+    let mut adam = AdamW::default();
+    let b = spec.batch_size;
+    let images = Tensor::<B::InnerBackend, 4>::random(
+        [b, enc.in_chans, enc.image_size, enc.image_size],
+        Distribution::Normal(0.0, 1.0),
+        device,
+    );
+
+    let mut rng = ChaCha8Rng::seed_from_u64(spec.seed);
+    let mut mask_sets = Vec::new();
+    for step in 0..4u64 {
+        mask_sets.push(match &spec.sampler {
+            Some(s) => {
+                let m = s.sample(step, 0, b)?;
+                (MaskIndices::new(&m.enc, n)?, MaskIndices::new(&m.pred, n)?)
+            }
+            None => (
+                random_masks(&mut rng, 1, b, spec.k_enc, n)?,
+                random_masks(&mut rng, spec.npred, b, spec.k_pred, n)?,
+            ),
+        });
+    }
+
+    let h = UpdateHyper {
+        lr: 1e-3,
+        weight_decay: 0.04,
+        momentum: 0.996,
+        grad_clip: None,
+    };
+    let mut times = Vec::new();
+    for i in 0..spec.warmup + spec.steps {
+        let (me, mp) = mask_sets[i % mask_sets.len()].clone();
+        let batch = Batch::<B> {
+            images: images.clone(),
+            masks_enc: me,
+            masks_pred: mp,
+        };
+        let t0 = Instant::now();
+        let g = loss_and_grads(&nets, &batch, LossKind::SmoothL1);
+        nets = apply_update(nets, &mut adam, g.grads, h).0;
+        // Force the lazy work of the update to finish inside the timed region.
+        let _ = nets.target.norm.weight.val().into_data();
+        if i >= spec.warmup {
+            times.push(t0.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    let train = median(times);
+
+    let x = Tensor::<B::InnerBackend, 4>::random(
+        [
+            spec.infer_batch_size,
+            enc.in_chans,
+            enc.image_size,
+            enc.image_size,
+        ],
+        Distribution::Normal(0.0, 1.0),
+        device,
+    );
+    let mut times = Vec::new();
+    for i in 0..spec.warmup + spec.steps {
+        let t0 = Instant::now();
+        let _ = nets.target.forward(x.clone(), None).into_data();
+        if i >= spec.warmup {
+            times.push(t0.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    let infer = median(times);
+    Ok(BenchResult {
+        train_median_ms: train,
+        train_img_per_s: b as f64 / train * 1e3,
+        infer_median_ms: infer,
+        infer_img_per_s: spec.infer_batch_size as f64 / infer * 1e3,
+        peak_rss_mb: peak_rss_mb(),
+    })
+}

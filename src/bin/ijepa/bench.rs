@@ -1,0 +1,115 @@
+use std::path::PathBuf;
+
+use anyhow::Result;
+use ijepa::bench::{BenchSpec, run};
+use ijepa::masks::MaskSampler;
+use ijepa::model::{EncoderConfig, PredictorConfig};
+use ijepa::train::config::TrainConfig;
+
+/// Time the training iteration and inference (flags of shared/bench/torch_ijepa_step.py).
+#[derive(clap::Args)]
+pub struct Args {
+    #[arg(long, default_value_t = 32)]
+    image_size: usize,
+    #[arg(long, default_value_t = 4)]
+    patch_size: usize,
+    #[arg(long, default_value_t = 1)]
+    in_chans: usize,
+    #[arg(long, default_value_t = 128)]
+    embed_dim: usize,
+    #[arg(long, default_value_t = 6)]
+    depth: usize,
+    #[arg(long, default_value_t = 4)]
+    heads: usize,
+    #[arg(long, default_value_t = 64)]
+    pred_dim: usize,
+    #[arg(long, default_value_t = 3)]
+    pred_depth: usize,
+    #[arg(long, default_value_t = 4)]
+    pred_heads: usize,
+    #[arg(long, default_value_t = 2)]
+    npred: usize,
+    #[arg(long, default_value_t = 27)]
+    k_enc: usize,
+    #[arg(long, default_value_t = 11)]
+    k_pred: usize,
+    #[arg(long, default_value_t = 128)]
+    batch_size: usize,
+    #[arg(long, default_value_t = 256)]
+    infer_batch_size: usize,
+    #[arg(long, default_value_t = 10)]
+    steps: usize,
+    #[arg(long, default_value_t = 3)]
+    warmup: usize,
+    #[arg(long, default_value_t = 2)]
+    threads: usize,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Take shapes and masks (from the real sampler) from a training config instead.
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+pub fn run_cli(a: Args) -> Result<()> {
+    crate::common::set_threads(Some(a.threads))?;
+    let (encoder, predictor, sampler, batch_size) = match &a.config {
+        Some(path) => {
+            let cfg = TrainConfig::from_file(path, &[])?;
+            let sampler = MaskSampler::new(cfg.mask_config()?, cfg.meta.seed)?;
+            (
+                cfg.encoder_config()?,
+                cfg.predictor_config()?,
+                Some(sampler),
+                cfg.data.batch_size,
+            )
+        }
+        None => {
+            let encoder = EncoderConfig {
+                image_size: a.image_size,
+                patch_size: a.patch_size,
+                in_chans: a.in_chans,
+                embed_dim: a.embed_dim,
+                depth: a.depth,
+                num_heads: a.heads,
+                mlp_hidden: a.embed_dim * 4,
+                qkv_bias: true,
+                layer_norm_eps: 1e-6,
+            };
+            encoder.validate()?;
+            let predictor =
+                PredictorConfig::for_encoder(&encoder, a.pred_dim, a.pred_depth, a.pred_heads)?;
+            (encoder, predictor, None, a.batch_size)
+        }
+    };
+    let spec = BenchSpec {
+        encoder,
+        predictor,
+        npred: a.npred,
+        k_enc: a.k_enc,
+        k_pred: a.k_pred,
+        batch_size,
+        infer_batch_size: a.infer_batch_size,
+        steps: a.steps.max(1),
+        warmup: a.warmup,
+        seed: a.seed,
+        sampler,
+    };
+    println!(
+        "ijepa {} backend flex threads {} tokens {} batch {}",
+        env!("CARGO_PKG_VERSION"),
+        rayon::current_num_threads(),
+        spec.encoder.num_patches(),
+        spec.batch_size
+    );
+    let r = run::<ijepa::CpuAutodiff>(&spec, &Default::default())?;
+    println!(
+        "RESULT train_step median_ms={:.1} img_per_s={:.1}",
+        r.train_median_ms, r.train_img_per_s
+    );
+    println!(
+        "RESULT infer median_ms={:.1} img_per_s={:.1}",
+        r.infer_median_ms, r.infer_img_per_s
+    );
+    println!("RESULT peak_rss_mb={:.0}", r.peak_rss_mb);
+    Ok(())
+}

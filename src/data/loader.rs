@@ -1,0 +1,575 @@
+//! Batched, parallel, prefetching loader with a reproducible sample order.
+//!
+//! * Order: epoch `e` reads a permutation of `0..N` drawn from a `ChaCha8Rng` keyed by
+//!   `(seed, e)`; `ipe = N / (batch_size * replicas)` steps (drop_last, as the official loader).
+//!   Replica `q` of step `s` takes `order[(s * replicas + q) * B ..][..B]`, so replica `q` is
+//!   what rank `q` of a `replicas`-process run (or micro-batch `q` of gradient accumulation)
+//!   would see, and any step can be rebuilt on its own (resume).
+//! * Augmentation: each sample's rng is keyed by `(seed, e, dataset index)`, so the tensors
+//!   depend on neither thread count, batch layout nor resume point.
+//! * Keys: splitmix64 chained over the parts, expanded to a 32-byte ChaCha seed
+//!   ([`derive_key`]); a different tag per use keeps the order and augmentation streams apart.
+//! * Work: a background thread builds batches with rayon (`par_iter` over the samples) and
+//!   stays `prefetch` batches ahead through a bounded channel; dropping the iterator stops it.
+
+use std::ops::Range;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::data::augment::{EvalTransform, TrainTransform, below};
+use crate::data::{DataError, Dataset};
+
+/// Loader settings.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoaderConfig {
+    /// Images per replica per step.
+    pub batch_size: usize,
+    pub seed: u64,
+    /// `world_size * accum_steps`: how many batches one step consumes.
+    pub replicas: usize,
+    /// Steps built ahead of the consumer.
+    pub prefetch: usize,
+    /// Fail on an unreadable image instead of substituting another one.
+    pub strict: bool,
+}
+
+impl Default for LoaderConfig {
+    fn default() -> Self {
+        Self {
+            batch_size: 64,
+            seed: 0,
+            replicas: 1,
+            prefetch: 4,
+            strict: false,
+        }
+    }
+}
+
+/// One replica's batch of one step.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Batch {
+    /// `[B, C, S, S]`, normalised.
+    pub pixels: Vec<f32>,
+    pub labels: Vec<Option<usize>>,
+    /// Dataset index of each image in the batch (of the substitute when one was replaced).
+    pub indices: Vec<usize>,
+    /// Names of unreadable images that were replaced in this batch (non-strict mode).
+    pub skipped: Vec<String>,
+    /// Step within the epoch.
+    pub step: usize,
+}
+
+impl Batch {
+    pub fn len(&self) -> usize {
+        self.indices.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.indices.is_empty()
+    }
+}
+
+/// Domain tags of the derived keys ("order v1", "augm v1").
+const ORDER_TAG: u64 = 0x6f72_6465_7220_7631;
+const AUGMENT_TAG: u64 = 0x6175_676d_2076_3031;
+
+/// The splitmix64 finaliser (Steele et al.): a bijective 64-bit mix with good avalanche.
+pub fn splitmix64(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// ChaCha seed of a tuple: `h = 0; h = splitmix64(h ^ part)` for each part, then the 32 bytes
+/// are `splitmix64(h + i)` for i = 0..4, little-endian. Cheap, and each part changes every byte.
+pub fn derive_key(parts: &[u64]) -> [u8; 32] {
+    let h = parts.iter().fold(0u64, |h, &p| splitmix64(h ^ p));
+    let mut key = [0u8; 32];
+    for (i, chunk) in key.chunks_exact_mut(8).enumerate() {
+        chunk.copy_from_slice(&splitmix64(h.wrapping_add(i as u64)).to_le_bytes());
+    }
+    key
+}
+
+/// The permutation of `0..n` for one epoch (Fisher-Yates from the last position down).
+pub fn epoch_order(seed: u64, epoch: u64, n: usize) -> Vec<usize> {
+    let mut rng = ChaCha8Rng::from_seed(derive_key(&[ORDER_TAG, seed, epoch]));
+    let mut order: Vec<usize> = (0..n).collect();
+    for i in (1..n).rev() {
+        order.swap(i, below(&mut rng, i + 1));
+    }
+    order
+}
+
+/// The augmentation rng of dataset image `index` in `epoch`.
+pub fn sample_rng(seed: u64, epoch: u64, index: usize) -> ChaCha8Rng {
+    ChaCha8Rng::from_seed(derive_key(&[AUGMENT_TAG, seed, epoch, index as u64]))
+}
+
+/// Timing of a pipeline, for "data pipeline: X img/s, training waited Y ms".
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct PipelineStats {
+    /// Images decoded and augmented.
+    pub images: u64,
+    pub batches: u64,
+    /// Wall time the producer spent building batches (not blocked on a full queue).
+    pub busy: Duration,
+    /// Wall time the consumer spent waiting in `next()`.
+    pub waited: Duration,
+}
+
+impl PipelineStats {
+    /// Producer throughput when running flat out: images / busy time (0 before any work).
+    pub fn images_per_sec(&self) -> f64 {
+        let s = self.busy.as_secs_f64();
+        if s > 0.0 { self.images as f64 / s } else { 0.0 }
+    }
+
+    /// The difference to an earlier snapshot of the same pipeline (per log interval).
+    pub fn since(&self, earlier: &PipelineStats) -> PipelineStats {
+        PipelineStats {
+            images: self.images.saturating_sub(earlier.images),
+            batches: self.batches.saturating_sub(earlier.batches),
+            busy: self.busy.saturating_sub(earlier.busy),
+            waited: self.waited.saturating_sub(earlier.waited),
+        }
+    }
+}
+
+#[derive(Default)]
+struct Counters {
+    images: AtomicU64,
+    batches: AtomicU64,
+    busy_ns: AtomicU64,
+}
+
+/// Iterator over results built ahead on a background thread.
+pub struct Prefetch<T> {
+    rx: Option<Receiver<Result<T, DataError>>>,
+    handle: Option<JoinHandle<()>>,
+    stop: Arc<AtomicBool>,
+    counters: Arc<Counters>,
+    waited: Duration,
+    remaining: usize,
+    pending_error: Option<DataError>,
+}
+
+/// One replica's batches of one epoch.
+pub type EpochIter = Prefetch<Batch>;
+/// All replicas' batches of each step of one epoch.
+pub type AllReplicasIter = Prefetch<Vec<Batch>>;
+/// Evaluation batches: normalised pixels `[b, C, S, S]` and labels, in dataset order.
+pub type EvalBatches = Prefetch<(Vec<f32>, Vec<Option<usize>>)>;
+
+impl<T: Send + 'static> Prefetch<T> {
+    /// Runs `build(step)` for each step on a new thread (inside `pool` if given), keeping at
+    /// most `prefetch` results queued.
+    fn spawn<F>(
+        steps: Range<usize>,
+        prefetch: usize,
+        pool: Option<Arc<rayon::ThreadPool>>,
+        build: F,
+    ) -> Self
+    where
+        F: Fn(usize) -> Result<(T, usize), DataError> + Send + Sync + 'static,
+    {
+        let (tx, rx) = sync_channel(prefetch);
+        let stop = Arc::new(AtomicBool::new(false));
+        let counters = Arc::new(Counters::default());
+        let remaining = steps.len();
+        let (stop2, counters2) = (stop.clone(), counters.clone());
+        let body = move || produce(steps, &tx, &stop2, &counters2, pool.as_deref(), build);
+        match std::thread::Builder::new()
+            .name("data-loader".into())
+            .spawn(body)
+        {
+            Ok(handle) => Self {
+                rx: Some(rx),
+                handle: Some(handle),
+                stop,
+                counters,
+                waited: Duration::ZERO,
+                remaining,
+                pending_error: None,
+            },
+            Err(e) => Self::failed(DataError::Config(format!(
+                "cannot start the data loader thread: {e}"
+            ))),
+        }
+    }
+}
+
+impl<T> Prefetch<T> {
+    /// An iterator that yields `err` once.
+    fn failed(err: DataError) -> Self {
+        Self {
+            rx: None,
+            handle: None,
+            stop: Arc::new(AtomicBool::new(true)),
+            counters: Arc::new(Counters::default()),
+            waited: Duration::ZERO,
+            remaining: 0,
+            pending_error: Some(err),
+        }
+    }
+
+    /// Timing so far (cumulative for this iterator).
+    pub fn stats(&self) -> PipelineStats {
+        PipelineStats {
+            images: self.counters.images.load(Ordering::Relaxed),
+            batches: self.counters.batches.load(Ordering::Relaxed),
+            busy: Duration::from_nanos(self.counters.busy_ns.load(Ordering::Relaxed)),
+            waited: self.waited,
+        }
+    }
+
+    fn finish(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        // Dropping the receiver wakes a producer blocked on a full queue.
+        self.rx = None;
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+fn produce<T: Send, F>(
+    steps: Range<usize>,
+    tx: &SyncSender<Result<T, DataError>>,
+    stop: &AtomicBool,
+    counters: &Counters,
+    pool: Option<&rayon::ThreadPool>,
+    build: F,
+) where
+    F: Fn(usize) -> Result<(T, usize), DataError> + Send + Sync,
+{
+    for step in steps {
+        if stop.load(Ordering::Relaxed) {
+            return;
+        }
+        let t0 = Instant::now();
+        let result = match pool {
+            Some(p) => p.install(|| build(step)),
+            None => build(step),
+        };
+        let ns = t0.elapsed().as_nanos().min(u64::MAX as u128) as u64;
+        counters.busy_ns.fetch_add(ns, Ordering::Relaxed);
+        let failed = result.is_err();
+        let result = result.map(|(item, images)| {
+            counters.images.fetch_add(images as u64, Ordering::Relaxed);
+            counters.batches.fetch_add(1, Ordering::Relaxed);
+            item
+        });
+        if tx.send(result).is_err() || failed {
+            return;
+        }
+    }
+}
+
+impl<T> Iterator for Prefetch<T> {
+    type Item = Result<T, DataError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if let Some(e) = self.pending_error.take() {
+            return Some(Err(e));
+        }
+        if self.remaining == 0 {
+            self.finish();
+            return None;
+        }
+        let rx = self.rx.as_ref()?;
+        let t0 = Instant::now();
+        let got = rx.recv();
+        self.waited += t0.elapsed();
+        match got {
+            Ok(Ok(item)) => {
+                self.remaining -= 1;
+                Some(Ok(item))
+            }
+            Ok(Err(e)) => {
+                self.remaining = 0;
+                self.finish();
+                Some(Err(e))
+            }
+            Err(_) => {
+                // The producer hung up before its last step without sending an error.
+                self.remaining = 0;
+                self.finish();
+                Some(Err(DataError::ProducerDied))
+            }
+        }
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let n = self.remaining + usize::from(self.pending_error.is_some());
+        (n, Some(n))
+    }
+}
+
+impl<T> Drop for Prefetch<T> {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+/// Everything a background thread needs to build batches of one epoch.
+struct EpochJob {
+    dataset: Arc<dyn Dataset>,
+    transform: Arc<TrainTransform>,
+    config: LoaderConfig,
+    epoch: u64,
+    order: Arc<Vec<usize>>,
+}
+
+/// One augmented sample: pixels, label, dataset index used, name of the image it replaced.
+type Sample = (Vec<f32>, Option<usize>, usize, Option<String>);
+
+impl EpochJob {
+    /// Sample at position `pos` of the epoch order. A broken image is replaced (non-strict)
+    /// by the next readable one in the order, wrapping around; the substitute is augmented
+    /// with the broken image's rng so it is not a copy of its own view elsewhere in the epoch.
+    fn sample(&self, pos: usize) -> Result<Sample, DataError> {
+        let ds = &*self.dataset;
+        let n = self.order.len();
+        let idx = self.order[pos];
+        let mut rng = sample_rng(self.config.seed, self.epoch, idx);
+        let mut last = match ds.get(idx) {
+            Ok(img) => {
+                return Ok((
+                    self.transform.apply(&img, &mut rng),
+                    ds.label(idx),
+                    idx,
+                    None,
+                ));
+            }
+            Err(e) if self.config.strict => return Err(e),
+            Err(e) => e,
+        };
+        for k in 1..n {
+            let j = self.order[(pos + k) % n];
+            match ds.get(j) {
+                Ok(img) => {
+                    let px = self.transform.apply(&img, &mut rng);
+                    return Ok((px, ds.label(j), j, Some(ds.name(idx))));
+                }
+                Err(e) => last = e,
+            }
+        }
+        Err(DataError::NothingReadable {
+            last: Box::new(last),
+        })
+    }
+
+    /// Batches of `replicas` for one step, all samples decoded in parallel.
+    fn build(&self, step: usize, replicas: Range<usize>) -> Result<Vec<Batch>, DataError> {
+        let b = self.config.batch_size;
+        let r = self.config.replicas;
+        let start = (step * r + replicas.start) * b;
+        let end = (step * r + replicas.end) * b;
+        let samples: Vec<Sample> = (start..end)
+            .into_par_iter()
+            .map(|pos| self.sample(pos))
+            .collect::<Result<_, _>>()?;
+        let per = self.transform.output_len();
+        Ok(samples
+            .chunks(b)
+            .map(|chunk| {
+                let mut batch = Batch {
+                    pixels: Vec::with_capacity(per * b),
+                    labels: Vec::with_capacity(b),
+                    indices: Vec::with_capacity(b),
+                    skipped: Vec::new(),
+                    step,
+                };
+                for (px, label, index, skipped) in chunk {
+                    batch.pixels.extend_from_slice(px);
+                    batch.labels.push(*label);
+                    batch.indices.push(*index);
+                    batch.skipped.extend(skipped.iter().cloned());
+                }
+                batch
+            })
+            .collect())
+    }
+}
+
+/// The training loader: see the module documentation for the order and seeding rules.
+#[derive(Clone)]
+pub struct Loader {
+    dataset: Arc<dyn Dataset>,
+    transform: Arc<TrainTransform>,
+    config: LoaderConfig,
+    pool: Option<Arc<rayon::ThreadPool>>,
+}
+
+impl Loader {
+    /// Checks the settings; fails if the dataset cannot fill one step.
+    pub fn new(
+        dataset: impl Into<Arc<dyn Dataset>>,
+        transform: TrainTransform,
+        config: LoaderConfig,
+    ) -> Result<Self, DataError> {
+        let dataset = dataset.into();
+        transform.validate()?;
+        if config.batch_size == 0 || config.replicas == 0 {
+            return Err(DataError::Config(format!(
+                "batch_size ({}) and replicas ({}) must be at least 1",
+                config.batch_size, config.replicas
+            )));
+        }
+        let per_step = config.batch_size.checked_mul(config.replicas);
+        if per_step.is_none_or(|p| dataset.len() < p) {
+            return Err(DataError::Config(format!(
+                "the dataset ({}: {} images) cannot fill one step of batch_size {} x replicas {}",
+                dataset.name(0),
+                dataset.len(),
+                config.batch_size,
+                config.replicas
+            )));
+        }
+        Ok(Self {
+            dataset,
+            transform: Arc::new(transform),
+            config,
+            pool: None,
+        })
+    }
+
+    /// Builds batches inside `pool` instead of rayon's global pool (to bound the data
+    /// threads, or to keep them apart from the trainer's). Do not call `next()` from a worker
+    /// of that same pool: the blocked worker could be the one the batch needs.
+    pub fn with_thread_pool(mut self, pool: Arc<rayon::ThreadPool>) -> Self {
+        self.pool = Some(pool);
+        self
+    }
+
+    /// Steps per epoch: `N / (batch_size * replicas)`, the incomplete rest dropped.
+    pub fn ipe(&self) -> usize {
+        self.dataset.len() / (self.config.batch_size * self.config.replicas)
+    }
+
+    pub fn dataset(&self) -> &Arc<dyn Dataset> {
+        &self.dataset
+    }
+
+    pub fn transform(&self) -> &TrainTransform {
+        &self.transform
+    }
+
+    pub fn config(&self) -> &LoaderConfig {
+        &self.config
+    }
+
+    /// The sample order of `epoch`.
+    pub fn epoch_order(&self, epoch: u64) -> Vec<usize> {
+        epoch_order(self.config.seed, epoch, self.dataset.len())
+    }
+
+    fn job(&self, epoch: u64) -> EpochJob {
+        EpochJob {
+            dataset: self.dataset.clone(),
+            transform: self.transform.clone(),
+            config: self.config.clone(),
+            epoch,
+            order: Arc::new(self.epoch_order(epoch)),
+        }
+    }
+
+    /// Builds the batches of all replicas of one step now, on the calling thread's pool.
+    pub fn step_batches(&self, epoch: u64, step: usize) -> Result<Vec<Batch>, DataError> {
+        self.check_step(step)?;
+        self.job(epoch).build(step, 0..self.config.replicas)
+    }
+
+    fn check_step(&self, step: usize) -> Result<(), DataError> {
+        if step >= self.ipe() {
+            return Err(DataError::Config(format!(
+                "step {step} is past the end of the epoch ({} steps)",
+                self.ipe()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Replica `replica`'s batches of steps `start_step..ipe` of `epoch`, built ahead.
+    pub fn epoch(&self, epoch: u64, start_step: usize, replica: usize) -> EpochIter {
+        if replica >= self.config.replicas {
+            return Prefetch::failed(DataError::Config(format!(
+                "replica {replica} requested but the loader has {} replicas",
+                self.config.replicas
+            )));
+        }
+        let job = self.job(epoch);
+        Prefetch::spawn(
+            start_step.min(self.ipe())..self.ipe(),
+            self.config.prefetch,
+            self.pool.clone(),
+            move |step| {
+                let mut v = job.build(step, replica..replica + 1)?;
+                let batch = v.pop().ok_or(DataError::ProducerDied)?;
+                let n = batch.len();
+                Ok((batch, n))
+            },
+        )
+    }
+
+    /// All replicas' batches (index = replica) of steps `start_step..ipe` of `epoch`.
+    pub fn epoch_all_replicas(&self, epoch: u64, start_step: usize) -> AllReplicasIter {
+        let job = self.job(epoch);
+        let replicas = self.config.replicas;
+        Prefetch::spawn(
+            start_step.min(self.ipe())..self.ipe(),
+            self.config.prefetch,
+            self.pool.clone(),
+            move |step| {
+                let v = job.build(step, 0..replicas)?;
+                let n = v.iter().map(Batch::len).sum();
+                Ok((v, n))
+            },
+        )
+    }
+}
+
+/// Batches of `batch_size` images (the last one may be smaller) in dataset order, decoded in
+/// parallel and built ahead, for feature extraction. Always strict: an unreadable image is an
+/// error naming it, since evaluation must see every image.
+pub fn eval_batches(
+    dataset: impl Into<Arc<dyn Dataset>>,
+    transform: &EvalTransform,
+    batch_size: usize,
+) -> EvalBatches {
+    let dataset: Arc<dyn Dataset> = dataset.into();
+    if let Err(e) = transform.validate() {
+        return Prefetch::failed(e);
+    }
+    if batch_size == 0 {
+        return Prefetch::failed(DataError::Config(
+            "eval batch_size must be at least 1".into(),
+        ));
+    }
+    let n = dataset.len();
+    let transform = transform.clone();
+    Prefetch::spawn(0..n.div_ceil(batch_size), 2, None, move |step| {
+        let range = step * batch_size..((step + 1) * batch_size).min(n);
+        let count = range.len();
+        let samples: Vec<(Vec<f32>, Option<usize>)> = range
+            .into_par_iter()
+            .map(|i| Ok((transform.apply(&dataset.get(i)?), dataset.label(i))))
+            .collect::<Result<_, DataError>>()?;
+        let mut pixels = Vec::with_capacity(count * transform.output_len());
+        let mut labels = Vec::with_capacity(count);
+        for (px, l) in samples {
+            pixels.extend_from_slice(&px);
+            labels.push(l);
+        }
+        Ok(((pixels, labels), count))
+    })
+}

@@ -1,0 +1,148 @@
+//! The paper's evaluation protocol on frozen features: extract the target encoder's pooled
+//! features of a labelled train and test split, then a linear probe (L2 strength chosen on a
+//! held-out 10 % of train) or a cosine kNN.
+
+use serde::Serialize;
+
+use super::features::{LabeledFeatures, Layers, choose_encoder, dataset_features};
+use super::{knn, probe};
+use crate::checkpoint::{Checkpoint, EncoderChoice};
+use crate::data::{Split, open_source};
+use crate::error::{Error, Result};
+
+/// Which data and features to evaluate on.
+#[derive(Clone, Debug)]
+pub struct EvalData {
+    /// `fmnist:/dir`, `mnist:/dir`, `idx:/file` or a folder with class sub-folders.
+    pub train: String,
+    pub test: String,
+    pub max_train: Option<usize>,
+    pub max_test: Option<usize>,
+    pub encoder: Option<EncoderChoice>,
+    pub layers: Layers,
+    pub batch_size: usize,
+}
+
+/// Features of both splits, plus the encoder used.
+pub fn extract(
+    ck: &Checkpoint,
+    data: &EvalData,
+) -> Result<(LabeledFeatures, LabeledFeatures, EncoderChoice)> {
+    let which = choose_encoder(ck, data.encoder);
+    let model = ck.build_encoder::<crate::Cpu>(which, &Default::default())?;
+    let pre = &ck.description.preprocess;
+    let open = |spec: &str, split| {
+        open_source(spec, split, pre.channels).map_err(|e| Error::Config(e.to_string()))
+    };
+    let train_ds = open(&data.train, Split::Train)?;
+    let test_ds = open(&data.test, Split::Test)?;
+    let train = dataset_features(
+        &model,
+        train_ds.as_ref(),
+        pre,
+        data.layers,
+        data.batch_size,
+        data.max_train,
+    )?;
+    let test = dataset_features(
+        &model,
+        test_ds.as_ref(),
+        pre,
+        data.layers,
+        data.batch_size,
+        data.max_test,
+    )?;
+    let classes = train.num_classes.max(test.num_classes);
+    Ok((
+        LabeledFeatures {
+            num_classes: classes,
+            ..train
+        },
+        LabeledFeatures {
+            num_classes: classes,
+            ..test
+        },
+        which,
+    ))
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ProbeReport {
+    /// Test top-1, percent.
+    pub top1: f64,
+    pub l2: f64,
+    pub val_top1: Vec<(f64, f64)>,
+    pub train_top1: f64,
+    pub encoder: EncoderChoice,
+    pub layers: Layers,
+    pub feature_dim: usize,
+    pub n_train: usize,
+    pub n_test: usize,
+    pub model: String,
+}
+
+pub fn linear_probe(
+    ck: &Checkpoint,
+    data: &EvalData,
+    cfg: &probe::ProbeConfig,
+) -> Result<ProbeReport> {
+    let (train, test, encoder) = extract(ck, data)?;
+    let (n_train, n_test, dim) = (train.features.n, test.features.n, train.features.dim);
+    let r = probe::linear_probe(
+        train.features,
+        &train.labels,
+        test.features,
+        &test.labels,
+        train.num_classes,
+        cfg,
+    )
+    .map_err(|e| Error::Config(e.to_string()))?;
+    Ok(ProbeReport {
+        top1: r.top1,
+        l2: r.l2,
+        val_top1: r.val_top1,
+        train_top1: r.train_top1,
+        encoder,
+        layers: data.layers,
+        feature_dim: dim,
+        n_train,
+        n_test,
+        model: ck.path.display().to_string(),
+    })
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct KnnReport {
+    pub top1: f64,
+    pub k: usize,
+    pub temperature: f32,
+    pub encoder: EncoderChoice,
+    pub layers: Layers,
+    pub n_train: usize,
+    pub n_test: usize,
+    pub model: String,
+}
+
+pub fn knn(ck: &Checkpoint, data: &EvalData, k: usize, temperature: f32) -> Result<KnnReport> {
+    let (train, test, encoder) = extract(ck, data)?;
+    let r = knn::knn_top1(
+        &train.features,
+        &train.labels,
+        &test.features,
+        &test.labels,
+        train.num_classes,
+        k,
+        temperature,
+    )
+    .map_err(|e| Error::Config(e.to_string()))?;
+    Ok(KnnReport {
+        top1: r.top1,
+        k: r.k,
+        temperature: r.temperature,
+        encoder,
+        layers: data.layers,
+        n_train: r.n_train,
+        n_test: r.n_test,
+        model: ck.path.display().to_string(),
+    })
+}

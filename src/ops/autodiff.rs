@@ -1,0 +1,298 @@
+//! Hand-written backward passes for the fused CPU kernels: burn's autodiff records one node
+//! per fused op instead of the dozens its decomposition would create.
+
+use burn::tensor::ops::FloatTensor;
+use burn_autodiff::Autodiff;
+use burn_autodiff::checkpoint::base::Checkpointer;
+use burn_autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn_autodiff::grads::Gradients;
+use burn_autodiff::ops::{Backward, Ops, OpsKind};
+use burn_flex::{Flex, FlexTensor};
+
+use super::flex::{attention_fwd, dims, f32s, layer_norm_fwd, linear_fwd, tensor};
+use super::kernels::{attention, layernorm, linear};
+use super::{IjepaBackend, composed};
+
+type Ad<C> = Autodiff<Flex, C>;
+
+/// Contiguous f32 copy of a primitive the forward already checked to be f32.
+fn values(t: &FlexTensor) -> Vec<f32> {
+    f32s(t).map(|c| c.into_owned()).unwrap_or_default()
+}
+
+/// State of a Linear (optionally + GELU) node.
+#[derive(Clone, Debug)]
+struct LinearState {
+    x: FlexTensor,
+    w: FlexTensor,
+    /// Pre-activation when the node includes the GELU.
+    pre: Option<FlexTensor>,
+    with_bias: bool,
+}
+
+fn linear_grads(s: LinearState, dy: FlexTensor) -> (FlexTensor, FlexTensor, Option<FlexTensor>) {
+    let (m, k) = (dims(&s.x)[0], dims(&s.x)[1]);
+    let n = dims(&s.w)[1];
+    let (x, w, dy) = (values(&s.x), values(&s.w), values(&dy));
+    let (dx, dw, db) = match &s.pre {
+        Some(pre) => linear::linear_gelu_backward(&x, &w, &values(pre), &dy, m, k, n, s.with_bias),
+        None => linear::linear_backward(&x, &w, &dy, m, k, n, s.with_bias),
+    };
+    (
+        tensor(dx, vec![m, k]),
+        tensor(dw, vec![k, n]),
+        db.map(|db| tensor(db, vec![n])),
+    )
+}
+
+#[derive(Debug)]
+struct LinearBiasBackward;
+
+impl Backward<Flex, 3> for LinearBiasBackward {
+    type State = LinearState;
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [px, pw, pb] = ops.parents;
+        let dy = grads.consume::<Flex>(&ops.node);
+        let (dx, dw, db) = linear_grads(ops.state, dy);
+        if let Some(p) = px {
+            grads.register::<Flex>(p.id, dx);
+        }
+        if let Some(p) = pw {
+            grads.register::<Flex>(p.id, dw);
+        }
+        if let (Some(p), Some(db)) = (pb, db) {
+            grads.register::<Flex>(p.id, db);
+        }
+    }
+}
+
+#[derive(Debug)]
+struct LinearBackward;
+
+impl Backward<Flex, 2> for LinearBackward {
+    type State = LinearState;
+    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [px, pw] = ops.parents;
+        let dy = grads.consume::<Flex>(&ops.node);
+        let (dx, dw, _) = linear_grads(ops.state, dy);
+        if let Some(p) = px {
+            grads.register::<Flex>(p.id, dx);
+        }
+        if let Some(p) = pw {
+            grads.register::<Flex>(p.id, dw);
+        }
+    }
+}
+
+fn linear_node<C: CheckpointStrategy>(
+    x: FloatTensor<Ad<C>>,
+    w: FloatTensor<Ad<C>>,
+    b: Option<FloatTensor<Ad<C>>>,
+    gelu: bool,
+) -> FloatTensor<Ad<C>> {
+    let Some((y, pre)) = linear_fwd(
+        &x.primitive,
+        &w.primitive,
+        b.as_ref().map(|b| &b.primitive),
+        gelu,
+    ) else {
+        return if gelu {
+            composed::linear_gelu::<Ad<C>>(x, w, b)
+        } else {
+            composed::linear::<Ad<C>>(x, w, b)
+        };
+    };
+    let state = LinearState {
+        x: x.primitive.clone(),
+        w: w.primitive.clone(),
+        pre,
+        with_bias: b.is_some(),
+    };
+    match b {
+        Some(b) => match LinearBiasBackward
+            .prepare::<C>([x.node.clone(), w.node.clone(), b.node.clone()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => prep.finish(state, y),
+            OpsKind::UnTracked(prep) => prep.finish(y),
+        },
+        None => match LinearBackward
+            .prepare::<C>([x.node.clone(), w.node.clone()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => prep.finish(state, y),
+            OpsKind::UnTracked(prep) => prep.finish(y),
+        },
+    }
+}
+
+#[derive(Debug)]
+struct AttentionBackward;
+
+#[derive(Clone, Debug)]
+struct AttentionState {
+    qkv: FlexTensor,
+    out: FlexTensor,
+    lse: Vec<f32>,
+    heads: usize,
+}
+
+impl Backward<Flex, 1> for AttentionBackward {
+    type State = AttentionState;
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [parent] = ops.parents;
+        let dout = grads.consume::<Flex>(&ops.node);
+        let Some(parent) = parent else { return };
+        let s = ops.state;
+        let shape = dims(&s.qkv);
+        let dqkv = attention::attention_backward(
+            &values(&s.qkv),
+            &values(&s.out),
+            &s.lse,
+            &values(&dout),
+            shape[0],
+            shape[1],
+            s.heads,
+        );
+        grads.register::<Flex>(parent.id, tensor(dqkv, shape));
+    }
+}
+
+#[derive(Debug)]
+struct LayerNormAffineBackward;
+
+#[derive(Clone, Debug)]
+struct LayerNormState {
+    x: FlexTensor,
+    w: Option<FlexTensor>,
+    mean: Vec<f32>,
+    rstd: Vec<f32>,
+}
+
+impl Backward<Flex, 3> for LayerNormAffineBackward {
+    type State = LayerNormState;
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [px, pw, pb] = ops.parents;
+        let dy = grads.consume::<Flex>(&ops.node);
+        let s = ops.state;
+        let shape = dims(&s.x);
+        let d = shape[1];
+        let w = s.w.as_ref().map(values).unwrap_or_default();
+        let (dx, dw, db) = layernorm::layer_norm_affine_backward(
+            &values(&s.x),
+            &w,
+            &s.mean,
+            &s.rstd,
+            &values(&dy),
+            d,
+        );
+        if let Some(p) = px {
+            grads.register::<Flex>(p.id, tensor(dx, shape));
+        }
+        if let Some(p) = pw {
+            grads.register::<Flex>(p.id, tensor(dw, vec![d]));
+        }
+        if let Some(p) = pb {
+            grads.register::<Flex>(p.id, tensor(db, vec![d]));
+        }
+    }
+}
+
+#[derive(Debug)]
+struct LayerNormBackward;
+
+impl Backward<Flex, 1> for LayerNormBackward {
+    type State = LayerNormState;
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [px] = ops.parents;
+        let dy = grads.consume::<Flex>(&ops.node);
+        let Some(p) = px else { return };
+        let s = ops.state;
+        let shape = dims(&s.x);
+        let dx =
+            layernorm::layer_norm_backward(&values(&s.x), &s.mean, &s.rstd, &values(&dy), shape[1]);
+        grads.register::<Flex>(p.id, tensor(dx, shape));
+    }
+}
+
+impl<C: CheckpointStrategy> IjepaBackend for Ad<C> {
+    fn ijepa_linear(
+        x: FloatTensor<Self>,
+        w: FloatTensor<Self>,
+        b: Option<FloatTensor<Self>>,
+    ) -> FloatTensor<Self> {
+        linear_node::<C>(x, w, b, false)
+    }
+
+    fn ijepa_linear_gelu(
+        x: FloatTensor<Self>,
+        w: FloatTensor<Self>,
+        b: Option<FloatTensor<Self>>,
+    ) -> FloatTensor<Self> {
+        linear_node::<C>(x, w, b, true)
+    }
+
+    fn ijepa_attention(qkv: FloatTensor<Self>, heads: usize) -> FloatTensor<Self> {
+        let Some((out, lse)) = attention_fwd(&qkv.primitive, heads) else {
+            return composed::attention::<Self>(qkv, heads);
+        };
+        match AttentionBackward
+            .prepare::<C>([qkv.node.clone()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let state = AttentionState {
+                    qkv: qkv.primitive.clone(),
+                    out: out.clone(),
+                    lse,
+                    heads,
+                };
+                prep.finish(state, out)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(out),
+        }
+    }
+
+    fn ijepa_layer_norm(
+        x: FloatTensor<Self>,
+        w: Option<FloatTensor<Self>>,
+        b: Option<FloatTensor<Self>>,
+        eps: f64,
+    ) -> FloatTensor<Self> {
+        let Some((y, mean, rstd)) = layer_norm_fwd(
+            &x.primitive,
+            w.as_ref().map(|w| &w.primitive),
+            b.as_ref().map(|b| &b.primitive),
+            eps,
+        ) else {
+            return composed::layer_norm::<Self>(x, w, b, eps);
+        };
+        let state = LayerNormState {
+            x: x.primitive.clone(),
+            w: w.as_ref().map(|w| w.primitive.clone()),
+            mean,
+            rstd,
+        };
+        match (w, b) {
+            (Some(w), Some(b)) => match LayerNormAffineBackward
+                .prepare::<C>([x.node.clone(), w.node.clone(), b.node.clone()])
+                .compute_bound()
+                .stateful()
+            {
+                OpsKind::Tracked(prep) => prep.finish(state, y),
+                OpsKind::UnTracked(prep) => prep.finish(y),
+            },
+            _ => match LayerNormBackward
+                .prepare::<C>([x.node.clone()])
+                .compute_bound()
+                .stateful()
+            {
+                OpsKind::Tracked(prep) => prep.finish(state, y),
+                OpsKind::UnTracked(prep) => prep.finish(y),
+            },
+        }
+    }
+}

@@ -1,0 +1,146 @@
+//! Exact GELU `0.5·x·(1 + erf(x/√2))` and its derivative `Φ(x) + x·φ(x)`.
+//!
+//! Why: burn-flex evaluates GELU through scalar libm `erf` (and autodiff records a
+//! chain of elementwise ops for the backward). Here both directions are one
+//! vectorisable pass using [`crate::ops::kernels::math::erf_f32`] / [`crate::ops::kernels::math::exp_f32`],
+//! chunked over the rayon pool. Formulas follow PyTorch's CPU kernels
+//! (`(x·0.5)·(1 + erf(x·√½))`, `dy·(cdf + x·pdf)`), so tails behave the same way.
+
+use crate::ops::kernels::math::{erf_f32, exp2_core};
+use rayon::prelude::*;
+use std::f32::consts::FRAC_1_SQRT_2;
+
+/// Elements per parallel task (fixed, so results never depend on the thread count).
+const CHUNK: usize = 16 * 1024;
+/// 1/√(2π)
+const INV_SQRT_2PI: f32 = 0.398_942_3;
+/// -log2(e)/2
+const NEG_HALF_LOG2E: f32 = -0.721_347_5;
+
+/// Scalar exact GELU (inlined into vectorised loops).
+#[inline(always)]
+pub fn gelu(x: f32) -> f32 {
+    (x * 0.5) * (1.0 + erf_f32(x * FRAC_1_SQRT_2))
+}
+
+/// Scalar derivative of exact GELU: `Φ(x) + x·φ(x)`.
+#[inline(always)]
+pub fn gelu_grad(x: f32) -> f32 {
+    let cdf = 0.5 * (1.0 + erf_f32(x * FRAC_1_SQRT_2));
+    // √(2π)·φ(x) = exp(-x²/2) = 2^(-x²·log2(e)/2); below 2^-126 it is flushed to 0.
+    let u = x * x * NEG_HALF_LOG2E;
+    let e = exp2_core(u);
+    let e = if u < -126.0 { 0.0 } else { e };
+    cdf + x * (e * INV_SQRT_2PI)
+}
+
+/// `y = gelu(x)` elementwise, single-threaded (for use inside already-parallel loops).
+pub fn gelu_slice(x: &[f32], y: &mut [f32]) {
+    assert_eq!(x.len(), y.len());
+    for (o, &v) in y.iter_mut().zip(x) {
+        *o = gelu(v);
+    }
+}
+
+/// `dx = dy · gelu'(x)` elementwise, single-threaded.
+pub fn gelu_backward_slice(x: &[f32], dy: &[f32], dx: &mut [f32]) {
+    assert_eq!(x.len(), dy.len());
+    assert_eq!(x.len(), dx.len());
+    for ((o, &v), &g) in dx.iter_mut().zip(x).zip(dy) {
+        *o = g * gelu_grad(v);
+    }
+}
+
+/// Exact GELU forward over any contiguous tensor.
+pub fn gelu_forward(x: &[f32]) -> Vec<f32> {
+    let mut y = vec![0.0f32; x.len()];
+    y.par_chunks_mut(CHUNK)
+        .zip(x.par_chunks(CHUNK))
+        .for_each(|(y, x)| gelu_slice(x, y));
+    y
+}
+
+/// Exact GELU backward: `dx = dy · (Φ(x) + x·φ(x))`, from the forward *input* `x`.
+pub fn gelu_backward(x: &[f32], dy: &[f32]) -> Vec<f32> {
+    assert_eq!(x.len(), dy.len());
+    let mut dx = vec![0.0f32; x.len()];
+    dx.par_chunks_mut(CHUNK)
+        .zip(x.par_chunks(CHUNK).zip(dy.par_chunks(CHUNK)))
+        .for_each(|(dx, (x, dy))| gelu_backward_slice(x, dy, dx));
+    dx
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::kernels::testutil::*;
+
+    #[test]
+    fn forward_and_backward_match_f64() {
+        let mut r = rng(1);
+        for &n in &[1usize, 7, 1000, 40_001] {
+            let mut x = uniform(&mut r, n, 6.0);
+            if n > 10 {
+                x[0] = 0.0;
+                x[1] = -12.0;
+                x[2] = 12.0;
+                x[3] = 1e-20;
+            }
+            let dy = uniform(&mut r, n, 1.0);
+            let y = gelu_forward(&x);
+            let dx = gelu_backward(&x, &dy);
+            let want_y: Vec<f64> = x.iter().map(|&v| gelu_f64(v as f64)).collect();
+            let want_dx: Vec<f64> = x
+                .iter()
+                .zip(&dy)
+                .map(|(&v, &g)| g as f64 * gelu_grad_f64(v as f64))
+                .collect();
+            // Elementwise: absolute error bounded by ~|x|·erf error, relative where not in the tail.
+            for (i, (&g, &w)) in y.iter().zip(&want_y).enumerate() {
+                let tol = 2e-7 * (x[i].abs() as f64).max(1.0) + 2e-7 * w.abs();
+                assert!((g as f64 - w).abs() <= tol, "gelu({}) = {g} vs {w}", x[i]);
+            }
+            for (i, (&g, &w)) in dx.iter().zip(&want_dx).enumerate() {
+                let tol = 4e-7 * (x[i].abs() as f64).max(1.0) * dy[i].abs() as f64;
+                assert!((g as f64 - w).abs() <= tol, "gelu'({}) = {g} vs {w}", x[i]);
+            }
+            if n > 10 {
+                assert_close("gelu fwd", &y, &want_y, 1e-6);
+                assert_close("gelu bwd", &dx, &want_dx, 1e-6);
+            }
+        }
+    }
+
+    #[test]
+    fn grad_matches_finite_difference_of_f64_reference() {
+        // d/dx of the f64 reference GELU by central differences.
+        for i in -600..=600 {
+            let x = i as f64 / 100.0;
+            let h = 1e-6;
+            let fd = (gelu_f64(x + h) - gelu_f64(x - h)) / (2.0 * h);
+            let got = gelu_grad(x as f32) as f64;
+            assert!((got - fd).abs() < 3e-6, "x={x}: {got} vs fd {fd}");
+        }
+    }
+
+    #[test]
+    fn special_values() {
+        assert_eq!(gelu(0.0), 0.0);
+        assert_eq!(gelu(f32::INFINITY), f32::INFINITY);
+        assert_eq!(gelu(-30.0), 0.0);
+        assert_eq!(gelu(30.0), 30.0);
+        assert!(gelu(f32::NAN).is_nan());
+        assert_eq!(gelu_grad(30.0), 1.0);
+        assert_eq!(gelu_grad(-30.0), 0.0);
+        assert!((gelu_grad(0.0) - 0.5).abs() < 1e-7);
+        assert!(gelu_grad(f32::NAN).is_nan());
+    }
+
+    #[test]
+    fn deterministic_across_thread_counts() {
+        let mut r = rng(2);
+        let x = uniform(&mut r, 100_003, 5.0);
+        let dy = uniform(&mut r, 100_003, 1.0);
+        assert_deterministic("gelu", || vec![gelu_forward(&x), gelu_backward(&x, &dy)]);
+    }
+}

@@ -1,0 +1,179 @@
+//! The few coarse operations the I-JEPA networks spend their time in, as a burn backend
+//! extension (burn's documented pattern for custom kernels): the Linear layer, Linear+GELU
+//! (the MLP's first half), multi-head attention on the fused qkv projection, and LayerNorm.
+//!
+//! Every backend gets the default implementations, written with burn's tensor ops (on an
+//! autodiff backend burn differentiates them; GELU is written with `erf` so that its gradient
+//! is the exact one on every backend). The CPU backend (`Flex`) and its autodiff wrapper
+//! override them with the fused kernels of [`kernels`] and hand-written backward passes:
+//! no permute copies in attention, one pass for LayerNorm each way, a vectorised erf, the bias
+//! folded into the GEMM.
+
+mod autodiff;
+mod flex;
+pub mod kernels;
+
+use burn::tensor::activation::softmax;
+use burn::tensor::backend::Backend;
+use burn::tensor::ops::FloatTensor;
+use burn::tensor::{Tensor, TensorPrimitive};
+
+fn wrap<B: Backend, const D: usize>(t: FloatTensor<B>) -> Tensor<B, D> {
+    Tensor::from_primitive(TensorPrimitive::Float(t))
+}
+
+fn unwrap<B: Backend, const D: usize>(t: Tensor<B, D>) -> FloatTensor<B> {
+    t.into_primitive().tensor()
+}
+
+/// Exact GELU `x/2 (1 + erf(x / sqrt 2))` from primitive ops.
+pub fn gelu_erf<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    x.clone()
+        .mul((x.div_scalar(std::f64::consts::SQRT_2).erf() + 1.0).mul_scalar(0.5))
+}
+
+/// The composed (backend-independent) implementations.
+pub mod composed {
+    use super::*;
+
+    pub fn linear<B: Backend>(
+        x: FloatTensor<B>,
+        w: FloatTensor<B>,
+        b: Option<FloatTensor<B>>,
+    ) -> FloatTensor<B> {
+        unwrap(burn::tensor::module::linear(
+            wrap::<B, 2>(x),
+            wrap(w),
+            b.map(wrap::<B, 1>),
+        ))
+    }
+
+    pub fn linear_gelu<B: Backend>(
+        x: FloatTensor<B>,
+        w: FloatTensor<B>,
+        b: Option<FloatTensor<B>>,
+    ) -> FloatTensor<B> {
+        unwrap(gelu_erf(wrap::<B, 2>(linear::<B>(x, w, b))))
+    }
+
+    pub fn attention<B: Backend>(qkv: FloatTensor<B>, heads: usize) -> FloatTensor<B> {
+        let qkv = wrap::<B, 3>(qkv);
+        let [b, n, d3] = qkv.dims();
+        let d = d3 / 3;
+        let hd = d / heads;
+        let qkv = qkv.reshape([b, n, 3, heads, hd]).permute([2, 0, 3, 1, 4]);
+        let q = qkv.clone().narrow(0, 0, 1).reshape([b, heads, n, hd]);
+        let k = qkv.clone().narrow(0, 1, 1).reshape([b, heads, n, hd]);
+        let v = qkv.narrow(0, 2, 1).reshape([b, heads, n, hd]);
+        let attn = softmax(
+            q.matmul(k.swap_dims(2, 3))
+                .mul_scalar((hd as f64).powf(-0.5)),
+            3,
+        );
+        unwrap(attn.matmul(v).swap_dims(1, 2).reshape([b, n, d]))
+    }
+
+    pub fn layer_norm<B: Backend>(
+        x: FloatTensor<B>,
+        w: Option<FloatTensor<B>>,
+        b: Option<FloatTensor<B>>,
+        eps: f64,
+    ) -> FloatTensor<B> {
+        let x = wrap::<B, 2>(x);
+        let gamma = w.unwrap_or_else(|| unwrap(Tensor::<B, 1>::ones([x.dims()[1]], &x.device())));
+        B::layer_norm(unwrap(x), gamma, b, eps)
+    }
+}
+
+/// Backends the I-JEPA networks run on.
+pub trait IjepaBackend: Backend {
+    /// `x [M, K] @ w [K, N] + b`.
+    fn ijepa_linear(
+        x: FloatTensor<Self>,
+        w: FloatTensor<Self>,
+        b: Option<FloatTensor<Self>>,
+    ) -> FloatTensor<Self> {
+        composed::linear::<Self>(x, w, b)
+    }
+
+    /// `gelu(x @ w + b)` with the exact (erf) GELU.
+    fn ijepa_linear_gelu(
+        x: FloatTensor<Self>,
+        w: FloatTensor<Self>,
+        b: Option<FloatTensor<Self>>,
+    ) -> FloatTensor<Self> {
+        composed::linear_gelu::<Self>(x, w, b)
+    }
+
+    /// Softmax attention on `qkv [B, N, 3D]` (q, k, v blocks of D columns; head h uses
+    /// columns `h*hd..(h+1)*hd` of each), heads merged back: `[B, N, D]`.
+    fn ijepa_attention(qkv: FloatTensor<Self>, heads: usize) -> FloatTensor<Self> {
+        composed::attention::<Self>(qkv, heads)
+    }
+
+    /// LayerNorm over the last axis of `x [M, D]`; no affine parameters when `w` is `None`.
+    fn ijepa_layer_norm(
+        x: FloatTensor<Self>,
+        w: Option<FloatTensor<Self>>,
+        b: Option<FloatTensor<Self>>,
+        eps: f64,
+    ) -> FloatTensor<Self> {
+        composed::layer_norm::<Self>(x, w, b, eps)
+    }
+}
+
+/// Tensor-level entry points used by the model.
+pub fn linear<B: IjepaBackend>(
+    x: Tensor<B, 2>,
+    w: Tensor<B, 2>,
+    b: Option<Tensor<B, 1>>,
+) -> Tensor<B, 2> {
+    wrap(B::ijepa_linear(unwrap(x), unwrap(w), b.map(unwrap)))
+}
+
+pub fn linear_gelu<B: IjepaBackend>(
+    x: Tensor<B, 2>,
+    w: Tensor<B, 2>,
+    b: Option<Tensor<B, 1>>,
+) -> Tensor<B, 2> {
+    wrap(B::ijepa_linear_gelu(unwrap(x), unwrap(w), b.map(unwrap)))
+}
+
+pub fn attention<B: IjepaBackend>(qkv: Tensor<B, 3>, heads: usize) -> Tensor<B, 3> {
+    wrap(B::ijepa_attention(unwrap(qkv), heads))
+}
+
+pub fn layer_norm<B: IjepaBackend>(
+    x: Tensor<B, 2>,
+    w: Option<Tensor<B, 1>>,
+    b: Option<Tensor<B, 1>>,
+    eps: f64,
+) -> Tensor<B, 2> {
+    wrap(B::ijepa_layer_norm(
+        unwrap(x),
+        w.map(unwrap),
+        b.map(unwrap),
+        eps,
+    ))
+}
+
+#[cfg(feature = "cuda")]
+impl IjepaBackend for burn::backend::Cuda {}
+#[cfg(feature = "cuda")]
+impl<C: burn_autodiff::checkpoint::strategy::CheckpointStrategy> IjepaBackend
+    for burn::backend::Autodiff<burn::backend::Cuda, C>
+{
+}
+
+/// An autodiff backend for training: both it and its inner (no-grad) backend have the ops.
+pub trait TrainBackend:
+    burn::tensor::backend::AutodiffBackend<InnerBackend: IjepaBackend> + IjepaBackend
+{
+}
+
+impl<B> TrainBackend for B
+where
+    B: burn::tensor::backend::AutodiffBackend + IjepaBackend,
+    B::InnerBackend: IjepaBackend,
+{
+}

@@ -1,0 +1,534 @@
+//! The training configuration: the official YAML layout (sections `data`, `logging`, `mask`,
+//! `meta`, `optimization` with the official key names; the four official config files load
+//! unchanged) plus keys for what they do not cover (explicit model dims, channels, dataset
+//! source, seed, threads, ...). Unknown keys are errors, so a typo never passes silently.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use serde_yaml_ng::Value;
+
+use crate::error::{Error, Result};
+use crate::masks::{MaskConfig, MaskMode};
+use crate::model::{EncoderConfig, PredictorConfig};
+use crate::train::loss::LossKind;
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    pub data: DataSection,
+    #[serde(default)]
+    pub logging: LoggingSection,
+    pub mask: MaskSection,
+    pub meta: MetaSection,
+    pub optimization: OptimizationSection,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataSection {
+    /// Images per optimizer step and replica (the official per-GPU batch size).
+    pub batch_size: usize,
+    #[serde(default)]
+    pub color_jitter_strength: f32,
+    #[serde(default = "default_crop_scale")]
+    pub crop_scale: (f64, f64),
+    pub crop_size: usize,
+    /// Official: `root_path/image_folder/train/` is an ImageNet-style folder.
+    #[serde(default)]
+    pub image_folder: Option<String>,
+    #[serde(default)]
+    pub root_path: Option<String>,
+    /// Accepted for compatibility; decoding runs on a thread pool sized by `meta.threads`.
+    #[serde(default)]
+    pub num_workers: Option<usize>,
+    /// Accepted for compatibility (CUDA pinned memory); no effect here.
+    #[serde(default)]
+    pub pin_mem: Option<bool>,
+    #[serde(default)]
+    pub use_color_distortion: bool,
+    #[serde(default)]
+    pub use_gaussian_blur: bool,
+    #[serde(default)]
+    pub use_horizontal_flip: bool,
+    // ---- extensions ----
+    /// Where the images come from: `fmnist:/dir`, `mnist:/dir`, `idx:/file`, or a folder.
+    /// Default: `root_path/image_folder` as the official code.
+    #[serde(default)]
+    pub dataset: Option<String>,
+    #[serde(default = "default_in_chans")]
+    pub in_chans: usize,
+    /// Black pixels added on every side before cropping (Fashion-MNIST 28 -> 32: 2).
+    #[serde(default)]
+    pub pad: usize,
+    /// Normalisation (default: ImageNet's, as the official transforms).
+    #[serde(default)]
+    pub mean: Option<Vec<f32>>,
+    #[serde(default)]
+    pub std: Option<Vec<f32>>,
+    /// Train on the first N images only.
+    #[serde(default)]
+    pub max_images: Option<usize>,
+    /// Batches decoded ahead of the training step.
+    #[serde(default = "default_prefetch")]
+    pub prefetch: usize,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoggingSection {
+    #[serde(default)]
+    pub folder: Option<String>,
+    #[serde(default)]
+    pub write_tag: Option<String>,
+    /// Also write a checkpoint every N optimizer steps (0: only at epoch ends).
+    #[serde(default)]
+    pub checkpoint_every: u64,
+    /// Keep a copy of every epoch's checkpoint (`ep{N}.safetensors`) besides `latest`.
+    #[serde(default = "default_true")]
+    pub keep_epochs: bool,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MaskSection {
+    #[serde(default)]
+    pub allow_overlap: bool,
+    #[serde(default = "default_aspect")]
+    pub aspect_ratio: (f64, f64),
+    #[serde(default = "default_enc_scale")]
+    pub enc_mask_scale: (f64, f64),
+    #[serde(default = "default_min_keep")]
+    pub min_keep: usize,
+    #[serde(default = "default_one")]
+    pub num_enc_masks: usize,
+    #[serde(default = "default_npred")]
+    pub num_pred_masks: usize,
+    pub patch_size: usize,
+    #[serde(default = "default_pred_scale")]
+    pub pred_mask_scale: (f64, f64),
+    /// `official` (bug-compatible, default) or `fixed`.
+    #[serde(default)]
+    pub mode: MaskMode,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetaSection {
+    #[serde(default)]
+    pub copy_data: bool,
+    /// Official: resume from `logging.folder/read_checkpoint`. Here: same as `--resume`.
+    #[serde(default)]
+    pub load_checkpoint: bool,
+    /// `vit_tiny` ... `vit_giant`; ignored when `embed_dim` is given.
+    #[serde(default)]
+    pub model_name: Option<String>,
+    pub pred_depth: usize,
+    pub pred_emb_dim: usize,
+    #[serde(default)]
+    pub read_checkpoint: Option<String>,
+    /// bf16 compute on GPUs; on the CPU training runs in f32.
+    #[serde(default)]
+    pub use_bfloat16: bool,
+    // ---- extensions ----
+    #[serde(default)]
+    pub embed_dim: Option<usize>,
+    #[serde(default)]
+    pub depth: Option<usize>,
+    #[serde(default)]
+    pub num_heads: Option<usize>,
+    #[serde(default)]
+    pub mlp_ratio: Option<f64>,
+    /// Predictor heads (official: the encoder's).
+    #[serde(default)]
+    pub pred_num_heads: Option<usize>,
+    #[serde(default)]
+    pub seed: u64,
+    /// Compute threads (default: all cores).
+    #[serde(default)]
+    pub threads: Option<usize>,
+    /// `smooth_l1` (the official code) or `l2` (the paper).
+    #[serde(default)]
+    pub loss: LossKind,
+    /// Start from the weights of an official `.pth.tar` (encoder, predictor, target encoder).
+    #[serde(default)]
+    pub init_from: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OptimizationSection {
+    #[serde(default = "default_ema")]
+    pub ema: (f64, f64),
+    pub epochs: usize,
+    pub final_lr: f64,
+    pub final_weight_decay: f64,
+    #[serde(default = "default_ipe_scale")]
+    pub ipe_scale: f64,
+    pub lr: f64,
+    pub start_lr: f64,
+    /// Warmup length in epochs.
+    pub warmup: f64,
+    pub weight_decay: f64,
+    // ---- extensions ----
+    /// Clip the global gradient norm (off by default, as the official code).
+    #[serde(default)]
+    pub grad_clip: Option<f64>,
+    /// Micro-batches per optimizer step (gradient accumulation).
+    #[serde(default = "default_one")]
+    pub accum_steps: usize,
+}
+
+fn default_crop_scale() -> (f64, f64) {
+    (0.3, 1.0)
+}
+fn default_in_chans() -> usize {
+    3
+}
+fn default_prefetch() -> usize {
+    4
+}
+fn default_true() -> bool {
+    true
+}
+fn default_aspect() -> (f64, f64) {
+    (0.75, 1.5)
+}
+fn default_enc_scale() -> (f64, f64) {
+    (0.85, 1.0)
+}
+fn default_pred_scale() -> (f64, f64) {
+    (0.15, 0.2)
+}
+fn default_min_keep() -> usize {
+    10
+}
+fn default_one() -> usize {
+    1
+}
+fn default_npred() -> usize {
+    4
+}
+fn default_ema() -> (f64, f64) {
+    (0.996, 1.0)
+}
+fn default_ipe_scale() -> f64 {
+    1.0
+}
+
+/// Apply `section.key=value` overrides (the value is parsed as YAML: numbers, lists, `null`).
+pub fn apply_overrides(root: &mut Value, overrides: &[String]) -> Result<()> {
+    for o in overrides {
+        let (path, raw) = o
+            .split_once('=')
+            .ok_or_else(|| Error::Config(format!("--set '{o}': expected SECTION.KEY=VALUE")))?;
+        let value: Value = serde_yaml_ng::from_str(raw)
+            .map_err(|e| Error::Config(format!("--set '{o}': bad value: {e}")))?;
+        let mut node = &mut *root;
+        let parts: Vec<&str> = path.split('.').collect();
+        if parts.len() < 2 || parts.iter().any(|p| p.is_empty()) {
+            return Err(Error::Config(format!(
+                "--set '{o}': expected SECTION.KEY=VALUE"
+            )));
+        }
+        for (i, part) in parts.iter().enumerate() {
+            let map = node.as_mapping_mut().ok_or_else(|| {
+                Error::Config(format!(
+                    "--set '{o}': '{}' is not a section",
+                    parts[..i].join(".")
+                ))
+            })?;
+            let key = Value::String(part.to_string());
+            if i + 1 == parts.len() {
+                map.insert(key, value.clone());
+                break;
+            }
+            node = map
+                .entry(key)
+                .or_insert_with(|| Value::Mapping(Default::default()));
+        }
+    }
+    Ok(())
+}
+
+impl TrainConfig {
+    /// Parse YAML text, apply overrides, check everything.
+    pub fn from_yaml(text: &str, overrides: &[String], origin: &Path) -> Result<Self> {
+        let mut root: Value = serde_yaml_ng::from_str(text)
+            .map_err(|e| Error::format(origin, format!("invalid YAML: {e}")))?;
+        apply_overrides(&mut root, overrides)?;
+        let cfg: TrainConfig = serde_yaml_ng::from_value(root)
+            .map_err(|e| Error::format(origin, format!("bad configuration: {e}")))?;
+        cfg.validate()
+            .map_err(|e| Error::format(origin, e.to_string()))?;
+        Ok(cfg)
+    }
+
+    pub fn from_file(path: &Path, overrides: &[String]) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        Self::from_yaml(&text, overrides, path)
+    }
+
+    pub fn to_yaml(&self) -> String {
+        serde_yaml_ng::to_string(self).unwrap_or_default()
+    }
+
+    /// The dataset source: `data.dataset`, else the official `root_path/image_folder`.
+    pub fn dataset_source(&self) -> Result<String> {
+        if let Some(d) = &self.data.dataset {
+            return Ok(d.clone());
+        }
+        match (&self.data.root_path, &self.data.image_folder) {
+            (Some(root), Some(folder)) => Ok(PathBuf::from(root).join(folder).display().to_string()),
+            _ => Err(Error::Config("no dataset: set data.dataset (e.g. fmnist:/usr/share/datasets/fashion-mnist or a folder) or data.root_path + data.image_folder".into())),
+        }
+    }
+
+    pub fn encoder_config(&self) -> Result<EncoderConfig> {
+        let m = &self.meta;
+        let (image, patch, chans) = (
+            self.data.crop_size,
+            self.mask.patch_size,
+            self.data.in_chans,
+        );
+        let cfg = match m.embed_dim {
+            Some(dim) => {
+                let (Some(depth), Some(heads)) = (m.depth, m.num_heads) else {
+                    return Err(Error::Config(
+                        "meta.embed_dim needs meta.depth and meta.num_heads".into(),
+                    ));
+                };
+                EncoderConfig {
+                    image_size: image,
+                    patch_size: patch,
+                    in_chans: chans,
+                    embed_dim: dim,
+                    depth,
+                    num_heads: heads,
+                    mlp_hidden: (dim as f64 * m.mlp_ratio.unwrap_or(4.0)) as usize,
+                    qkv_bias: true,
+                    layer_norm_eps: 1e-6,
+                }
+            }
+            None => {
+                let name = m.model_name.as_deref().ok_or_else(|| Error::Config("set meta.model_name (vit_tiny ... vit_giant) or meta.embed_dim/depth/num_heads".into()))?;
+                let mut cfg = EncoderConfig::preset(name, image, patch, chans)?;
+                if let Some(d) = m.depth {
+                    cfg.depth = d;
+                }
+                if let Some(h) = m.num_heads {
+                    cfg.num_heads = h;
+                }
+                cfg
+            }
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn predictor_config(&self) -> Result<PredictorConfig> {
+        let enc = self.encoder_config()?;
+        let heads = self.meta.pred_num_heads.unwrap_or(enc.num_heads);
+        PredictorConfig::for_encoder(&enc, self.meta.pred_emb_dim, self.meta.pred_depth, heads)
+    }
+
+    pub fn mask_config(&self) -> Result<MaskConfig> {
+        let m = &self.mask;
+        let cfg = MaskConfig {
+            enc_mask_scale: m.enc_mask_scale,
+            pred_mask_scale: m.pred_mask_scale,
+            aspect_ratio: m.aspect_ratio,
+            nenc: m.num_enc_masks,
+            npred: m.num_pred_masks,
+            min_keep: m.min_keep,
+            allow_overlap: m.allow_overlap,
+            mode: m.mode,
+            ..MaskConfig::from_image(self.data.crop_size, m.patch_size)?
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Normalisation statistics (ImageNet's by default, averaged for one channel).
+    pub fn normalisation(&self) -> (Vec<f32>, Vec<f32>) {
+        use crate::data::transform::{IMAGENET_MEAN, IMAGENET_STD};
+        let c = self.data.in_chans;
+        let default = |v: [f32; 3]| {
+            if c == 1 {
+                vec![v.iter().sum::<f32>() / 3.0]
+            } else {
+                v.to_vec()
+            }
+        };
+        (
+            self.data
+                .mean
+                .clone()
+                .unwrap_or_else(|| default(IMAGENET_MEAN)),
+            self.data
+                .std
+                .clone()
+                .unwrap_or_else(|| default(IMAGENET_STD)),
+        )
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::Config(m));
+        let d = &self.data;
+        if d.batch_size == 0 {
+            return bad("data.batch_size must be positive".into());
+        }
+        if !(d.in_chans == 1 || d.in_chans == 3) {
+            return bad(format!("data.in_chans must be 1 or 3, got {}", d.in_chans));
+        }
+        let (lo, hi) = d.crop_scale;
+        if !(0.0 < lo && lo <= hi && hi <= 1.0) {
+            return bad(format!(
+                "data.crop_scale must satisfy 0 < a <= b <= 1, got {:?}",
+                d.crop_scale
+            ));
+        }
+        if d.use_gaussian_blur {
+            return bad(
+                "data.use_gaussian_blur is not supported (the official configs leave it off)"
+                    .into(),
+            );
+        }
+        let (mean, std) = self.normalisation();
+        if mean.len() != d.in_chans || std.len() != d.in_chans || std.iter().any(|s| *s <= 0.0) {
+            return bad(format!(
+                "data.mean / data.std need {} values each (std > 0)",
+                d.in_chans
+            ));
+        }
+        let o = &self.optimization;
+        if o.epochs == 0 || o.accum_steps == 0 {
+            return bad("optimization.epochs and optimization.accum_steps must be positive".into());
+        }
+        for (k, v) in [
+            ("lr", o.lr),
+            ("start_lr", o.start_lr),
+            ("final_lr", o.final_lr),
+            ("weight_decay", o.weight_decay),
+            ("final_weight_decay", o.final_weight_decay),
+            ("warmup", o.warmup),
+            ("ipe_scale", o.ipe_scale),
+        ] {
+            if !(v.is_finite() && v >= 0.0) {
+                return bad(format!(
+                    "optimization.{k} must be a finite number >= 0, got {v}"
+                ));
+            }
+        }
+        if o.ipe_scale <= 0.0 {
+            return bad("optimization.ipe_scale must be positive".into());
+        }
+        if !(0.0..=1.0).contains(&o.ema.0) || !(0.0..=1.0).contains(&o.ema.1) {
+            return bad(format!(
+                "optimization.ema must lie in [0, 1], got {:?}",
+                o.ema
+            ));
+        }
+        if let Some(c) = o.grad_clip {
+            if !(c > 0.0) {
+                return bad(format!("optimization.grad_clip must be positive, got {c}"));
+            }
+        }
+        if self.meta.threads == Some(0) {
+            return bad("meta.threads must be positive".into());
+        }
+        self.encoder_config()?;
+        self.predictor_config()?;
+        self.mask_config()?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const OFFICIAL_H14: &str = "
+data:
+  batch_size: 128
+  color_jitter_strength: 0.0
+  crop_scale: [0.3, 1.0]
+  crop_size: 224
+  image_folder: imagenet_full_size/061417/
+  num_workers: 10
+  pin_mem: true
+  root_path: $replace_this_with_absolute_path_to_your_datasets_directory
+  use_color_distortion: false
+  use_gaussian_blur: false
+  use_horizontal_flip: false
+logging:
+  folder: $replace_this_with_absolute_path_to_your_logging_directory
+  write_tag: jepa
+mask:
+  allow_overlap: false
+  aspect_ratio: [0.75, 1.5]
+  enc_mask_scale: [0.85, 1.0]
+  min_keep: 10
+  num_enc_masks: 1
+  num_pred_masks: 4
+  patch_size: 14
+  pred_mask_scale: [0.15, 0.2]
+meta:
+  copy_data: false
+  load_checkpoint: false
+  model_name: vit_huge
+  pred_depth: 12
+  pred_emb_dim: 384
+  read_checkpoint: null
+  use_bfloat16: true
+optimization:
+  ema: [0.996, 1.0]
+  epochs: 300
+  final_lr: 1.0e-06
+  final_weight_decay: 0.4
+  ipe_scale: 1.0
+  lr: 0.001
+  start_lr: 0.0002
+  warmup: 40
+  weight_decay: 0.04
+";
+
+    #[test]
+    fn official_config_and_overrides() {
+        let cfg = TrainConfig::from_yaml(OFFICIAL_H14, &[], Path::new("h14.yaml")).unwrap();
+        let enc = cfg.encoder_config().unwrap();
+        assert_eq!((enc.embed_dim, enc.depth, enc.grid()), (1280, 32, 16));
+        assert_eq!(cfg.predictor_config().unwrap().num_heads, 16);
+        let cfg = TrainConfig::from_yaml(
+            OFFICIAL_H14,
+            &["optimization.lr=5e-4".into(), "data.max_images=10".into()],
+            Path::new("x"),
+        )
+        .unwrap();
+        assert_eq!(cfg.optimization.lr, 5e-4);
+        assert_eq!(cfg.data.max_images, Some(10));
+        let e = TrainConfig::from_yaml(
+            OFFICIAL_H14,
+            &["optimization.lr_typo=1".into()],
+            Path::new("x.yaml"),
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("lr_typo") && e.to_string().contains("x.yaml"),
+            "{e}"
+        );
+        let e = TrainConfig::from_yaml(
+            OFFICIAL_H14,
+            &["data.batch_size=0".into()],
+            Path::new("x.yaml"),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("batch_size"), "{e}");
+        assert!(
+            TrainConfig::from_yaml("data: [", &[], Path::new("x.yaml"))
+                .unwrap_err()
+                .to_string()
+                .contains("invalid YAML")
+        );
+    }
+}
