@@ -488,17 +488,4 @@ mod tests {
         ));
     }
 
-    #[test]
-    #[ignore = "timing; run with --release -- --ignored --nocapture"]
-    fn speed_knn_10000x60000x128() {
-        let (tr, ytr, means) = clusters(60000, 128, 10, 0.12, 1);
-        let (te, yte, _) = sample(10000, 128, 10, &means, 2);
-        let t = Instant::now();
-        let r = knn_top1(&tr, &ytr, &te, &yte, 10, 20, 0.07).unwrap();
-        println!(
-            "knn 10000 x 60000 x 128, {} threads: {:.2}s  {r:?}",
-            rayon::current_num_threads(),
-            t.elapsed().as_secs_f64()
-        );
-    }
 }

@@ -1573,47 +1573,5 @@ pub(crate) mod tests {
         assert!(msg.contains("label 7") && msg.contains("row 2"), "{msg}");
     }
 
-    #[test]
-    #[ignore = "timing; run with --release -- --ignored --nocapture"]
-    fn speed_objective_eval() {
-        for d in [128, 512] {
-            let (x, y, _) = clusters(60000, d, 10, 0.2, 3);
-            let mut obj = Objective::new(&x, &y, 10, 1e-4);
-            let theta = vec![0.01; 10 * (d + 1)];
-            let mut g = theta.clone();
-            // Minimum of single evaluations: the least disturbed by other load on the machine.
-            let mut best = f64::INFINITY;
-            for _ in 0..20 {
-                let t = Instant::now();
-                obj.eval(&theta, &mut g);
-                best = best.min(t.elapsed().as_secs_f64());
-            }
-            println!(
-                "objective 60000 x {d} x 10, {} threads: {:.1} ms per loss+gradient (min of 20)",
-                rayon::current_num_threads(),
-                best * 1e3
-            );
-        }
-    }
 
-    #[test]
-    #[ignore = "timing; run with --release -- --ignored --nocapture"]
-    fn speed_probe_60000x128x10() {
-        // PROBE_DIM=512 for the last-4-layers size.
-        let d: usize = std::env::var("PROBE_DIM").map_or(128, |v| v.parse().unwrap());
-        let (train, ytr) = mixed(60000, d, 10, 5);
-        let (test, yte) = mixed(10000, d, 10, 5 + 1000);
-        let mut cfg = ProbeConfig::default();
-        if let Ok(t) = std::env::var("PROBE_TOL") {
-            cfg.tol = t.parse().unwrap();
-        }
-        let t = Instant::now();
-        let r = linear_probe(train, &ytr, test, &yte, 10, &cfg).unwrap();
-        println!(
-            "probe 60000 x {d} x 10, {} threads: {:.2}s  {:?}",
-            rayon::current_num_threads(),
-            t.elapsed().as_secs_f64(),
-            r
-        );
-    }
 }

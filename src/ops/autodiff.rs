@@ -15,9 +15,10 @@ use super::{IjepaBackend, composed};
 
 type Ad<C> = Autodiff<Flex, C>;
 
-/// Contiguous f32 copy of a primitive the forward already checked to be f32.
-fn values(t: &FlexTensor) -> Vec<f32> {
-    f32s(t).map(|c| c.into_owned()).unwrap_or_default()
+/// Contiguous f32 view of a primitive the forward already checked to be f32 (the gradients
+/// burn hands back are f32 too); copies only strided layouts.
+fn values(t: &FlexTensor) -> std::borrow::Cow<'_, [f32]> {
+    f32s(t).unwrap_or_default()
 }
 
 /// State of a Linear (optionally + GELU) node.

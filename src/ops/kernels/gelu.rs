@@ -37,15 +37,56 @@ pub fn gelu_grad(x: f32) -> f32 {
 /// `y = gelu(x)` elementwise, single-threaded (for use inside already-parallel loops).
 pub fn gelu_slice(x: &[f32], y: &mut [f32]) {
     assert_eq!(x.len(), y.len());
-    for (o, &v) in y.iter_mut().zip(x) {
-        *o = gelu(v);
+    #[cfg(target_arch = "x86_64")]
+    if avx2() {
+        // SAFETY: the CPU has the features `gelu_slice_avx2` is compiled for.
+        unsafe { gelu_slice_avx2(x, y) };
+        return;
     }
+    gelu_slice_body(x, y)
 }
 
 /// `dx = dy · gelu'(x)` elementwise, single-threaded.
 pub fn gelu_backward_slice(x: &[f32], dy: &[f32], dx: &mut [f32]) {
     assert_eq!(x.len(), dy.len());
     assert_eq!(x.len(), dx.len());
+    #[cfg(target_arch = "x86_64")]
+    if avx2() {
+        // SAFETY: as above.
+        unsafe { gelu_backward_slice_avx2(x, dy, dx) };
+        return;
+    }
+    gelu_backward_slice_body(x, dy, dx)
+}
+
+// The loops are compute-bound (a rational erf per element): compiled a second time for AVX2
+// and picked at run time, they run twice as wide as the baseline x86-64 (SSE2) build.
+#[cfg(target_arch = "x86_64")]
+fn avx2() -> bool {
+    std::is_x86_feature_detected!("avx2")
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn gelu_slice_avx2(x: &[f32], y: &mut [f32]) {
+    gelu_slice_body(x, y)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn gelu_backward_slice_avx2(x: &[f32], dy: &[f32], dx: &mut [f32]) {
+    gelu_backward_slice_body(x, dy, dx)
+}
+
+#[inline(always)]
+fn gelu_slice_body(x: &[f32], y: &mut [f32]) {
+    for (o, &v) in y.iter_mut().zip(x) {
+        *o = gelu(v);
+    }
+}
+
+#[inline(always)]
+fn gelu_backward_slice_body(x: &[f32], dy: &[f32], dx: &mut [f32]) {
     for ((o, &v), &g) in dx.iter_mut().zip(x).zip(dy) {
         *o = g * gelu_grad(v);
     }

@@ -1,0 +1,62 @@
+//! The four official config files and the Fashion-MNIST recipe load and describe the intended
+//! models; a bad config is rejected with the file and key in the message.
+
+use std::path::PathBuf;
+
+use ijepa::train::config::TrainConfig;
+
+fn configs() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("configs")
+}
+
+#[test]
+fn official_configs_parse() {
+    let expect = [
+        ("in1k_vith14_ep300.yaml", 1280, 32, 16, 12, 128, 300),
+        ("in1k_vith16-448_ep300.yaml", 1280, 32, 28, 12, 16, 300),
+        ("in22k_vith14_ep66.yaml", 1280, 32, 16, 12, 32, 66),
+        ("in22k_vitg16_ep44.yaml", 1408, 40, 14, 16, 16, 44),
+    ];
+    for (file, dim, depth, grid, pred_depth, batch, epochs) in expect {
+        let cfg = TrainConfig::from_file(&configs().join("official").join(file), &[]).unwrap_or_else(|e| panic!("{e}"));
+        let enc = cfg.encoder_config().unwrap();
+        let pred = cfg.predictor_config().unwrap();
+        assert_eq!((enc.embed_dim, enc.depth, enc.grid()), (dim, depth, grid), "{file}");
+        assert_eq!((pred.predictor_embed_dim, pred.depth, pred.num_heads), (384, pred_depth, 16), "{file}");
+        assert_eq!((cfg.data.batch_size, cfg.optimization.epochs), (batch, epochs), "{file}");
+        assert_eq!(cfg.mask_config().unwrap().npred, 4);
+    }
+}
+
+#[test]
+fn recipe_is_the_documented_one() {
+    let cfg = TrainConfig::from_file(&configs().join("fmnist_vit.yaml"), &[]).unwrap();
+    let enc = cfg.encoder_config().unwrap();
+    assert_eq!((enc.image_size, enc.patch_size, enc.in_chans, enc.embed_dim, enc.depth, enc.num_heads, enc.mlp_hidden), (32, 4, 1, 128, 6, 4, 512));
+    let pred = cfg.predictor_config().unwrap();
+    assert_eq!((pred.predictor_embed_dim, pred.depth, pred.num_heads), (64, 3, 4));
+    let m = cfg.mask_config().unwrap();
+    assert_eq!((m.npred, m.nenc, m.min_keep, m.pred_mask_scale, m.enc_mask_scale, m.aspect_ratio), (2, 1, 4, (0.15, 0.2), (0.85, 1.0), (0.75, 1.5)));
+    let o = &cfg.optimization;
+    assert_eq!((o.epochs, o.warmup, o.start_lr, o.lr, o.final_lr, o.weight_decay, o.final_weight_decay, o.ema, o.ipe_scale), (10, 1.0, 2e-4, 1e-3, 1e-6, 0.04, 0.4, (0.996, 1.0), 1.0));
+    assert_eq!((cfg.data.batch_size, cfg.data.pad, cfg.data.crop_size, cfg.data.crop_scale), (128, 2, 32, (0.3, 1.0)));
+    assert_eq!((cfg.data.mean.clone().unwrap(), cfg.data.std.clone().unwrap()), (vec![0.2860], vec![0.3530]));
+    assert_eq!(cfg.meta.seed, 0);
+    assert!(!cfg.meta.use_bfloat16);
+}
+
+#[test]
+fn bad_configs_name_the_problem() {
+    let path = configs().join("fmnist_vit.yaml");
+    for (set, needle) in [
+        ("mask.min_keep=40", "min_keep"),
+        ("meta.num_heads=3", "heads"),
+        ("optimization.lr=-1", "optimization.lr"),
+        ("data.crop_scale=[0.5,0.2]", "crop_scale"),
+        ("data.in_chans=2", "in_chans"),
+        ("meta.bogus=1", "bogus"),
+    ] {
+        let e = TrainConfig::from_file(&path, &[set.to_string()]).unwrap_err().to_string();
+        assert!(e.contains(needle) && e.contains("fmnist_vit.yaml"), "{set}: {e}");
+    }
+}

@@ -1,0 +1,291 @@
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use ijepa::data::augment::{EvalTransform, TrainTransform};
+use ijepa::data::{Dataset, Split, open_source, with_max_images};
+use ijepa::data::loader::{Batch, Loader, LoaderConfig, epoch_order, eval_batches, sample_rng};
+
+use crate::common::{MemDataset, fmnist_spec};
+
+fn transform() -> TrainTransform {
+    TrainTransform {
+        crop_size: 6,
+        pad: 1,
+        ..TrainTransform::official(6, 1)
+    }
+}
+
+fn cfg(batch_size: usize, replicas: usize, seed: u64) -> LoaderConfig {
+    LoaderConfig {
+        batch_size,
+        seed,
+        replicas,
+        prefetch: 2,
+        strict: false,
+    }
+}
+
+fn loader(n: usize, b: usize, r: usize, seed: u64) -> Loader {
+    let ds: Arc<dyn Dataset> = Arc::new(MemDataset::new(n, 10));
+    Loader::new(ds, transform(), cfg(b, r, seed)).unwrap()
+}
+
+fn all(loader: &Loader, epoch: u64) -> Vec<Vec<Batch>> {
+    loader
+        .epoch_all_replicas(epoch, 0)
+        .map(|r| r.unwrap())
+        .collect()
+}
+
+#[test]
+fn ipe_drops_the_last_incomplete_step() {
+    assert_eq!(loader(103, 4, 3, 0).ipe(), 8);
+    assert_eq!(loader(96, 4, 3, 0).ipe(), 8);
+    assert_eq!(loader(12, 4, 3, 0).ipe(), 1);
+    let ds: Arc<dyn Dataset> = Arc::new(MemDataset::new(11, 10));
+    let e = Loader::new(ds.clone(), transform(), cfg(4, 3, 0))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("11 images") && e.contains("cannot fill"), "{e}");
+    assert!(Loader::new(ds.clone(), transform(), cfg(0, 1, 0)).is_err());
+    assert!(Loader::new(ds, transform(), cfg(1, 0, 0)).is_err());
+}
+
+#[test]
+fn each_index_appears_at_most_once_per_epoch() {
+    let l = loader(103, 4, 3, 9);
+    let steps = all(&l, 0);
+    assert_eq!(steps.len(), 8);
+    let mut seen = HashSet::new();
+    for (s, step) in steps.iter().enumerate() {
+        assert_eq!(step.len(), 3);
+        for b in step {
+            assert_eq!(b.step, s);
+            assert_eq!(b.len(), 4);
+            assert_eq!(b.pixels.len(), 4 * 36);
+            assert!(b.skipped.is_empty());
+            for (&i, l) in b.indices.iter().zip(&b.labels) {
+                assert!(seen.insert(i), "index {i} twice");
+                assert_eq!(*l, Some(i % 5));
+            }
+        }
+    }
+    assert_eq!(seen.len(), 96);
+    let order = epoch_order(9, 0, 103);
+    let mut sorted = order.clone();
+    sorted.sort();
+    assert_eq!(sorted, (0..103).collect::<Vec<_>>());
+    // Replica q of step s holds order[(s * replicas + q) * B ..][..B].
+    assert_eq!(steps[2][1].indices, order[(2 * 3 + 1) * 4..(2 * 3 + 2) * 4]);
+}
+
+#[test]
+fn same_seed_same_batches_other_epoch_or_seed_differs() {
+    let a = loader(50, 5, 2, 1);
+    let b = loader(50, 5, 2, 1);
+    let c = loader(50, 5, 2, 2);
+    let (a0, b0) = (all(&a, 0), all(&b, 0));
+    assert_eq!(a0, b0);
+    let a1 = all(&a, 1);
+    assert_ne!(a0[0][0].indices, a1[0][0].indices);
+    assert_ne!(a.epoch_order(0), a.epoch_order(1));
+    assert_ne!(a.epoch_order(0), c.epoch_order(0));
+    assert_ne!(all(&c, 0), a0);
+    // The same image in two epochs gets different augmentations.
+    let i = a0[0][0].indices[0];
+    let t = transform();
+    let img = MemDataset::new(50, 10).get(i).unwrap();
+    let v0 = t.apply(&img, &mut sample_rng(1, 0, i));
+    assert_eq!(&a0[0][0].pixels[..36], &v0[..]);
+    assert_ne!(v0, t.apply(&img, &mut sample_rng(1, 1, i)));
+}
+
+#[test]
+fn resume_yields_the_tail_of_the_epoch() {
+    let l = loader(64, 4, 2, 3);
+    let full: Vec<Batch> = l.epoch(2, 0, 1).map(|r| r.unwrap()).collect();
+    assert_eq!(full.len(), l.ipe());
+    for k in [0, 1, 5, 7] {
+        let tail: Vec<Batch> = l.epoch(2, k, 1).map(|r| r.unwrap()).collect();
+        assert_eq!(tail, full[k..], "resume at {k}");
+    }
+    assert_eq!(l.epoch(2, 8, 1).count(), 0);
+    assert_eq!(l.epoch(2, 100, 1).count(), 0);
+    let all_tail: Vec<Vec<Batch>> = l.epoch_all_replicas(2, 5).map(|r| r.unwrap()).collect();
+    assert_eq!(all_tail.len(), 3);
+    assert_eq!(all_tail[0][1], full[5]);
+    assert_eq!(l.step_batches(2, 6).unwrap()[1], full[6]);
+    assert!(l.step_batches(2, 8).is_err());
+}
+
+#[test]
+fn replica_iterators_match_the_all_replicas_view() {
+    let a = loader(70, 3, 2, 11);
+    let b = loader(70, 3, 2, 11);
+    let joint = all(&a, 4);
+    for q in 0..2 {
+        let single: Vec<Batch> = b.epoch(4, 0, q).map(|r| r.unwrap()).collect();
+        assert_eq!(single.len(), joint.len());
+        for (s, batch) in single.iter().enumerate() {
+            assert_eq!(batch, &joint[s][q]);
+        }
+    }
+    let e = b.epoch(0, 0, 2).next().unwrap().err().unwrap().to_string();
+    assert!(e.contains("replica 2"), "{e}");
+}
+
+#[test]
+fn results_do_not_depend_on_the_thread_count() {
+    let ds: Arc<dyn Dataset> = Arc::from(with_max_images(
+        open_source(&fmnist_spec(), Split::Test, 1).unwrap(),
+        600,
+    ));
+    let t = TrainTransform::fashion_mnist();
+    let run = |threads: usize, prefetch: usize| {
+        let pool = Arc::new(
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap(),
+        );
+        let l = Loader::new(
+            ds.clone(),
+            t.clone(),
+            LoaderConfig {
+                batch_size: 50,
+                seed: 77,
+                replicas: 2,
+                prefetch,
+                strict: true,
+            },
+        )
+        .unwrap()
+        .with_thread_pool(pool);
+        l.epoch_all_replicas(3, 0)
+            .map(|r| r.unwrap())
+            .collect::<Vec<_>>()
+    };
+    let one = run(1, 0);
+    let two = run(2, 4);
+    assert_eq!(one.len(), 6);
+    assert_eq!(one, two);
+    // And in rayon's global pool, one replica at a time.
+    let global = Loader::new(ds.clone(), t.clone(), cfg(50, 2, 77)).unwrap();
+    let r1: Vec<Batch> = global.epoch(3, 0, 1).map(|r| r.unwrap()).collect();
+    for (s, b) in r1.iter().enumerate() {
+        assert_eq!(b, &one[s][1]);
+    }
+}
+
+#[test]
+fn dropping_an_iterator_early_stops_its_thread() {
+    let l = loader(400, 2, 1, 0);
+    for _ in 0..20 {
+        let mut it = l.epoch(0, 0, 0);
+        assert!(it.next().unwrap().is_ok());
+        drop(it);
+    }
+    // Never started: dropped at once.
+    drop(l.epoch_all_replicas(1, 0));
+}
+
+#[test]
+fn broken_images_are_replaced_deterministically_or_fail_in_strict_mode() {
+    let mut ds = MemDataset::new(40, 10);
+    ds.broken = [3, 17, 18].into_iter().collect();
+    let ds: Arc<dyn Dataset> = Arc::new(ds);
+    let lenient = Loader::new(ds.clone(), transform(), cfg(4, 2, 5)).unwrap();
+    let a = all(&lenient, 0);
+    assert_eq!(a, all(&lenient, 0));
+    let mut skipped: Vec<String> = a.iter().flatten().flat_map(|b| b.skipped.clone()).collect();
+    skipped.sort();
+    assert_eq!(skipped, ["mem/17.png", "mem/18.png", "mem/3.png"]);
+    let order = lenient.epoch_order(0);
+    for step in &a {
+        for b in step {
+            for &i in &b.indices {
+                assert!(![3, 17, 18].contains(&i));
+            }
+        }
+    }
+    // Each broken slot holds the next readable image of the order.
+    let flat: Vec<usize> = a.iter().flatten().flat_map(|b| b.indices.clone()).collect();
+    for (pos, &i) in order.iter().enumerate() {
+        if [3, 17, 18].contains(&i) {
+            let mut k = pos + 1;
+            while [3, 17, 18].contains(&order[k % 40]) {
+                k += 1;
+            }
+            assert_eq!(flat[pos], order[k % 40]);
+        }
+    }
+    let strict = Loader::new(
+        ds,
+        transform(),
+        LoaderConfig {
+            strict: true,
+            ..cfg(4, 2, 5)
+        },
+    )
+    .unwrap();
+    let results: Vec<_> = strict.epoch_all_replicas(0, 0).collect();
+    let err = results.last().unwrap().as_ref().err().unwrap().to_string();
+    assert!(err.contains("mem/") && err.contains("broken"), "{err}");
+
+    let mut dead = MemDataset::new(8, 4);
+    dead.broken = (0..8).collect();
+    let dead = Loader::new(
+        Arc::new(dead) as Arc<dyn Dataset>,
+        transform(),
+        cfg(2, 1, 0),
+    )
+    .unwrap();
+    let e = dead
+        .epoch(0, 0, 0)
+        .next()
+        .unwrap()
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("no readable image"), "{e}");
+}
+
+#[test]
+fn eval_batches_follow_dataset_order() {
+    let ds: Arc<dyn Dataset> = Arc::from(with_max_images(
+        open_source(&fmnist_spec(), Split::Test, 1).unwrap(),
+        1000,
+    ));
+    let t = EvalTransform::fashion_mnist();
+    let batches: Vec<_> = eval_batches(ds.clone(), &t, 300)
+        .map(|r| r.unwrap())
+        .collect();
+    assert_eq!(batches.len(), 4);
+    assert_eq!(batches[3].1.len(), 100);
+    assert_eq!(batches[3].0.len(), 100 * 1024);
+    let mut i = 0;
+    for (px, labels) in &batches {
+        for (k, l) in labels.iter().enumerate() {
+            assert_eq!(*l, ds.label(i));
+            if i % 97 == 0 {
+                let one = t.apply(&ds.get(i).unwrap());
+                assert_eq!(&px[k * 1024..(k + 1) * 1024], &one[..]);
+            }
+            i += 1;
+        }
+    }
+    assert_eq!(i, 1000);
+    assert!(eval_batches(ds.clone(), &t, 0).next().unwrap().is_err());
+    let mut broken = MemDataset::new(10, 28);
+    broken.broken.insert(7);
+    let e: Vec<_> = eval_batches(Arc::new(broken) as Arc<dyn Dataset>, &t, 4).collect();
+    assert_eq!(e.len(), 2);
+    assert!(
+        e[1].as_ref()
+            .err()
+            .unwrap()
+            .to_string()
+            .contains("mem/7.png")
+    );
+}
