@@ -18,12 +18,25 @@ fn official_configs_parse() {
         ("in22k_vitg16_ep44.yaml", 1408, 40, 14, 16, 16, 44),
     ];
     for (file, dim, depth, grid, pred_depth, batch, epochs) in expect {
-        let cfg = TrainConfig::from_file(&configs().join("official").join(file), &[]).unwrap_or_else(|e| panic!("{e}"));
+        let cfg = TrainConfig::from_file(&configs().join("official").join(file), &[])
+            .unwrap_or_else(|e| panic!("{e}"));
         let enc = cfg.encoder_config().unwrap();
         let pred = cfg.predictor_config().unwrap();
-        assert_eq!((enc.embed_dim, enc.depth, enc.grid()), (dim, depth, grid), "{file}");
-        assert_eq!((pred.predictor_embed_dim, pred.depth, pred.num_heads), (384, pred_depth, 16), "{file}");
-        assert_eq!((cfg.data.batch_size, cfg.optimization.epochs), (batch, epochs), "{file}");
+        assert_eq!(
+            (enc.embed_dim, enc.depth, enc.grid()),
+            (dim, depth, grid),
+            "{file}"
+        );
+        assert_eq!(
+            (pred.predictor_embed_dim, pred.depth, pred.num_heads),
+            (384, pred_depth, 16),
+            "{file}"
+        );
+        assert_eq!(
+            (cfg.data.batch_size, cfg.optimization.epochs),
+            (batch, epochs),
+            "{file}"
+        );
         assert_eq!(cfg.mask_config().unwrap().npred, 4);
     }
 }
@@ -32,15 +45,66 @@ fn official_configs_parse() {
 fn recipe_is_the_documented_one() {
     let cfg = TrainConfig::from_file(&configs().join("fmnist_vit.yaml"), &[]).unwrap();
     let enc = cfg.encoder_config().unwrap();
-    assert_eq!((enc.image_size, enc.patch_size, enc.in_chans, enc.embed_dim, enc.depth, enc.num_heads, enc.mlp_hidden), (32, 4, 1, 128, 6, 4, 512));
+    assert_eq!(
+        (
+            enc.image_size,
+            enc.patch_size,
+            enc.in_chans,
+            enc.embed_dim,
+            enc.depth,
+            enc.num_heads,
+            enc.mlp_hidden
+        ),
+        (32, 4, 1, 128, 6, 4, 512)
+    );
     let pred = cfg.predictor_config().unwrap();
-    assert_eq!((pred.predictor_embed_dim, pred.depth, pred.num_heads), (64, 3, 4));
+    assert_eq!(
+        (pred.predictor_embed_dim, pred.depth, pred.num_heads),
+        (64, 3, 4)
+    );
     let m = cfg.mask_config().unwrap();
-    assert_eq!((m.npred, m.nenc, m.min_keep, m.pred_mask_scale, m.enc_mask_scale, m.aspect_ratio), (2, 1, 4, (0.15, 0.2), (0.85, 1.0), (0.75, 1.5)));
+    assert_eq!(
+        (
+            m.npred,
+            m.nenc,
+            m.min_keep,
+            m.pred_mask_scale,
+            m.enc_mask_scale,
+            m.aspect_ratio
+        ),
+        (2, 1, 4, (0.15, 0.2), (0.85, 1.0), (0.75, 1.5))
+    );
     let o = &cfg.optimization;
-    assert_eq!((o.epochs, o.warmup, o.start_lr, o.lr, o.final_lr, o.weight_decay, o.final_weight_decay, o.ema, o.ipe_scale), (10, 1.0, 2e-4, 1e-3, 1e-6, 0.04, 0.4, (0.996, 1.0), 1.0));
-    assert_eq!((cfg.data.batch_size, cfg.data.pad, cfg.data.crop_size, cfg.data.crop_scale), (128, 2, 32, (0.3, 1.0)));
-    assert_eq!((cfg.data.mean.clone().unwrap(), cfg.data.std.clone().unwrap()), (vec![0.2860], vec![0.3530]));
+    assert_eq!(
+        (
+            o.epochs,
+            o.warmup,
+            o.start_lr,
+            o.lr,
+            o.final_lr,
+            o.weight_decay,
+            o.final_weight_decay,
+            o.ema,
+            o.ipe_scale
+        ),
+        (10, 1.0, 2e-4, 1e-3, 1e-6, 0.04, 0.4, (0.996, 1.0), 1.0)
+    );
+    assert_eq!(
+        (
+            cfg.data.batch_size,
+            cfg.data.pad,
+            cfg.data.crop_size,
+            cfg.data.crop_scale
+        ),
+        (128, 2, 32, (0.3, 1.0))
+    );
+    assert_eq!(
+        (
+            cfg.data.mean.clone().unwrap(),
+            cfg.data.std.clone().unwrap()
+        ),
+        (vec![0.2860], vec![0.3530])
+    );
     assert_eq!(cfg.meta.seed, 0);
     assert!(!cfg.meta.use_bfloat16);
 }
@@ -56,7 +120,12 @@ fn bad_configs_name_the_problem() {
         ("data.in_chans=2", "in_chans"),
         ("meta.bogus=1", "bogus"),
     ] {
-        let e = TrainConfig::from_file(&path, &[set.to_string()]).unwrap_err().to_string();
-        assert!(e.contains(needle) && e.contains("fmnist_vit.yaml"), "{set}: {e}");
+        let e = TrainConfig::from_file(&path, &[set.to_string()])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(needle) && e.contains("fmnist_vit.yaml"),
+            "{set}: {e}"
+        );
     }
 }

@@ -18,7 +18,9 @@ fn recipe() -> PathBuf {
 
 fn require_fmnist() {
     assert!(
-        Path::new(FMNIST).join("train-images-idx3-ubyte.gz").is_file(),
+        Path::new(FMNIST)
+            .join("train-images-idx3-ubyte.gz")
+            .is_file(),
         "Fashion-MNIST not found in {FMNIST}: install the Debian package dataset-fashion-mnist (.ci/run does)"
     );
 }
@@ -43,13 +45,19 @@ fn tiny(images: usize, epochs: usize) -> Vec<String> {
     ]
     .iter()
     .map(|s| s.to_string())
-    .chain([format!("data.max_images={images}"), format!("optimization.epochs={epochs}")])
+    .chain([
+        format!("data.max_images={images}"),
+        format!("optimization.epochs={epochs}"),
+    ])
     .collect()
 }
 
 fn pretrain(out: &Path, sets: &[String], extra: &[&str]) -> Output {
     let mut cmd = Command::new(ijepa_bin());
-    cmd.args(["pretrain", "--quiet", "--config"]).arg(recipe()).arg("--output").arg(out);
+    cmd.args(["pretrain", "--quiet", "--config"])
+        .arg(recipe())
+        .arg("--output")
+        .arg(out);
     for s in sets {
         cmd.args(["--set", s]);
     }
@@ -67,8 +75,21 @@ fn losses(dir: &Path) -> Vec<(u64, f64)> {
     let text = std::fs::read_to_string(dir.join("log.csv")).unwrap();
     let mut lines = text.lines();
     let header = lines.next().unwrap();
-    for col in ["epoch", "itr", "loss", "mask-A", "mask-B", "time (ms)", "lr", "wd", "momentum"] {
-        assert!(header.split(',').any(|c| c == col), "log.csv lacks column {col}: {header}");
+    for col in [
+        "epoch",
+        "itr",
+        "loss",
+        "mask-A",
+        "mask-B",
+        "time (ms)",
+        "lr",
+        "wd",
+        "momentum",
+    ] {
+        assert!(
+            header.split(',').any(|c| c == col),
+            "log.csv lacks column {col}: {header}"
+        );
     }
     lines
         .map(|l| {
@@ -86,20 +107,41 @@ fn checkpoint(dir: &Path) -> Checkpoint {
 fn two_epochs_on_fmnist_lower_the_loss() {
     require_fmnist();
     let out = tmp("loss");
-    let text = ok(&pretrain(&out, &[ "data.max_images=2560".into(), "optimization.epochs=2".into()], &[]));
+    let text = ok(&pretrain(
+        &out,
+        &[
+            "data.max_images=2560".into(),
+            "optimization.epochs=2".into(),
+        ],
+        &[],
+    ));
     assert!(text.contains("epoch 2/2"), "{text}");
     let l = losses(&out);
     assert_eq!(l.len(), 2 * 2560 / 128);
     let first: f64 = l[..5].iter().map(|x| x.1).sum::<f64>() / 5.0;
     let last: f64 = l[l.len() - 5..].iter().map(|x| x.1).sum::<f64>() / 5.0;
-    assert!(last < 0.7 * first, "loss did not go down: first steps {first:.4}, last steps {last:.4}");
-    for f in ["params-ijepa.yaml", "latest.safetensors", "latest.json", "ep1.safetensors", "ep2.safetensors", "loss.png", "monitor.csv"] {
+    assert!(
+        last < 0.7 * first,
+        "loss did not go down: first steps {first:.4}, last steps {last:.4}"
+    );
+    for f in [
+        "params-ijepa.yaml",
+        "latest.safetensors",
+        "latest.json",
+        "ep1.safetensors",
+        "ep2.safetensors",
+        "loss.png",
+        "monitor.csv",
+    ] {
         assert!(out.join(f).is_file(), "{f} missing");
     }
     // The checkpoint is a model `embed` reads, with the training state in it.
     let ck = checkpoint(&out);
     assert!(ck.target_encoder.is_some() && ck.predictor.is_some());
-    assert_eq!(ck.description.training.as_ref().unwrap()["progress"]["global_step"], 40);
+    assert_eq!(
+        ck.description.training.as_ref().unwrap()["progress"]["global_step"],
+        40
+    );
 }
 
 #[test]
@@ -120,14 +162,23 @@ fn interrupted_runs_resume_exactly() {
     let mut sets_k = sets.clone();
     sets_k.push("logging.checkpoint_every=3".into());
     let mut cmd = Command::new(ijepa_bin());
-    cmd.args(["pretrain", "--quiet", "--config"]).arg(recipe()).arg("--output").arg(&killed);
+    cmd.args(["pretrain", "--quiet", "--config"])
+        .arg(recipe())
+        .arg("--output")
+        .arg(&killed);
     for s in &sets_k {
         cmd.args(["--set", s]);
     }
-    let mut child = cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().unwrap();
+    let mut child = cmd
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
     loop {
-        let logged = std::fs::read_to_string(killed.join("log.csv")).map(|t| t.lines().count().saturating_sub(1)).unwrap_or(0);
+        let logged = std::fs::read_to_string(killed.join("log.csv"))
+            .map(|t| t.lines().count().saturating_sub(1))
+            .unwrap_or(0);
         if logged >= 13 || child.try_wait().unwrap().is_some() {
             break;
         }
@@ -142,15 +193,32 @@ fn interrupted_runs_resume_exactly() {
     assert_eq!(reference.len(), 20);
     for dir in [&parts, &killed] {
         let got = losses(dir);
-        assert_eq!(got.iter().map(|x| x.0).collect::<Vec<_>>(), (1..=20).collect::<Vec<u64>>(), "{}: steps", dir.display());
+        assert_eq!(
+            got.iter().map(|x| x.0).collect::<Vec<_>>(),
+            (1..=20).collect::<Vec<u64>>(),
+            "{}: steps",
+            dir.display()
+        );
         for ((s, a), (_, b)) in got.iter().zip(&reference) {
-            assert!((a - b).abs() <= 1e-6, "{}: step {s}: loss {a} vs uninterrupted {b}", dir.display());
+            assert!(
+                (a - b).abs() <= 1e-6,
+                "{}: step {s}: loss {a} vs uninterrupted {b}",
+                dir.display()
+            );
         }
         let (a, b) = (checkpoint(dir), checkpoint(&whole));
         for (name, x, y) in [
             ("encoder", &a.encoder, &b.encoder),
-            ("predictor", a.predictor.as_ref().unwrap(), b.predictor.as_ref().unwrap()),
-            ("target", a.target_encoder.as_ref().unwrap(), b.target_encoder.as_ref().unwrap()),
+            (
+                "predictor",
+                a.predictor.as_ref().unwrap(),
+                b.predictor.as_ref().unwrap(),
+            ),
+            (
+                "target",
+                a.target_encoder.as_ref().unwrap(),
+                b.target_encoder.as_ref().unwrap(),
+            ),
         ] {
             for (k, t) in x {
                 let d = t.max_abs_diff(&y[k]);
@@ -169,18 +237,39 @@ fn corrupt_images_are_skipped_and_counted() {
         // 63 good images + 1 broken = exactly 2 batches of 32: every image is drawn.
         let n = if class == "a" { 31 } else { 32 };
         for i in 0..n {
-            let img = image::RgbImage::from_fn(40, 36, |x, y| image::Rgb([(x * 6 + i) as u8, (y * 7) as u8, if class == "a" { 30 } else { 220 }]));
+            let img = image::RgbImage::from_fn(40, 36, |x, y| {
+                image::Rgb([
+                    (x * 6 + i) as u8,
+                    (y * 7) as u8,
+                    if class == "a" { 30 } else { 220 },
+                ])
+            });
             img.save(data.join(class).join(format!("{i}.png"))).unwrap();
         }
     }
-    std::fs::write(data.join("a").join("broken.png"), b"\x89PNG\r\n\x1a\nnot really").unwrap();
+    std::fs::write(
+        data.join("a").join("broken.png"),
+        b"\x89PNG\r\n\x1a\nnot really",
+    )
+    .unwrap();
     let mut sets = tiny(1000, 1);
-    sets.extend([format!("data.dataset={}", data.display()), "data.in_chans=3".into(), "data.mean=[0.5,0.5,0.5]".into(), "data.std=[0.25,0.25,0.25]".into()]);
+    sets.extend([
+        format!("data.dataset={}", data.display()),
+        "data.in_chans=3".into(),
+        "data.mean=[0.5,0.5,0.5]".into(),
+        "data.std=[0.25,0.25,0.25]".into(),
+    ]);
     let out = root.join("run");
     let text = ok(&pretrain(&out, &sets, &[]));
-    assert!(text.contains("skipped unreadable image") && text.contains("broken.png"), "{text}");
+    assert!(
+        text.contains("skipped unreadable image") && text.contains("broken.png"),
+        "{text}"
+    );
     let ck = checkpoint(&out);
-    assert_eq!(ck.description.training.as_ref().unwrap()["skipped_images"], 1);
+    assert_eq!(
+        ck.description.training.as_ref().unwrap()["skipped_images"],
+        1
+    );
     // --strict makes it fatal, naming the file
     let strict = pretrain(&root.join("strict"), &sets, &["--strict"]);
     assert!(!strict.status.success());
@@ -197,23 +286,41 @@ fn nan_loss_stops_the_run_and_keeps_the_checkpoint() {
     let o = pretrain(&out, &sets, &["--resume", "--inject-nan-at", "6"]);
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains("step 6") && err.contains("NaN") && err.contains("latest.safetensors"), "{err}");
-    assert_eq!(std::fs::read(out.join("latest.safetensors")).unwrap(), before, "checkpoint changed");
-    assert_eq!(checkpoint(&out).description.training.as_ref().unwrap()["progress"]["global_step"], 4);
+    assert!(
+        err.contains("step 6") && err.contains("NaN") && err.contains("latest.safetensors"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read(out.join("latest.safetensors")).unwrap(),
+        before,
+        "checkpoint changed"
+    );
+    assert_eq!(
+        checkpoint(&out).description.training.as_ref().unwrap()["progress"]["global_step"],
+        4
+    );
 }
 
 /// Run `ijepa pretrain` with OUTPUT on a small tmpfs (read-only or nearly full), in a private
 /// mount namespace (works for root and, with user namespaces, for anyone).
 fn on_tmpfs(mount_opts: &str, sets: &[String]) -> Output {
     let dir = tmp(&format!("fs-{}", mount_opts.replace([',', '='], "-")));
-    let mut script = format!("mount -t tmpfs -o {mount_opts} tmpfs '{}' && '{}' pretrain --quiet --config '{}' --output '{}/run'", dir.display(), ijepa_bin().display(), recipe().display(), dir.display());
+    let mut script = format!(
+        "mount -t tmpfs -o {mount_opts} tmpfs '{}' && '{}' pretrain --quiet --config '{}' --output '{}/run'",
+        dir.display(),
+        ijepa_bin().display(),
+        recipe().display(),
+        dir.display()
+    );
     for s in sets {
         script.push_str(&format!(" --set '{s}'"));
     }
-    let o = Command::new("unshare").args(["-rm", "sh", "-c", &script]).output().expect("unshare (util-linux) is needed for this test");
-    assert_ne!(
-        String::from_utf8_lossy(&o.stderr).contains("mount: "),
-        true,
+    let o = Command::new("unshare")
+        .args(["-rm", "sh", "-c", &script])
+        .output()
+        .expect("unshare (util-linux) is needed for this test");
+    assert!(
+        !String::from_utf8_lossy(&o.stderr).contains("mount: "),
         "could not mount a tmpfs in a private namespace: {}",
         String::from_utf8_lossy(&o.stderr)
     );
@@ -227,10 +334,16 @@ fn read_only_or_full_output_folders_fail_clearly() {
     let o = on_tmpfs("ro,size=1m", &sets);
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.starts_with("error: ") && err.contains("Read-only file system") && err.contains("run"), "{err}");
+    assert!(
+        err.starts_with("error: ") && err.contains("Read-only file system") && err.contains("run"),
+        "{err}"
+    );
 
     let o = on_tmpfs("size=48k", &sets);
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains("No space left on device") && err.contains("latest.safetensors"), "{err}");
+    assert!(
+        err.contains("No space left on device") && err.contains("latest.safetensors"),
+        "{err}"
+    );
 }

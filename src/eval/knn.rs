@@ -255,7 +255,6 @@ fn vote((sims, idx): (&[f32], &[usize]), labels: &[usize], inv_t: f64, votes: &m
 mod tests {
     use super::super::probe::tests::{clusters, sample};
     use super::*;
-    use std::time::Instant;
 
     fn feats(n: usize, dim: usize, data: &[f32]) -> Features {
         Features::new(n, dim, data.to_vec()).unwrap()
@@ -487,5 +486,4 @@ mod tests {
             Err(EvalError::Shape(_))
         ));
     }
-
 }

@@ -1053,7 +1053,6 @@ where
 pub(crate) mod tests {
     use super::*;
     use rand::Rng;
-    use std::time::Instant;
 
     /// Standard normal by Box-Muller (rand_distr is not a dependency).
     pub(crate) fn normal(rng: &mut ChaCha8Rng) -> f64 {
@@ -1095,32 +1094,6 @@ pub(crate) mod tests {
             }
         }
         (Features { n, dim: d, data }, y, means.to_vec())
-    }
-
-    /// Correlated, anisotropic noise: harder to fit than isotropic clusters.
-    pub(crate) fn mixed(n: usize, d: usize, classes: usize, seed: u64) -> (Features, Vec<usize>) {
-        // Fixed class means and mixing; only the samples depend on `seed`.
-        let mut rng = ChaCha8Rng::seed_from_u64(777);
-        // Mean spread shrinks with sqrt(d) so that wider features are not easier.
-        let spread = 0.3 * (128.0 / d as f64).sqrt();
-        let means: Vec<f64> = (0..classes * d)
-            .map(|_| spread * normal(&mut rng))
-            .collect();
-        let (mut f, y, _) = sample(n, d, classes, &means, seed);
-        let a: Vec<f64> = (0..d * d)
-            .map(|_| normal(&mut rng) / (d as f64).sqrt())
-            .collect();
-        f.data.par_chunks_mut(d).for_each(|row| {
-            let r: Vec<f64> = row.iter().map(|&v| v as f64).collect();
-            for i in 0..d {
-                let mut s = r[i];
-                for j in 0..d {
-                    s += 2.0 * a[i * d + j] * r[j];
-                }
-                row[i] = s as f32;
-            }
-        });
-        (f, y)
     }
 
     fn random_labels(n: usize, classes: usize, seed: u64) -> Vec<usize> {
@@ -1572,6 +1545,4 @@ pub(crate) mod tests {
             .to_string();
         assert!(msg.contains("label 7") && msg.contains("row 2"), "{msg}");
     }
-
-
 }

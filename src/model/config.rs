@@ -93,7 +93,7 @@ impl EncoderConfig {
                 self.image_size, self.patch_size
             ));
         }
-        if self.image_size % self.patch_size != 0 {
+        if !self.image_size.is_multiple_of(self.patch_size) {
             return bad(format!(
                 "image_size {} is not a multiple of patch_size {}",
                 self.image_size, self.patch_size
@@ -149,12 +149,12 @@ impl PredictorConfig {
 }
 
 fn check_width(name: &str, dim: usize, heads: usize) -> Result<()> {
-    if dim == 0 || heads == 0 || dim % heads != 0 {
+    if dim == 0 || heads == 0 || !dim.is_multiple_of(heads) {
         return Err(Error::Config(format!(
             "{name} {dim} must be a positive multiple of the number of heads {heads}"
         )));
     }
-    if dim % 4 != 0 {
+    if !dim.is_multiple_of(4) {
         return Err(Error::Config(format!(
             "{name} {dim} must be divisible by 4 (2-D sin-cos position embedding)"
         )));

@@ -42,7 +42,7 @@ impl Init {
         }
         let dist = Normal::new(0.0, self.std).expect("std 0.02 is a valid normal");
         (0..n)
-            .map(|_| (dist.sample(&mut self.rng) as f64).clamp(-2.0, 2.0) as f32)
+            .map(|_| dist.sample(&mut self.rng).clamp(-2.0, 2.0) as f32)
             .collect()
     }
 

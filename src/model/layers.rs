@@ -9,6 +9,9 @@ use crate::ops::{self, IjepaBackend};
 
 use super::init::Init;
 
+/// A 2-D linear kernel: `(x, W, b) -> y`.
+type LinearOp<B> = fn(Tensor<B, 2>, Tensor<B, 2>, Option<Tensor<B, 1>>) -> Tensor<B, 2>;
+
 /// `y = x W + b` with `W` stored `[d_in, d_out]` (the transpose of PyTorch's layout).
 #[derive(Module, Debug)]
 pub struct Linear<B: IjepaBackend> {
@@ -35,11 +38,7 @@ impl<B: IjepaBackend> Linear<B> {
     }
 
     /// Run a 2-D op over all leading axes at once (one GEMM over every token).
-    fn apply<const D: usize>(
-        &self,
-        x: Tensor<B, D>,
-        op: fn(Tensor<B, 2>, Tensor<B, 2>, Option<Tensor<B, 1>>) -> Tensor<B, 2>,
-    ) -> Tensor<B, D> {
+    fn apply<const D: usize>(&self, x: Tensor<B, D>, op: LinearOp<B>) -> Tensor<B, D> {
         let mut dims = x.dims();
         let d_in = dims[D - 1];
         let rows = x.shape().num_elements() / d_in.max(1);

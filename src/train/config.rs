@@ -429,10 +429,10 @@ impl TrainConfig {
                 o.ema
             ));
         }
-        if let Some(c) = o.grad_clip {
-            if !(c > 0.0) {
-                return bad(format!("optimization.grad_clip must be positive, got {c}"));
-            }
+        if let Some(c) = o.grad_clip
+            && (c.is_nan() || c <= 0.0)
+        {
+            return bad(format!("optimization.grad_clip must be positive, got {c}"));
         }
         if self.meta.threads == Some(0) {
             return bad("meta.threads must be positive".into());

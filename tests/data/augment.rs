@@ -1,13 +1,13 @@
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-use ijepa::data::resize::{Rounding, resize_bilinear_aa};
+use ijepa::data::RawImage;
 use ijepa::data::augment::{
     CropParams, EvalTransform, FASHION_MNIST_MEAN, FASHION_MNIST_STD, TrainTransform,
     adjust_brightness, adjust_contrast, adjust_hue, adjust_saturation, grayscale, hsv_to_rgb,
     random_resized_crop_params, rgb_to_hsv,
 };
-use ijepa::data::RawImage;
+use ijepa::data::resize::{Rounding, resize_bilinear_aa};
 
 use crate::pil_golden as golden;
 
@@ -205,7 +205,10 @@ fn resize_keeps_constants_and_identity() {
         }
     }
     let src = pattern(13, 9, 3);
-    assert_eq!(resize_bilinear_aa(&src, 13, 9, 3, 13, 9, Rounding::Pillow), src);
+    assert_eq!(
+        resize_bilinear_aa(&src, 13, 9, 3, 13, 9, Rounding::Pillow),
+        src
+    );
     // Too-short input gives an empty result, not a panic.
     assert!(resize_bilinear_aa(&src[..10], 13, 9, 3, 5, 5, Rounding::Pillow).is_empty());
 }
@@ -225,7 +228,10 @@ fn downscale_matches_a_hand_computed_case() {
         [50, 160]
     );
     // 2x2 -> 1x1: plain average (100 + 0 + 50 + 250) / 4 = 100.
-    assert_eq!(resize_bilinear_aa(&[100, 0, 50, 250], 2, 2, 1, 1, 1, Rounding::Pillow), [100]);
+    assert_eq!(
+        resize_bilinear_aa(&[100, 0, 50, 250], 2, 2, 1, 1, 1, Rounding::Pillow),
+        [100]
+    );
 }
 
 #[test]

@@ -2,9 +2,9 @@ use std::path::Path;
 use std::sync::Arc;
 
 use ijepa::data::augment::TrainTransform;
-use ijepa::data::{Dataset, Split, open_source, pil_luma};
 use ijepa::data::folder::FolderDataset;
 use ijepa::data::loader::{Loader, LoaderConfig};
+use ijepa::data::{Dataset, Split, open_source, pil_luma};
 
 use crate::common::{TempDir, write_png};
 

@@ -1,8 +1,8 @@
 use std::io::Read;
 use std::path::Path;
 
-use ijepa::data::{DataError, Dataset, Split, open_source, with_max_images};
 use ijepa::data::idx::{IMAGES_MAGIC, IdxDataset, LABELS_MAGIC, read_idx};
+use ijepa::data::{DataError, Dataset, Split, open_source, with_max_images};
 
 use crate::common::{TempDir, fmnist_dir, fmnist_spec};
 

@@ -2,8 +2,8 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use ijepa::data::augment::{EvalTransform, TrainTransform};
-use ijepa::data::{Dataset, Split, open_source, with_max_images};
 use ijepa::data::loader::{Batch, Loader, LoaderConfig, epoch_order, eval_batches, sample_rng};
+use ijepa::data::{Dataset, Split, open_source, with_max_images};
 
 use crate::common::{MemDataset, fmnist_spec};
 

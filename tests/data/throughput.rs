@@ -2,8 +2,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use ijepa::data::augment::TrainTransform;
-use ijepa::data::{Dataset, Split, open_source, with_max_images};
 use ijepa::data::loader::{Loader, LoaderConfig};
+use ijepa::data::{Dataset, Split, open_source, with_max_images};
 
 use crate::common::fmnist_spec;
 
