@@ -48,7 +48,19 @@ enum Command {
     Export(export::Args),
 }
 
+/// Keep freed memory instead of returning it to the OS: a training step frees and re-allocates
+/// the same large activation buffers every iteration, and re-faulting fresh zeroed pages cost
+/// about 10 % of a step (36,000 page faults per 8 steps on the Fashion-MNIST shapes; 560 with
+/// this setting). Peak memory is unchanged.
+fn tune_allocator() {
+    // mimalloc v2's `mi_option_purge_delay`; -1 disables purging.
+    const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+    // SAFETY: setting a mimalloc option is a plain store into its option table.
+    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
+}
+
 fn main() -> ExitCode {
+    tune_allocator();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Pretrain(a) => pretrain::run(a),
