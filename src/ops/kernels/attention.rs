@@ -16,6 +16,7 @@
 //! N = 27, hd = 32 (gemm picks AVX2+FMA micro-kernels at run time; its AVX-512
 //! kernels need gemm's `x86-v4` feature, i.e. burn-flex's `x86-v4`).
 
+use crate::ops::kernels::math::simd;
 use crate::ops::kernels::math::{self, exp2_f32};
 use crate::ops::kernels::matmul::{Parallelism, View, gemm_strided};
 use rayon::prelude::*;
@@ -86,39 +87,41 @@ pub fn attention_forward(
         .zip(lse.par_chunks_mut(heads * n))
         .zip(qkv.par_chunks(n * 3 * d))
         .for_each(|((out_b, lse_b), qkv_b)| {
-            with_scratch(n * n, |s| {
-                for h in 0..heads {
-                    let q = &qkv_b[h * hd..];
-                    let k = &qkv_b[d + h * hd..];
-                    let v = &qkv_b[2 * d + h * hd..];
-                    // S = scale·log2(e) · Q Kᵀ
-                    gemm_strided(
-                        n,
-                        n,
-                        hd,
-                        s,
-                        n,
-                        false,
-                        View::rows(q, 3 * d),
-                        View::t(k, 3 * d),
-                        scale2,
-                        Parallelism::None,
-                    );
-                    softmax_rows(s, n, &mut lse_b[h * n..(h + 1) * n]);
-                    // O_h = P V, written into columns h·hd.. of out
-                    gemm_strided(
-                        n,
-                        hd,
-                        n,
-                        &mut out_b[h * hd..],
-                        d,
-                        false,
-                        View::rows(s, n),
-                        View::rows(v, 3 * d),
-                        1.0,
-                        Parallelism::None,
-                    );
-                }
+            simd(|| {
+                with_scratch(n * n, |s| {
+                    for h in 0..heads {
+                        let q = &qkv_b[h * hd..];
+                        let k = &qkv_b[d + h * hd..];
+                        let v = &qkv_b[2 * d + h * hd..];
+                        // S = scale·log2(e) · Q Kᵀ
+                        gemm_strided(
+                            n,
+                            n,
+                            hd,
+                            s,
+                            n,
+                            false,
+                            View::rows(q, 3 * d),
+                            View::t(k, 3 * d),
+                            scale2,
+                            Parallelism::None,
+                        );
+                        softmax_rows(s, n, &mut lse_b[h * n..(h + 1) * n]);
+                        // O_h = P V, written into columns h·hd.. of out
+                        gemm_strided(
+                            n,
+                            hd,
+                            n,
+                            &mut out_b[h * hd..],
+                            d,
+                            false,
+                            View::rows(s, n),
+                            View::rows(v, 3 * d),
+                            1.0,
+                            Parallelism::None,
+                        );
+                    }
+                })
             })
         });
     (out, lse)
@@ -150,102 +153,104 @@ pub fn attention_backward(
         .zip(out.par_chunks(n * d).zip(dout.par_chunks(n * d)))
         .zip(lse.par_chunks(heads * n))
         .for_each(|(((dqkv_b, qkv_b), (out_b, dout_b)), lse_b)| {
-            with_scratch(2 * n * n + n, |buf| {
-                let (p, rest) = buf.split_at_mut(n * n);
-                let (dp, delta) = rest.split_at_mut(n * n);
-                for h in 0..heads {
-                    let q = &qkv_b[h * hd..];
-                    let k = &qkv_b[d + h * hd..];
-                    let v = &qkv_b[2 * d + h * hd..];
-                    let o = &out_b[h * hd..];
-                    let g = &dout_b[h * hd..];
-                    let lse_h = &lse_b[h * n..(h + 1) * n];
-                    // P = 2^(scale·log2(e) · Q Kᵀ - lse·log2(e))
-                    gemm_strided(
-                        n,
-                        n,
-                        hd,
-                        p,
-                        n,
-                        false,
-                        View::rows(q, 3 * d),
-                        View::t(k, 3 * d),
-                        scale2,
-                        Parallelism::None,
-                    );
-                    for (row, &l) in p.chunks_exact_mut(n).zip(lse_h) {
-                        let l2 = l * LOG2_E;
-                        for x in row.iter_mut() {
-                            *x = exp2_f32(*x - l2);
+            simd(|| {
+                with_scratch(2 * n * n + n, |buf| {
+                    let (p, rest) = buf.split_at_mut(n * n);
+                    let (dp, delta) = rest.split_at_mut(n * n);
+                    for h in 0..heads {
+                        let q = &qkv_b[h * hd..];
+                        let k = &qkv_b[d + h * hd..];
+                        let v = &qkv_b[2 * d + h * hd..];
+                        let o = &out_b[h * hd..];
+                        let g = &dout_b[h * hd..];
+                        let lse_h = &lse_b[h * n..(h + 1) * n];
+                        // P = 2^(scale·log2(e) · Q Kᵀ - lse·log2(e))
+                        gemm_strided(
+                            n,
+                            n,
+                            hd,
+                            p,
+                            n,
+                            false,
+                            View::rows(q, 3 * d),
+                            View::t(k, 3 * d),
+                            scale2,
+                            Parallelism::None,
+                        );
+                        for (row, &l) in p.chunks_exact_mut(n).zip(lse_h) {
+                            let l2 = l * LOG2_E;
+                            for x in row.iter_mut() {
+                                *x = exp2_f32(*x - l2);
+                            }
                         }
-                    }
-                    // dV = Pᵀ dO
-                    gemm_strided(
-                        n,
-                        hd,
-                        n,
-                        &mut dqkv_b[2 * d + h * hd..],
-                        3 * d,
-                        false,
-                        View::t(p, n),
-                        View::rows(g, d),
-                        1.0,
-                        Parallelism::None,
-                    );
-                    // dP = dO Vᵀ
-                    gemm_strided(
-                        n,
-                        n,
-                        hd,
-                        dp,
-                        n,
-                        false,
-                        View::rows(g, d),
-                        View::t(v, 3 * d),
-                        1.0,
-                        Parallelism::None,
-                    );
-                    // delta_i = dO_i · O_i
-                    for (i, di) in delta.iter_mut().enumerate() {
-                        *di = math::dot(&g[i * d..i * d + hd], &o[i * d..i * d + hd]);
-                    }
-                    // dS = P ∘ (dP - delta)
-                    for ((dsr, pr), &di) in dp
-                        .chunks_exact_mut(n)
-                        .zip(p.chunks_exact(n))
-                        .zip(delta.iter())
-                    {
-                        for (x, &pv) in dsr.iter_mut().zip(pr) {
-                            *x = pv * (*x - di);
+                        // dV = Pᵀ dO
+                        gemm_strided(
+                            n,
+                            hd,
+                            n,
+                            &mut dqkv_b[2 * d + h * hd..],
+                            3 * d,
+                            false,
+                            View::t(p, n),
+                            View::rows(g, d),
+                            1.0,
+                            Parallelism::None,
+                        );
+                        // dP = dO Vᵀ
+                        gemm_strided(
+                            n,
+                            n,
+                            hd,
+                            dp,
+                            n,
+                            false,
+                            View::rows(g, d),
+                            View::t(v, 3 * d),
+                            1.0,
+                            Parallelism::None,
+                        );
+                        // delta_i = dO_i · O_i
+                        for (i, di) in delta.iter_mut().enumerate() {
+                            *di = math::dot(&g[i * d..i * d + hd], &o[i * d..i * d + hd]);
                         }
+                        // dS = P ∘ (dP - delta)
+                        for ((dsr, pr), &di) in dp
+                            .chunks_exact_mut(n)
+                            .zip(p.chunks_exact(n))
+                            .zip(delta.iter())
+                        {
+                            for (x, &pv) in dsr.iter_mut().zip(pr) {
+                                *x = pv * (*x - di);
+                            }
+                        }
+                        // dQ = scale · dS K
+                        gemm_strided(
+                            n,
+                            hd,
+                            n,
+                            &mut dqkv_b[h * hd..],
+                            3 * d,
+                            false,
+                            View::rows(dp, n),
+                            View::rows(k, 3 * d),
+                            scale,
+                            Parallelism::None,
+                        );
+                        // dK = scale · dSᵀ Q
+                        gemm_strided(
+                            n,
+                            hd,
+                            n,
+                            &mut dqkv_b[d + h * hd..],
+                            3 * d,
+                            false,
+                            View::t(dp, n),
+                            View::rows(q, 3 * d),
+                            scale,
+                            Parallelism::None,
+                        );
                     }
-                    // dQ = scale · dS K
-                    gemm_strided(
-                        n,
-                        hd,
-                        n,
-                        &mut dqkv_b[h * hd..],
-                        3 * d,
-                        false,
-                        View::rows(dp, n),
-                        View::rows(k, 3 * d),
-                        scale,
-                        Parallelism::None,
-                    );
-                    // dK = scale · dSᵀ Q
-                    gemm_strided(
-                        n,
-                        hd,
-                        n,
-                        &mut dqkv_b[d + h * hd..],
-                        3 * d,
-                        false,
-                        View::t(dp, n),
-                        View::rows(q, 3 * d),
-                        scale,
-                        Parallelism::None,
-                    );
-                }
+                })
             })
         });
     dqkv

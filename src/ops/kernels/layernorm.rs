@@ -8,6 +8,7 @@
 //! fixed chunk of rows (added in chunk order → deterministic for any thread count).
 
 use crate::ops::kernels::math;
+use crate::ops::kernels::math::simd;
 use rayon::prelude::*;
 
 /// Rows per parallel task (fixed: the reduction order of dweight/dbias depends on it).
@@ -45,23 +46,25 @@ fn forward_impl(
         .zip(mean.par_chunks_mut(ROWS_PER_CHUNK))
         .zip(rstd.par_chunks_mut(ROWS_PER_CHUNK))
         .for_each(|(((y, x), mean), rstd)| {
-            for (r, (yr, xr)) in y.chunks_exact_mut(dim).zip(x.chunks_exact(dim)).enumerate() {
-                let (m, s) = row_stats(xr, eps);
-                mean[r] = m;
-                rstd[r] = s;
-                match affine {
-                    Some((w, b)) => {
-                        for j in 0..dim {
-                            yr[j] = (xr[j] - m) * s * w[j] + b[j];
+            simd(|| {
+                for (r, (yr, xr)) in y.chunks_exact_mut(dim).zip(x.chunks_exact(dim)).enumerate() {
+                    let (m, s) = row_stats(xr, eps);
+                    mean[r] = m;
+                    rstd[r] = s;
+                    match affine {
+                        Some((w, b)) => {
+                            for j in 0..dim {
+                                yr[j] = (xr[j] - m) * s * w[j] + b[j];
+                            }
                         }
-                    }
-                    None => {
-                        for j in 0..dim {
-                            yr[j] = (xr[j] - m) * s;
+                        None => {
+                            for j in 0..dim {
+                                yr[j] = (xr[j] - m) * s;
+                            }
                         }
                     }
                 }
-            }
+            })
         });
     (y, mean, rstd)
 }
@@ -173,23 +176,25 @@ pub fn layer_norm_affine_backward(
         )
         .zip(partials.par_chunks_mut(2 * dim))
         .for_each(|(((dx, (x, dy)), (mean, rstd)), part)| {
-            let (dw, db) = part.split_at_mut(dim);
-            for (r, ((dxr, xr), dyr)) in dx
-                .chunks_exact_mut(dim)
-                .zip(x.chunks_exact(dim))
-                .zip(dy.chunks_exact(dim))
-                .enumerate()
-            {
-                backward_row(
-                    xr,
-                    dyr,
-                    Some(weight),
-                    mean[r],
-                    rstd[r],
-                    dxr,
-                    Some((&mut *dw, &mut *db)),
-                );
-            }
+            simd(|| {
+                let (dw, db) = part.split_at_mut(dim);
+                for (r, ((dxr, xr), dyr)) in dx
+                    .chunks_exact_mut(dim)
+                    .zip(x.chunks_exact(dim))
+                    .zip(dy.chunks_exact(dim))
+                    .enumerate()
+                {
+                    backward_row(
+                        xr,
+                        dyr,
+                        Some(weight),
+                        mean[r],
+                        rstd[r],
+                        dxr,
+                        Some((&mut *dw, &mut *db)),
+                    );
+                }
+            })
         });
     let mut dweight = vec![0.0f32; dim];
     let mut dbias = vec![0.0f32; dim];
@@ -225,14 +230,16 @@ pub fn layer_norm_backward(
                 .zip(rstd.par_chunks(ROWS_PER_CHUNK)),
         )
         .for_each(|((dx, (x, dy)), (mean, rstd))| {
-            for (r, ((dxr, xr), dyr)) in dx
-                .chunks_exact_mut(dim)
-                .zip(x.chunks_exact(dim))
-                .zip(dy.chunks_exact(dim))
-                .enumerate()
-            {
-                backward_row(xr, dyr, None, mean[r], rstd[r], dxr, None);
-            }
+            simd(|| {
+                for (r, ((dxr, xr), dyr)) in dx
+                    .chunks_exact_mut(dim)
+                    .zip(x.chunks_exact(dim))
+                    .zip(dy.chunks_exact(dim))
+                    .enumerate()
+                {
+                    backward_row(xr, dyr, None, mean[r], rstd[r], dxr, None);
+                }
+            })
         });
     dx
 }

@@ -9,6 +9,7 @@
 //! transposed copies) and a chunked, ordered column sum for `db`.
 
 use crate::ops::kernels::gelu::{gelu_grad, gelu_slice};
+use crate::ops::kernels::math::simd;
 use crate::ops::kernels::matmul::{Parallelism, View, gemm_strided, par_all};
 use rayon::prelude::*;
 
@@ -216,16 +217,18 @@ pub fn linear_gelu_backward(
     let n_chunks = m.div_ceil(SUM_ROWS);
     let mut partials = vec![0.0f32; if with_bias { n_chunks * n } else { 0 }];
     let work = |dp: &mut [f32], pr: &[f32], da: &[f32], part: Option<&mut [f32]>| {
-        for ((o, &p), &g) in dp.iter_mut().zip(pr).zip(da) {
-            *o = g * gelu_grad(p);
-        }
-        if let Some(part) = part {
-            for row in dp.chunks_exact(n) {
-                for (a, &v) in part.iter_mut().zip(row) {
-                    *a += v;
+        simd(|| {
+            for ((o, &p), &g) in dp.iter_mut().zip(pr).zip(da) {
+                *o = g * gelu_grad(p);
+            }
+            if let Some(part) = part {
+                for row in dp.chunks_exact(n) {
+                    for (a, &v) in part.iter_mut().zip(row) {
+                        *a += v;
+                    }
                 }
             }
-        }
+        })
     };
     let iter = dpre.par_chunks_mut(SUM_ROWS * n).zip(
         pre.par_chunks(SUM_ROWS * n)

@@ -216,6 +216,26 @@ pub fn max(x: &[f32]) -> f32 {
     m
 }
 
+/// Run `f` compiled for AVX2 + FMA when the CPU has them, else as built. The elementwise and
+/// small-matrix loops of the kernels (erf, exp, softmax, row statistics) inline into the
+/// wrapper and then run 8 lanes wide instead of the 4 of baseline x86-64; `gemm` does its own
+/// run-time dispatch.
+#[inline(always)]
+pub fn simd<R>(f: impl FnOnce() -> R) -> R {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU has the features `with_avx2` is compiled for.
+        return unsafe { with_avx2(f) };
+    }
+    f()
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn with_avx2<R>(f: impl FnOnce() -> R) -> R {
+    f()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
