@@ -212,6 +212,36 @@ pub struct LabeledFeatures {
     pub num_classes: usize,
 }
 
+/// The preprocessed pixels themselves as features (the raw-pixel baseline of the protocol).
+pub fn dataset_pixels(
+    ds: &dyn crate::data::Dataset,
+    pre: &Preprocess,
+    max: Option<usize>,
+) -> Result<LabeledFeatures> {
+    let n = max.map_or(ds.len(), |m| m.min(ds.len()));
+    let labels: Vec<usize> = (0..n)
+        .map(|i| {
+            ds.label(i)
+                .ok_or_else(|| Error::Config(format!("{} has no class label", ds.name(i))))
+        })
+        .collect::<Result<_>>()?;
+    let pixels: Vec<Vec<f32>> = (0..n)
+        .into_par_iter()
+        .map(|i| {
+            let img = ds.get(i).map_err(|e| Error::Config(e.to_string()))?;
+            Ok(pre.apply_raw(&img.pixels, img.width, img.height, img.channels))
+        })
+        .collect::<Result<_>>()?;
+    let dim = pre.channels * pre.size * pre.size;
+    let features = super::probe::Features::new(n, dim, pixels.concat())
+        .map_err(|e| Error::Config(e.to_string()))?;
+    Ok(LabeledFeatures {
+        features,
+        labels,
+        num_classes: ds.num_classes(),
+    })
+}
+
 /// Frozen features of the first `max` images of `ds` (every image when `None`), preprocessed
 /// the way the model expects, in dataset order. Images are decoded in parallel per batch.
 pub fn dataset_features(

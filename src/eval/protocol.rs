@@ -4,7 +4,7 @@
 
 use serde::Serialize;
 
-use super::features::{LabeledFeatures, Layers, choose_encoder, dataset_features};
+use super::features::{LabeledFeatures, Layers, choose_encoder, dataset_features, dataset_pixels};
 use super::{knn, probe};
 use crate::checkpoint::{Checkpoint, EncoderChoice};
 use crate::data::{Split, open_source};
@@ -21,6 +21,8 @@ pub struct EvalData {
     pub encoder: Option<EncoderChoice>,
     pub layers: Layers,
     pub batch_size: usize,
+    /// Evaluate the preprocessed pixels instead of the encoder (the raw-pixel baseline).
+    pub pixels: bool,
 }
 
 /// Features of both splits, plus the encoder used.
@@ -36,22 +38,17 @@ pub fn extract(
     };
     let train_ds = open(&data.train, Split::Train)?;
     let test_ds = open(&data.test, Split::Test)?;
-    let train = dataset_features(
-        &model,
-        train_ds.as_ref(),
-        pre,
-        data.layers,
-        data.batch_size,
-        data.max_train,
-    )?;
-    let test = dataset_features(
-        &model,
-        test_ds.as_ref(),
-        pre,
-        data.layers,
-        data.batch_size,
-        data.max_test,
-    )?;
+    let (train, test) = if data.pixels {
+        let train = dataset_pixels(train_ds.as_ref(), pre, data.max_train)?;
+        (train, dataset_pixels(test_ds.as_ref(), pre, data.max_test)?)
+    } else {
+        let (l, b) = (data.layers, data.batch_size);
+        let train = dataset_features(&model, train_ds.as_ref(), pre, l, b, data.max_train)?;
+        (
+            train,
+            dataset_features(&model, test_ds.as_ref(), pre, l, b, data.max_test)?,
+        )
+    };
     let classes = train.num_classes.max(test.num_classes);
     Ok((
         LabeledFeatures {
@@ -68,6 +65,8 @@ pub fn extract(
 
 #[derive(Clone, Debug, Serialize)]
 pub struct ProbeReport {
+    /// Raw-pixel baseline (no encoder).
+    pub pixels: bool,
     /// Test top-1, percent.
     pub top1: f64,
     pub l2: f64,
@@ -98,6 +97,7 @@ pub fn linear_probe(
     )
     .map_err(|e| Error::Config(e.to_string()))?;
     Ok(ProbeReport {
+        pixels: data.pixels,
         top1: r.top1,
         l2: r.l2,
         val_top1: r.val_top1,
@@ -113,6 +113,7 @@ pub fn linear_probe(
 
 #[derive(Clone, Debug, Serialize)]
 pub struct KnnReport {
+    pub pixels: bool,
     pub top1: f64,
     pub k: usize,
     pub temperature: f32,
@@ -136,6 +137,7 @@ pub fn knn(ck: &Checkpoint, data: &EvalData, k: usize, temperature: f32) -> Resu
     )
     .map_err(|e| Error::Config(e.to_string()))?;
     Ok(KnnReport {
+        pixels: data.pixels,
         top1: r.top1,
         k: r.k,
         temperature: r.temperature,

@@ -352,6 +352,23 @@ pub fn pretrain<B: crate::ops::TrainBackend>(
     let mut images_done = 0u64;
     let mut data_rate = 0.0;
     let start_epoch = meta.progress.epoch;
+    if opts
+        .max_steps
+        .is_some_and(|m| meta.progress.global_step >= m)
+    {
+        // Nothing to do (e.g. `--max-steps 0`: a checkpoint of the initial weights).
+        save(&nets, &adam, &meta, false)?;
+        bar.finish_and_clear();
+        return Ok(PretrainSummary {
+            steps: meta.progress.global_step,
+            epochs_completed: meta.progress.epoch,
+            last_loss: f64::NAN,
+            train_img_per_s: 0.0,
+            data_img_per_s: 0.0,
+            skipped_images: meta.skipped_images,
+            checkpoint: latest,
+        });
+    }
     'epochs: for epoch in start_epoch..o.epochs {
         let epoch_start = Instant::now();
         let mut epoch_loss = meta.epoch_loss_so_far;

@@ -39,6 +39,9 @@ pub struct EvalArgs {
     pub batch_size: usize,
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Evaluate the model's preprocessed pixels instead of its features (raw-pixel baseline).
+    #[arg(long)]
+    pub pixels: bool,
     /// Write the result as JSON (`top1` in percent, and the details).
     #[arg(long)]
     pub output: Option<PathBuf>,
@@ -66,6 +69,7 @@ impl EvalArgs {
                 LayersArg::Last4 => Layers::Last4,
             },
             batch_size: self.batch_size.max(1),
+            pixels: self.pixels,
         }
     }
 }
@@ -88,9 +92,14 @@ pub fn run_probe(a: ProbeArgs) -> Result<()> {
     crate::common::set_threads(a.eval.threads)?;
     let ck = a.eval.model.read()?;
     let r = linear_probe(&ck, &a.eval.data(), &ProbeConfig::default())?;
+    let what = if r.pixels {
+        "raw pixels".to_string()
+    } else {
+        format!("{:?} encoder, {:?} features", r.encoder, r.layers)
+    };
     println!(
-        "linear probe top-1 {:.2} % ({:?} encoder, {:?} features of dim {}, L2 {:.0e} chosen on 10 % of train; {} train / {} test images)",
-        r.top1, r.encoder, r.layers, r.feature_dim, r.l2, r.n_train, r.n_test
+        "linear probe top-1 {:.2} % ({what} of dim {}, L2 {:.0e} chosen on 10 % of train; {} train / {} test images)",
+        r.top1, r.feature_dim, r.l2, r.n_train, r.n_test
     );
     write(&a.eval.output, &r)
 }
