@@ -19,6 +19,9 @@ pub enum Error {
     /// Tensors that do not fit the model (missing / unexpected keys, wrong shapes).
     #[error("{0}")]
     Checkpoint(String),
+    /// A data-parallel peer died, the network failed, or the peers disagree.
+    #[error("data-parallel run stopped: {0}")]
+    Peer(String),
     /// Inputs of the wrong shape or with out-of-range values.
     #[error("{0}")]
     Shape(String),

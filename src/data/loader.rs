@@ -523,14 +523,26 @@ impl Loader {
 
     /// All replicas' batches (index = replica) of steps `start_step..ipe` of `epoch`.
     pub fn epoch_all_replicas(&self, epoch: u64, start_step: usize) -> AllReplicasIter {
+        self.epoch_replicas(epoch, start_step, 0..self.config.replicas)
+    }
+
+    /// The batches of replicas `replicas` (one peer's share of a data-parallel step) of steps
+    /// `start_step..ipe` of `epoch`.
+    pub fn epoch_replicas(
+        &self,
+        epoch: u64,
+        start_step: usize,
+        replicas: Range<usize>,
+    ) -> AllReplicasIter {
         let job = self.job(epoch);
-        let replicas = self.config.replicas;
+        let replicas =
+            replicas.start.min(self.config.replicas)..replicas.end.min(self.config.replicas);
         Prefetch::spawn(
             start_step.min(self.ipe())..self.ipe(),
             self.config.prefetch,
             self.pool.clone(),
             move |step| {
-                let v = job.build(step, 0..replicas)?;
+                let v = job.build(step, replicas.clone())?;
                 let n = v.iter().map(Batch::len).sum();
                 Ok((v, n))
             },

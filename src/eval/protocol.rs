@@ -86,6 +86,17 @@ pub fn linear_probe(
     cfg: &probe::ProbeConfig,
 ) -> Result<ProbeReport> {
     let (train, test, encoder) = extract(ck, data)?;
+    probe_features(ck, data, cfg, train, test, encoder)
+}
+
+fn probe_features(
+    ck: &Checkpoint,
+    data: &EvalData,
+    cfg: &probe::ProbeConfig,
+    train: LabeledFeatures,
+    test: LabeledFeatures,
+    encoder: EncoderChoice,
+) -> Result<ProbeReport> {
     let (n_train, n_test, dim) = (train.features.n, test.features.n, train.features.dim);
     let r = probe::linear_probe(
         train.features,
@@ -126,6 +137,31 @@ pub struct KnnReport {
 
 pub fn knn(ck: &Checkpoint, data: &EvalData, k: usize, temperature: f32) -> Result<KnnReport> {
     let (train, test, encoder) = extract(ck, data)?;
+    knn_features(ck, data, k, temperature, &train, &test, encoder)
+}
+
+/// Linear probe and kNN from one feature extraction.
+pub fn probe_and_knn(
+    ck: &Checkpoint,
+    data: &EvalData,
+    cfg: &probe::ProbeConfig,
+    k: usize,
+    temperature: f32,
+) -> Result<(ProbeReport, KnnReport)> {
+    let (train, test, encoder) = extract(ck, data)?;
+    let knn = knn_features(ck, data, k, temperature, &train, &test, encoder)?;
+    Ok((probe_features(ck, data, cfg, train, test, encoder)?, knn))
+}
+
+fn knn_features(
+    ck: &Checkpoint,
+    data: &EvalData,
+    k: usize,
+    temperature: f32,
+    train: &LabeledFeatures,
+    test: &LabeledFeatures,
+    encoder: EncoderChoice,
+) -> Result<KnnReport> {
     let r = knn::knn_top1(
         &train.features,
         &train.labels,

@@ -2,6 +2,7 @@
 //! target, and one iteration in the official order.
 
 pub mod config;
+pub mod distributed;
 pub mod ema;
 pub mod loss;
 pub mod monitor;

@@ -10,6 +10,7 @@ use burn::module::AutodiffModule;
 use burn::tensor::{Tensor, TensorData};
 
 use super::config::TrainConfig;
+use super::distributed::{GradReducer, Single};
 use super::monitor;
 use super::optim::AdamW;
 use super::schedule::Schedules;
@@ -197,16 +198,31 @@ fn monitor_batch(ds: &dyn Dataset, pre: &Preprocess) -> Result<(Vec<f32>, [usize
     Ok((pixels, [used, pre.channels, pre.size, pre.size]))
 }
 
-/// Pretrain with `cfg`; see [`PretrainOptions`].
+/// Pretrain with `cfg` in one process on one device; see [`PretrainOptions`].
 pub fn pretrain<B: crate::ops::TrainBackend>(
     cfg: &TrainConfig,
     opts: &PretrainOptions,
     device: &B::Device,
 ) -> Result<PretrainSummary> {
+    pretrain_peer::<B>(cfg, opts, device, &Single)
+}
+
+/// Pretrain as one peer of a data-parallel run: this peer trains on its share of every step,
+/// `reducer` averages gradients and losses over all peers, every peer applies the same update;
+/// only peer 0 writes files.
+pub fn pretrain_peer<B: crate::ops::TrainBackend>(
+    cfg: &TrainConfig,
+    opts: &PretrainOptions,
+    device: &B::Device,
+    reducer: &dyn GradReducer<B::InnerBackend>,
+) -> Result<PretrainSummary> {
     let out = &opts.output;
+    let writer = reducer.rank() == 0;
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     // Written first: a read-only or full output folder fails here, before any work.
-    write_bytes_atomic(&out.join(PARAMS), cfg.to_yaml().as_bytes())?;
+    if writer {
+        write_bytes_atomic(&out.join(PARAMS), cfg.to_yaml().as_bytes())?;
+    }
 
     let enc_cfg = cfg.encoder_config()?;
     let pred_cfg = cfg.predictor_config()?;
@@ -228,7 +244,10 @@ pub fn pretrain<B: crate::ops::TrainBackend>(
         mean,
         std,
     };
-    let replicas = cfg.optimization.accum_steps;
+    // Replicas of a step: every peer's micro-batches; this peer takes `mine`.
+    let accum = cfg.optimization.accum_steps;
+    let replicas = accum * reducer.world();
+    let mine = reducer.rank() * accum..(reducer.rank() + 1) * accum;
     let dataset = open_train_set(cfg)?;
     let n_images = dataset.len();
     let loader_cfg = LoaderConfig {
@@ -288,8 +307,8 @@ pub fn pretrain<B: crate::ops::TrainBackend>(
             return Err(Error::format(
                 &latest,
                 format!(
-                    "was written for {} steps per epoch x {} replicas, this run has {ipe} x {replicas} (different dataset size, batch size or accumulation)",
-                    meta.progress.ipe, meta.progress.replicas
+                    "was written for {} steps per epoch x {} replicas (ranks x optimization.accum_steps), this run has {ipe} x {replicas}: resume with the same dataset and batch size, and ranks x accum_steps = {} (e.g. 2 ranks -> 1 process with accum_steps 2)",
+                    meta.progress.ipe, meta.progress.replicas, meta.progress.replicas
                 ),
             ));
         }
@@ -318,13 +337,23 @@ pub fn pretrain<B: crate::ops::TrainBackend>(
         (fresh_networks::<B>(cfg, device)?, AdamW::default(), meta)
     };
     meta.config = cfg.to_yaml();
-    let mut csv = csv_start(&out.join(LOG), resume.then_some(meta.progress.global_step))?;
+    let mut csv = if writer {
+        Some(csv_start(
+            &out.join(LOG),
+            resume.then_some(meta.progress.global_step),
+        )?)
+    } else {
+        None
+    };
 
     let save = |nets: &Networks<B>,
                 adam: &AdamW<B::InnerBackend>,
                 meta: &TrainingMeta,
                 epoch_copy: bool|
      -> Result<()> {
+        if !writer {
+            return Ok(());
+        }
         state::save(&latest, &desc, nets, adam, meta)?;
         if epoch_copy && cfg.logging.keep_epochs {
             let path = out.join(format!("ep{}.{}", meta.progress.epoch, native::EXTENSION));
@@ -333,7 +362,7 @@ pub fn pretrain<B: crate::ops::TrainBackend>(
         Ok(())
     };
 
-    let bar = if opts.progress {
+    let bar = if opts.progress && writer {
         indicatif::ProgressBar::new(total_steps)
     } else {
         indicatif::ProgressBar::hidden()
@@ -372,7 +401,8 @@ pub fn pretrain<B: crate::ops::TrainBackend>(
     'epochs: for epoch in start_epoch..o.epochs {
         let epoch_start = Instant::now();
         let mut epoch_loss = meta.epoch_loss_so_far;
-        let batches = loader.epoch_all_replicas(epoch as u64, meta.progress.step_in_epoch);
+        let batches =
+            loader.epoch_replicas(epoch as u64, meta.progress.step_in_epoch, mine.clone());
         let mut batches = batches;
         while let Some(step_batches) = batches.next() {
             let step_batches = step_batches.map_err(|e| Error::Config(e.to_string()))?;
@@ -382,7 +412,7 @@ pub fn pretrain<B: crate::ops::TrainBackend>(
             let mut grads_sum: Option<super::optim::TensorMap<B::InnerBackend>> = None;
             let mut loss_sum = 0.0;
             let (mut k_enc, mut k_pred) = (0, 0);
-            for (replica, batch) in step_batches.into_iter().enumerate() {
+            for (replica, batch) in mine.clone().zip(step_batches) {
                 for name in &batch.skipped {
                     bar.suspend(|| eprintln!("warning: skipped unreadable image {name}"));
                     meta.skipped_images += 1;
@@ -410,7 +440,14 @@ pub fn pretrain<B: crate::ops::TrainBackend>(
                     }
                 });
             }
-            let mut loss = loss_sum / replicas as f64;
+            let mut grads = grads_sum.unwrap_or_default();
+            if accum > 1 {
+                for v in grads.values_mut() {
+                    *v = v.clone().div_scalar(accum as f32);
+                }
+            }
+            // Mean over all peers (the official AllReduce of the loss; DDP's gradient average).
+            let (grads, mut loss) = reducer.all_reduce_mean(grads, loss_sum / accum as f64)?;
             if opts.inject_nan_at == Some(global) {
                 loss = f64::NAN;
             }
@@ -421,12 +458,6 @@ pub fn pretrain<B: crate::ops::TrainBackend>(
                     epoch + 1,
                     latest.display()
                 )));
-            }
-            let mut grads = grads_sum.unwrap_or_default();
-            if replicas > 1 {
-                for v in grads.values_mut() {
-                    *v = v.clone().div_scalar(replicas as f32);
-                }
             }
             let h = UpdateHyper {
                 lr: sched.lr(global),
@@ -443,15 +474,17 @@ pub fn pretrain<B: crate::ops::TrainBackend>(
             epoch_loss = (epoch_loss.0 + loss, epoch_loss.1 + 1);
             meta.epoch_loss_so_far = epoch_loss;
             images_done += (b * replicas) as u64;
-            writeln!(
-                csv,
-                "{},{itr},{global},{loss:.8},{k_enc},{k_pred},{ms:.0},{:.6e},{:.6e},{:.8}",
-                epoch + 1,
-                h.lr,
-                h.weight_decay,
-                h.momentum
-            )
-            .map_err(|e| Error::io(out.join(LOG), e))?;
+            if let Some(csv) = csv.as_mut() {
+                writeln!(
+                    csv,
+                    "{},{itr},{global},{loss:.8},{k_enc},{k_pred},{ms:.0},{:.6e},{:.6e},{:.8}",
+                    epoch + 1,
+                    h.lr,
+                    h.weight_decay,
+                    h.momentum
+                )
+                .map_err(|e| Error::io(out.join(LOG), e))?;
+            }
             let rate = images_done as f64 / run_start.elapsed().as_secs_f64();
             data_rate = batches.stats().images_per_sec();
             bar.set_message(format!(
@@ -484,9 +517,12 @@ pub fn pretrain<B: crate::ops::TrainBackend>(
         meta.epoch_loss_so_far = (0.0, 0);
         save(&nets, &adam, &meta, true)?;
         let secs = epoch_start.elapsed().as_secs_f64();
-        let health =
+        let health = if writer {
             monitor::check::<B::InnerBackend>(&nets.target, &fixed_batch, device, out, epoch + 1)
-                .ok();
+                .ok()
+        } else {
+            None
+        };
         bar.suspend(|| {
             eprintln!(
                 "epoch {}/{}: loss {mean_loss:.5}, {secs:.1} s, {:.0} img/s (data pipeline alone: {data_rate:.0} img/s){}",
@@ -499,7 +535,9 @@ pub fn pretrain<B: crate::ops::TrainBackend>(
     }
     bar.finish_and_clear();
     let elapsed = run_start.elapsed().as_secs_f64();
-    monitor::plot_losses(&out.join(LOG), &out.join("loss.png"))?;
+    if writer {
+        monitor::plot_losses(&out.join(LOG), &out.join("loss.png"))?;
+    }
     Ok(PretrainSummary {
         steps: meta.progress.global_step,
         epochs_completed: meta.progress.epoch,

@@ -125,3 +125,34 @@ pub fn run_knn(a: KnnArgs) -> Result<()> {
     );
     write(&a.eval.output, &r)
 }
+
+/// Linear probe and kNN together, from one feature extraction.
+#[derive(clap::Args)]
+pub struct BothArgs {
+    #[command(flatten)]
+    pub eval: EvalArgs,
+    #[arg(long, default_value_t = 20)]
+    pub k: usize,
+    #[arg(long, default_value_t = 0.07)]
+    pub temperature: f32,
+}
+
+pub fn run_both(a: BothArgs) -> Result<()> {
+    crate::common::set_threads(a.eval.threads)?;
+    let ck = a.eval.model.read()?;
+    let (p, k) = ijepa::eval::protocol::probe_and_knn(
+        &ck,
+        &a.eval.data(),
+        &ProbeConfig::default(),
+        a.k,
+        a.temperature,
+    )?;
+    println!(
+        "linear probe top-1 {:.2} %  kNN top-1 {:.2} %  ({} train / {} test images, feature dim {})",
+        p.top1, k.top1, p.n_train, p.n_test, p.feature_dim
+    );
+    write(
+        &a.eval.output,
+        &serde_json::json!({"probe": p, "knn": k, "top1": p.top1}),
+    )
+}

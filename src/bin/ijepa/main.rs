@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod common;
+mod coordinator;
 mod embed;
 mod evaluate;
 mod export;
@@ -34,10 +35,14 @@ enum Command {
     Pretrain(pretrain::Args),
     /// Linear probe of frozen features (the paper's protocol).
     Probe(evaluate::ProbeArgs),
+    /// Linear probe and kNN together (one feature pass).
+    Eval(evaluate::BothArgs),
     /// Weighted kNN classification of frozen features.
     Knn(evaluate::KnnArgs),
     /// Time the training iteration and inference (same flags as the PyTorch baseline script).
     Bench(bench::Args),
+    /// Run the orchestrator of a multi-node pretraining run.
+    Coordinator(coordinator::Args),
     /// Sample multi-block masks: statistics and a picture.
     Masks(masks::Args),
     /// Embed images (or a preprocessed .npy) with an official, Hugging Face or native model.
@@ -59,15 +64,32 @@ fn tune_allocator() {
     unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
 }
 
+/// Warnings and errors of the networking crates only (burn-communication installs an INFO-level
+/// logger unless one exists); `RUST_LOG` asks for more.
+fn quiet_logging() {
+    #[cfg(feature = "collective")]
+    {
+        use tracing_subscriber::EnvFilter;
+        let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .try_init();
+    }
+}
+
 fn main() -> ExitCode {
     tune_allocator();
+    quiet_logging();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Pretrain(a) => pretrain::run(a),
         Command::Masks(a) => masks::run(a),
+        Command::Coordinator(a) => coordinator::run(a),
         Command::Bench(a) => bench::run_cli(a),
         Command::Probe(a) => evaluate::run_probe(a),
         Command::Knn(a) => evaluate::run_knn(a),
+        Command::Eval(a) => evaluate::run_both(a),
         Command::Embed(a) => embed::run(a),
         Command::Predict(a) => predict::run(a),
         Command::Export(a) => export::run(a),

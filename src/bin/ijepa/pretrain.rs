@@ -1,8 +1,12 @@
 use std::path::PathBuf;
+use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Result, bail};
+use ijepa::device::{DeviceSpec, parse_devices};
+use ijepa::ops::TrainBackend;
 use ijepa::train::config::TrainConfig;
-use ijepa::train::trainer::{PretrainOptions, pretrain};
+use ijepa::train::distributed::Cluster;
+use ijepa::train::trainer::{PretrainOptions, PretrainSummary, pretrain};
 
 /// Pretrain an I-JEPA encoder: EMA target, masks, schedules, checkpoints, log, loss curve.
 #[derive(clap::Args)]
@@ -31,6 +35,30 @@ pub struct Args {
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
+    /// `cpu` or `cuda:N`.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Several local GPUs, one replica each: `cuda:0,cuda:1`.
+    #[arg(long)]
+    pub devices: Option<String>,
+    /// Machines (processes) in a multi-node run.
+    #[arg(long, default_value_t = 1)]
+    pub nodes: usize,
+    /// This machine's index, 0..nodes.
+    #[arg(long, default_value_t = 0)]
+    pub node_rank: usize,
+    /// HOST:PORT of the global orchestrator; node 0 starts it unless --external-coordinator.
+    #[arg(long)]
+    pub coordinator: Option<String>,
+    /// The orchestrator runs elsewhere (`ijepa coordinator`): node 0 does not start one.
+    #[arg(long)]
+    pub external_coordinator: bool,
+    /// HOST:PORT at which the other nodes reach this node's tensor service.
+    #[arg(long)]
+    pub node_address: Option<String>,
+    /// Seconds a peer waits for the others before stopping with an error.
+    #[arg(long, default_value_t = 300)]
+    pub peer_timeout: u64,
     /// Testing aid: treat the loss of this step as NaN.
     #[arg(long, hide = true)]
     pub inject_nan_at: Option<u64>,
@@ -39,7 +67,20 @@ pub struct Args {
 pub fn run(a: Args) -> Result<()> {
     let cfg = TrainConfig::from_file(&a.config, &a.overrides)?;
     crate::common::set_threads(a.threads.or(cfg.meta.threads))?;
-    if cfg.meta.use_bfloat16 {
+    let devices = match &a.devices {
+        Some(list) => parse_devices(list)?,
+        None => vec![a.device.parse::<DeviceSpec>()?],
+    };
+    let cluster = Cluster {
+        nodes: a.nodes,
+        node_rank: a.node_rank,
+        local_devices: devices.len(),
+        coordinator: a.coordinator.clone(),
+        node_address: a.node_address.clone(),
+        timeout: Duration::from_secs(a.peer_timeout.max(1)),
+    };
+    cluster.validate()?;
+    if cfg.meta.use_bfloat16 && devices.iter().all(|d| *d == DeviceSpec::Cpu) {
         eprintln!("note: meta.use_bfloat16 applies to GPUs; this CPU run trains in f32");
     }
     let opts = PretrainOptions {
@@ -50,16 +91,155 @@ pub fn run(a: Args) -> Result<()> {
         progress: !a.quiet,
         inject_nan_at: a.inject_nan_at,
     };
-    let s = pretrain::<ijepa::CpuAutodiff>(&cfg, &opts, &Default::default())?;
+    let summary = match devices[0] {
+        DeviceSpec::Cpu => {
+            run_on::<ijepa::CpuAutodiff>(&cfg, &opts, &cluster, vec![Default::default()], &a)?
+        }
+        DeviceSpec::Cuda(_) => run_cuda(&cfg, &opts, &cluster, &devices, &a)?,
+    };
+    if a.node_rank > 0 {
+        println!(
+            "node {}: trained {} steps, last loss {:.5}, {:.1} img/s on this node; node 0 wrote the checkpoints and log",
+            a.node_rank, summary.steps, summary.last_loss, summary.train_img_per_s
+        );
+        return Ok(());
+    }
     println!(
         "trained {} steps ({} epochs complete), last loss {:.5}, {:.1} img/s (data pipeline {:.0} img/s), {} unreadable images skipped; checkpoint {}",
-        s.steps,
-        s.epochs_completed,
-        s.last_loss,
-        s.train_img_per_s,
-        s.data_img_per_s,
-        s.skipped_images,
-        s.checkpoint.display()
+        summary.steps,
+        summary.epochs_completed,
+        summary.last_loss,
+        summary.train_img_per_s,
+        summary.data_img_per_s,
+        summary.skipped_images,
+        summary.checkpoint.display()
     );
     Ok(())
+}
+
+#[cfg(feature = "cuda")]
+fn run_cuda(
+    cfg: &TrainConfig,
+    opts: &PretrainOptions,
+    cluster: &Cluster,
+    devices: &[DeviceSpec],
+    a: &Args,
+) -> Result<PretrainSummary> {
+    let mut cuda = Vec::new();
+    for d in devices {
+        if let DeviceSpec::Cuda(i) = d {
+            cuda.push(ijepa::device::cuda_device(*i)?);
+        }
+    }
+    run_on::<burn::backend::Autodiff<burn::backend::Cuda>>(cfg, opts, cluster, cuda, a)
+}
+
+#[cfg(not(feature = "cuda"))]
+fn run_cuda(
+    _: &TrainConfig,
+    _: &PretrainOptions,
+    _: &Cluster,
+    devices: &[DeviceSpec],
+    _: &Args,
+) -> Result<PretrainSummary> {
+    let DeviceSpec::Cuda(i) = devices[0] else {
+        bail!("no CUDA device given")
+    };
+    ijepa::device::cuda_device(i)?;
+    bail!("no CUDA support in this build")
+}
+
+/// One process, one device: the plain trainer. Otherwise one peer per local device, joined
+/// with the other processes through burn-collective.
+fn run_on<B: TrainBackend>(
+    cfg: &TrainConfig,
+    opts: &PretrainOptions,
+    cluster: &Cluster,
+    devices: Vec<B::Device>,
+    a: &Args,
+) -> Result<PretrainSummary> {
+    if cluster.world() == 1 {
+        return Ok(pretrain::<B>(cfg, opts, &devices[0])?);
+    }
+    run_collective::<B>(cfg, opts, cluster, devices, a)
+}
+
+#[cfg(feature = "collective")]
+fn run_collective<B: TrainBackend>(
+    cfg: &TrainConfig,
+    opts: &PretrainOptions,
+    cluster: &Cluster,
+    devices: Vec<B::Device>,
+    a: &Args,
+) -> Result<PretrainSummary> {
+    use ijepa::train::distributed::{CollectivePeer, run_coordinator};
+    use ijepa::train::trainer::pretrain_peer;
+    // burn-collective's network tasks panic when a peer's connection drops; the training
+    // thread reports that as an error, so one line per task is enough (no backtraces).
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if std::thread::current().name() == Some("tokio-rt-worker") {
+            let msg = info
+                .payload()
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| info.payload().downcast_ref::<&str>().copied())
+                .unwrap_or("(no message)");
+            eprintln!("note: a burn-collective network task stopped: {msg}");
+        } else {
+            default_hook(info);
+        }
+    }));
+    if cluster.nodes > 1 && cluster.node_rank == 0 && !a.external_coordinator {
+        let port = a
+            .coordinator
+            .as_deref()
+            .and_then(|c| c.rsplit(':').next())
+            .and_then(|p| p.parse::<u16>().ok())
+            .ok_or_else(|| anyhow::anyhow!("--coordinator must be HOST:PORT"))?;
+        std::thread::spawn(move || {
+            if let Err(e) = run_coordinator(port) {
+                eprintln!("error: coordinator: {e}");
+            }
+        });
+    }
+    let results: Vec<ijepa::Result<PretrainSummary>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = devices
+            .into_iter()
+            .enumerate()
+            .map(|(i, device)| {
+                scope.spawn(move || -> ijepa::Result<PretrainSummary> {
+                    let peer = CollectivePeer::join::<B::InnerBackend>(cluster, i, device.clone())?;
+                    let mut o = opts.clone();
+                    o.progress &= i == 0;
+                    pretrain_peer::<B>(cfg, &o, &device, &peer)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join().unwrap_or_else(|_| {
+                    Err(ijepa::Error::Config("a training thread panicked".into()))
+                })
+            })
+            .collect()
+    });
+    let mut first = None;
+    for r in results {
+        let s = r?;
+        first.get_or_insert(s);
+    }
+    first.ok_or_else(|| anyhow::anyhow!("no device trained"))
+}
+
+#[cfg(not(feature = "collective"))]
+fn run_collective<B: TrainBackend>(
+    _: &TrainConfig,
+    _: &PretrainOptions,
+    _: &Cluster,
+    _: Vec<B::Device>,
+    _: &Args,
+) -> Result<PretrainSummary> {
+    bail!("several devices or nodes need the `collective` cargo feature (on by default)")
 }

@@ -1,0 +1,79 @@
+//! Choosing where to compute: `cpu` (burn's flex backend) or `cuda:N` (burn's CUDA backend,
+//! compiled in with the `cuda` cargo feature).
+
+use crate::error::{Error, Result};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeviceSpec {
+    Cpu,
+    Cuda(usize),
+}
+
+impl std::str::FromStr for DeviceSpec {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.trim() {
+            "cpu" => Ok(Self::Cpu),
+            "cuda" | "gpu" => Ok(Self::Cuda(0)),
+            other => other
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse().ok())
+                .map(Self::Cuda)
+                .ok_or_else(|| {
+                    Error::Config(format!("unknown device '{other}': use cpu or cuda:N"))
+                }),
+        }
+    }
+}
+
+/// Parse `cuda:0,cuda:1` (all of one kind).
+pub fn parse_devices(list: &str) -> Result<Vec<DeviceSpec>> {
+    let devices: Vec<DeviceSpec> = list.split(',').map(str::parse).collect::<Result<_>>()?;
+    let cpus = devices.iter().filter(|d| **d == DeviceSpec::Cpu).count();
+    if devices.is_empty() || (cpus > 0 && devices.len() > 1) {
+        return Err(Error::Config(format!(
+            "--devices '{list}': give one cpu, or one or more cuda:N"
+        )));
+    }
+    Ok(devices)
+}
+
+/// The CUDA device `index`, checked to exist (a binary built with `cuda` still runs on
+/// machines without a GPU, and says so clearly instead of crashing).
+#[cfg(feature = "cuda")]
+pub fn cuda_device(index: usize) -> Result<burn_cuda::CudaDevice> {
+    use burn::tensor::Tensor;
+    let device = burn_cuda::CudaDevice::new(index);
+    // The CUDA runtime panics when no driver or GPU is found: catch it, quietly.
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let probe = std::panic::catch_unwind(|| {
+        let t = Tensor::<burn::backend::Cuda, 1>::ones([4], &device);
+        t.sum().into_scalar()
+    });
+    std::panic::set_hook(hook);
+    match probe {
+        Ok(v) if v == 4.0 => Ok(device),
+        Ok(v) => Err(Error::Config(format!(
+            "CUDA device {index} computed 1+1+1+1 = {v}: broken driver?"
+        ))),
+        Err(e) => {
+            let msg = e
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "unknown error".into());
+            Err(Error::Config(format!(
+                "no usable CUDA GPU cuda:{index} (is an NVIDIA driver installed and the GPU visible?): {}",
+                msg.lines().next().unwrap_or("")
+            )))
+        }
+    }
+}
+
+#[cfg(not(feature = "cuda"))]
+pub fn cuda_device(index: usize) -> Result<()> {
+    Err(Error::Config(format!(
+        "cuda:{index} asked, but this binary was built without GPU support: rebuild with `cargo build --release --features cuda`"
+    )))
+}
