@@ -15,7 +15,5 @@ IJEPA=target/release/ijepa
 OUT=${1:-runs/quickstart}
 $IJEPA pretrain --config configs/fmnist_vit.yaml --output "$OUT" \
   --set data.max_images=10000 --set optimization.epochs=1
-$IJEPA probe --model "$OUT/latest" --train fmnist:$DATA --test fmnist:$DATA \
-  --max-train 10000 --max-test 2000 --output "$OUT/probe.json"
-$IJEPA knn --model "$OUT/latest" --train fmnist:$DATA --test fmnist:$DATA \
-  --max-train 10000 --max-test 2000 --output "$OUT/knn.json"
+$IJEPA eval --model "$OUT/latest" --train fmnist:$DATA --test fmnist:$DATA \
+  --max-train 10000 --max-test 2000 --output "$OUT/eval.json"

@@ -23,3 +23,10 @@ pub use error::{Error, Result};
 pub type Cpu = burn::backend::Flex;
 /// The default CPU backend with autodiff, for training.
 pub type CpuAutodiff = burn::backend::Autodiff<Cpu>;
+
+/// burn's CUDA backend (the `cuda` cargo feature).
+#[cfg(feature = "cuda")]
+pub type Cuda = burn::backend::Cuda;
+/// burn's CUDA backend with autodiff, for training.
+#[cfg(feature = "cuda")]
+pub type CudaAutodiff = burn::backend::Autodiff<Cuda>;

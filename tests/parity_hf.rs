@@ -8,21 +8,31 @@ use burn::tensor::Tensor;
 use common::{assert_close, npy, reference};
 use ijepa::Cpu;
 use ijepa::checkpoint::{Checkpoint, EncoderChoice, HostTensor, LoadOptions};
+use ijepa::ops::IjepaBackend;
 
 #[test]
 fn hidden_states_match() {
-    let dev = Default::default();
+    hidden_states_match_on::<Cpu>(&Default::default(), 1e-5);
+}
+
+/// On a GPU within 1e-4 (reductions run in another order there).
+#[cfg(feature = "cuda")]
+#[test]
+fn hidden_states_match_on_cuda() {
+    hidden_states_match_on::<ijepa::Cuda>(&ijepa::device::cuda_device(0).unwrap(), 1e-4);
+}
+
+fn hidden_states_match_on<B: IjepaBackend>(dev: &B::Device, tol: f32) {
+    let dev = dev.clone();
     let ck = Checkpoint::read(&reference("hf"), &LoadOptions::default()).unwrap();
-    let model = ck
-        .build_encoder::<Cpu>(EncoderChoice::Context, &dev)
-        .unwrap();
-    let x: Tensor<Cpu, 4> = npy("hf/pixel_values.npy").to_tensor(&dev);
+    let model = ck.build_encoder::<B>(EncoderChoice::Context, &dev).unwrap();
+    let x: Tensor<B, 4> = npy("hf/pixel_values.npy").to_tensor(&dev);
     let (last, hidden) = model.forward_hidden(x);
     assert_close(
         "last_hidden_state",
         &HostTensor::from_tensor(last),
         &npy("hf/last_hidden_state.npy"),
-        1e-5,
+        tol,
     );
     for (i, h) in hidden.into_iter().enumerate() {
         let want = npy(&format!("hf/hidden_state_{i}.npy"));
@@ -30,7 +40,7 @@ fn hidden_states_match() {
             &format!("hidden_state_{i}"),
             &HostTensor::from_tensor(h),
             &want,
-            1e-5,
+            tol,
         );
     }
 }

@@ -6,17 +6,18 @@ mod common;
 use std::collections::BTreeMap;
 
 use common::{assert_close, assert_close_rel, expected_json, npy, reference};
+use ijepa::CpuAutodiff;
 use ijepa::checkpoint::tensors::parameter_shapes;
 use ijepa::checkpoint::{
     Checkpoint, EncoderChoice, LoadOptions, NamedTensors, encoder_state, predictor_state,
     safetensors_io,
 };
 use ijepa::model::MaskIndices;
+use ijepa::ops::TrainBackend;
 use ijepa::train::loss::LossKind;
 use ijepa::train::optim::{AdamW, to_host};
 use ijepa::train::schedule::Schedules;
 use ijepa::train::step::{Batch, Networks, UpdateHyper, apply_update, loss_and_grads};
-use ijepa::{Cpu, CpuAutodiff};
 
 fn read(rel: &str) -> NamedTensors {
     safetensors_io::read(&reference(rel))
@@ -31,6 +32,19 @@ fn masks(rel: &str, n: usize) -> MaskIndices {
 
 #[test]
 fn three_official_iterations_match() {
+    three_iterations::<CpuAutodiff>(&Default::default(), 1e-5, 1e-3);
+}
+
+/// On a GPU within 1e-4 (reductions and matrix products run in another order there).
+#[cfg(feature = "cuda")]
+#[test]
+fn three_official_iterations_match_on_cuda() {
+    three_iterations::<ijepa::CudaAutodiff>(&ijepa::device::cuda_device(0).unwrap(), 1e-4, 1e-2);
+}
+
+/// `tol`: absolute tolerance of every compared value; `rel`: gradients also within `rel` of
+/// their own scale.
+fn three_iterations<B: TrainBackend>(dev: &B::Device, tol: f32, rel: f32) {
     let steps: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(reference("official/train_steps/steps.json")).unwrap(),
     )
@@ -55,26 +69,26 @@ fn three_official_iterations_match() {
         num_heads: s["num_heads"].as_u64().map(|v| v as usize),
         pred_num_heads: s["pred_num_heads"].as_u64().map(|v| v as usize),
     };
-    let dev = Default::default();
+    let dev = dev.clone();
     let ck = Checkpoint::read(&reference("official/checkpoint.pth.tar"), &opts).unwrap();
-    let mut nets = Networks::<CpuAutodiff> {
+    let mut nets = Networks::<B> {
         encoder: ck.build_encoder(EncoderChoice::Context, &dev).unwrap(),
         predictor: ck.build_predictor(&dev).unwrap(),
         target: ck
-            .build_encoder::<Cpu>(EncoderChoice::Target, &dev)
+            .build_encoder::<B::InnerBackend>(EncoderChoice::Target, &dev)
             .unwrap(),
     };
     let n = ck.description.encoder.num_patches();
-    let batch = Batch::<CpuAutodiff> {
+    let batch = Batch::<B> {
         images: npy("official/x.npy").to_tensor(&dev),
         masks_enc: masks("official/masks_enc.npy", n),
         masks_pred: masks("official/masks_pred.npy", n),
     };
     let mut shapes: BTreeMap<String, Vec<usize>> = BTreeMap::new();
-    for (k, v) in parameter_shapes::<CpuAutodiff, _>(&nets.encoder) {
+    for (k, v) in parameter_shapes::<B, _>(&nets.encoder) {
         shapes.insert(format!("encoder.{k}"), v);
     }
-    for (k, v) in parameter_shapes::<CpuAutodiff, _>(&nets.predictor) {
+    for (k, v) in parameter_shapes::<B, _>(&nets.predictor) {
         shapes.insert(format!("predictor.{k}"), v);
     }
 
@@ -88,7 +102,7 @@ fn three_official_iterations_match() {
         let g = loss_and_grads(&nets, &batch, LossKind::SmoothL1);
         let want_loss = want["loss"].as_f64().unwrap();
         assert!(
-            (g.loss - want_loss).abs() < 1e-5,
+            (g.loss - want_loss).abs() < tol as f64,
             "iteration {it}: loss {} vs {want_loss}",
             g.loss
         );
@@ -105,13 +119,13 @@ fn three_official_iterations_match() {
             "gradient names"
         );
         for (k, w) in &want_grads {
-            assert_close(&format!("iteration {it} grad {k}"), &got[k], w, 1e-5);
+            assert_close(&format!("iteration {it} grad {k}"), &got[k], w, tol);
             // gradients are small: also within 0.1 % of their own scale
             assert_close_rel(
                 &format!("iteration {it} grad {k} (relative)"),
                 &got[k],
                 w,
-                1e-3,
+                rel,
             );
         }
         let h = UpdateHyper {
@@ -135,7 +149,7 @@ fn three_official_iterations_match() {
             "{name} keys"
         );
         for (k, w) in &want {
-            assert_close(&format!("{name} {k} after 3 steps"), &got[k], w, 1e-5);
+            assert_close(&format!("{name} {k} after 3 steps"), &got[k], w, tol);
         }
     }
     let adam_want = read("official/train_steps/adam_state.safetensors");
@@ -143,9 +157,9 @@ fn three_official_iterations_match() {
     let v = to_host(&adam.exp_avg_sq, &shapes);
     for (k, w) in &adam_want {
         if let Some(name) = k.strip_suffix(".exp_avg") {
-            assert_close(&format!("exp_avg {name}"), &m[name], w, 1e-5);
+            assert_close(&format!("exp_avg {name}"), &m[name], w, tol);
         } else if let Some(name) = k.strip_suffix(".exp_avg_sq") {
-            assert_close(&format!("exp_avg_sq {name}"), &v[name], w, 1e-5);
+            assert_close(&format!("exp_avg_sq {name}"), &v[name], w, tol);
         } else if k.ends_with(".step") {
             assert_eq!(w.data[0] as u64, adam.step, "{k}");
         }

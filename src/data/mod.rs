@@ -238,7 +238,7 @@ pub fn open_source(
         let labels = labels_next_to(path);
         Box::new(IdxDataset::open(path, labels.as_deref(), channels)?)
     } else {
-        let path = Path::new(spec);
+        let path = Path::new(spec.strip_prefix("folder:").unwrap_or(spec));
         if path.is_dir() {
             Box::new(FolderDataset::open(path, split, channels)?)
         } else if path.is_file() {

@@ -11,7 +11,7 @@ use burn_flex::{Flex, FlexTensor};
 
 use super::flex::{attention_fwd, dims, f32s, layer_norm_fwd, linear_fwd, tensor};
 use super::kernels::{attention, layernorm, linear};
-use super::{IjepaBackend, composed};
+use super::{IjepaBackend, composed, fused_kernels};
 
 type Ad<C> = Autodiff<Flex, C>;
 
@@ -224,6 +224,9 @@ impl<C: CheckpointStrategy> IjepaBackend for Ad<C> {
         w: FloatTensor<Self>,
         b: Option<FloatTensor<Self>>,
     ) -> FloatTensor<Self> {
+        if !fused_kernels() {
+            return composed::linear::<Self>(x, w, b);
+        }
         linear_node::<C>(x, w, b, false)
     }
 
@@ -232,10 +235,16 @@ impl<C: CheckpointStrategy> IjepaBackend for Ad<C> {
         w: FloatTensor<Self>,
         b: Option<FloatTensor<Self>>,
     ) -> FloatTensor<Self> {
+        if !fused_kernels() {
+            return composed::linear_gelu::<Self>(x, w, b);
+        }
         linear_node::<C>(x, w, b, true)
     }
 
     fn ijepa_attention(qkv: FloatTensor<Self>, heads: usize) -> FloatTensor<Self> {
+        if !fused_kernels() {
+            return composed::attention::<Self>(qkv, heads);
+        }
         let Some((out, lse)) = attention_fwd(&qkv.primitive, heads) else {
             return composed::attention::<Self>(qkv, heads);
         };
@@ -263,6 +272,9 @@ impl<C: CheckpointStrategy> IjepaBackend for Ad<C> {
         b: Option<FloatTensor<Self>>,
         eps: f64,
     ) -> FloatTensor<Self> {
+        if !fused_kernels() {
+            return composed::layer_norm::<Self>(x, w, b, eps);
+        }
         let Some((y, mean, rstd)) = layer_norm_fwd(
             &x.primitive,
             w.as_ref().map(|w| &w.primitive),

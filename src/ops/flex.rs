@@ -5,7 +5,7 @@ use burn::tensor::{DType, TensorData};
 use burn_flex::FlexTensor;
 
 use super::kernels::{attention, layernorm, linear};
-use super::{IjepaBackend, composed};
+use super::{IjepaBackend, composed, fused_kernels};
 
 /// A contiguous f32 view (copying only when the layout is strided), or `None` for other dtypes.
 pub(super) fn f32s(t: &FlexTensor) -> Option<std::borrow::Cow<'_, [f32]>> {
@@ -86,6 +86,9 @@ pub(super) fn layer_norm_fwd(
 
 impl IjepaBackend for Flex {
     fn ijepa_linear(x: FlexTensor, w: FlexTensor, b: Option<FlexTensor>) -> FlexTensor {
+        if !fused_kernels() {
+            return composed::linear::<Self>(x, w, b);
+        }
         match linear_fwd(&x, &w, b.as_ref(), false) {
             Some((y, _)) => y,
             None => composed::linear::<Self>(x, w, b),
@@ -93,6 +96,9 @@ impl IjepaBackend for Flex {
     }
 
     fn ijepa_linear_gelu(x: FlexTensor, w: FlexTensor, b: Option<FlexTensor>) -> FlexTensor {
+        if !fused_kernels() {
+            return composed::linear_gelu::<Self>(x, w, b);
+        }
         match linear_fwd(&x, &w, b.as_ref(), true) {
             Some((y, _)) => y,
             None => composed::linear_gelu::<Self>(x, w, b),
@@ -100,6 +106,9 @@ impl IjepaBackend for Flex {
     }
 
     fn ijepa_attention(qkv: FlexTensor, heads: usize) -> FlexTensor {
+        if !fused_kernels() {
+            return composed::attention::<Self>(qkv, heads);
+        }
         match attention_fwd(&qkv, heads) {
             Some((out, _)) => out,
             None => composed::attention::<Self>(qkv, heads),
@@ -112,6 +121,9 @@ impl IjepaBackend for Flex {
         b: Option<FlexTensor>,
         eps: f64,
     ) -> FlexTensor {
+        if !fused_kernels() {
+            return composed::layer_norm::<Self>(x, w, b, eps);
+        }
         match layer_norm_fwd(&x, w.as_ref(), b.as_ref(), eps) {
             Some((y, _, _)) => y,
             None => composed::layer_norm::<Self>(x, w, b, eps),

@@ -26,6 +26,14 @@ fn unwrap<B: Backend, const D: usize>(t: Tensor<B, D>) -> FloatTensor<B> {
     t.into_primitive().tensor()
 }
 
+/// `false` when `IJEPA_KERNELS=composed`: the CPU backend then runs the composed (stock burn)
+/// implementations instead of its fused kernels, to measure what the kernels buy
+/// (docs/performance.md) or to rule them out when chasing a numerical difference.
+pub fn fused_kernels() -> bool {
+    static FUSED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *FUSED.get_or_init(|| std::env::var("IJEPA_KERNELS").map_or(true, |v| v != "composed"))
+}
+
 /// Exact GELU `x/2 (1 + erf(x / sqrt 2))` from primitive ops.
 pub fn gelu_erf<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
     x.clone()

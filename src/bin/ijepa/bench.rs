@@ -1,7 +1,8 @@
 use std::path::PathBuf;
 
 use anyhow::Result;
-use ijepa::bench::{BenchSpec, run};
+use ijepa::bench::{BenchResult, BenchSpec, run};
+use ijepa::device::DeviceSpec;
 use ijepa::masks::MaskSampler;
 use ijepa::model::{EncoderConfig, PredictorConfig};
 use ijepa::train::config::TrainConfig;
@@ -48,6 +49,9 @@ pub struct Args {
     /// Take shapes and masks (from the real sampler) from a training config instead.
     #[arg(long)]
     config: Option<PathBuf>,
+    /// `cpu` or `cuda:N` (a binary built with `--features cuda`).
+    #[arg(long, default_value = "cpu")]
+    device: String,
 }
 
 pub fn run_cli(a: Args) -> Result<()> {
@@ -94,14 +98,22 @@ pub fn run_cli(a: Args) -> Result<()> {
         seed: a.seed,
         sampler,
     };
+    let device: DeviceSpec = a.device.parse()?;
     println!(
-        "ijepa {} backend flex threads {} tokens {} batch {}",
+        "ijepa {} backend {} threads {} tokens {} batch {}",
         env!("CARGO_PKG_VERSION"),
+        match device {
+            DeviceSpec::Cpu => "flex".to_string(),
+            DeviceSpec::Cuda(i) => format!("cuda:{i}"),
+        },
         rayon::current_num_threads(),
         spec.encoder.num_patches(),
         spec.batch_size
     );
-    let r = run::<ijepa::CpuAutodiff>(&spec, &Default::default())?;
+    let r = match device {
+        DeviceSpec::Cpu => run::<ijepa::CpuAutodiff>(&spec, &Default::default())?,
+        DeviceSpec::Cuda(i) => run_cuda(&spec, i)?,
+    };
     println!(
         "RESULT train_step median_ms={:.1} img_per_s={:.1}",
         r.train_median_ms, r.train_img_per_s
@@ -112,4 +124,16 @@ pub fn run_cli(a: Args) -> Result<()> {
     );
     println!("RESULT peak_rss_mb={:.0}", r.peak_rss_mb);
     Ok(())
+}
+
+#[cfg(feature = "cuda")]
+fn run_cuda(spec: &BenchSpec, index: usize) -> Result<BenchResult> {
+    let device = ijepa::device::cuda_device(index)?;
+    Ok(run::<ijepa::CudaAutodiff>(spec, &device)?)
+}
+
+#[cfg(not(feature = "cuda"))]
+fn run_cuda(_: &BenchSpec, index: usize) -> Result<BenchResult> {
+    ijepa::device::cuda_device(index)?;
+    anyhow::bail!("no CUDA support in this build")
 }

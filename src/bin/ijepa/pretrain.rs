@@ -1,7 +1,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 use ijepa::device::{DeviceSpec, parse_devices};
 use ijepa::ops::TrainBackend;
 use ijepa::train::config::TrainConfig;
@@ -80,8 +80,8 @@ pub fn run(a: Args) -> Result<()> {
         timeout: Duration::from_secs(a.peer_timeout.max(1)),
     };
     cluster.validate()?;
-    if cfg.meta.use_bfloat16 && devices.iter().all(|d| *d == DeviceSpec::Cpu) {
-        eprintln!("note: meta.use_bfloat16 applies to GPUs; this CPU run trains in f32");
+    if cfg.meta.use_bfloat16 {
+        eprintln!("note: meta.use_bfloat16 is not implemented yet; this run trains in f32");
     }
     let opts = PretrainOptions {
         output: a.output.clone(),
@@ -101,6 +101,13 @@ pub fn run(a: Args) -> Result<()> {
         println!(
             "node {}: trained {} steps, last loss {:.5}, {:.1} img/s on this node; node 0 wrote the checkpoints and log",
             a.node_rank, summary.steps, summary.last_loss, summary.train_img_per_s
+        );
+        return Ok(());
+    }
+    if summary.steps == 0 {
+        println!(
+            "no training step taken; checkpoint of the initial weights: {}",
+            summary.checkpoint.display()
         );
         return Ok(());
     }
@@ -143,10 +150,10 @@ fn run_cuda(
     _: &Args,
 ) -> Result<PretrainSummary> {
     let DeviceSpec::Cuda(i) = devices[0] else {
-        bail!("no CUDA device given")
+        anyhow::bail!("no CUDA device given")
     };
     ijepa::device::cuda_device(i)?;
-    bail!("no CUDA support in this build")
+    anyhow::bail!("no CUDA support in this build")
 }
 
 /// One process, one device: the plain trainer. Otherwise one peer per local device, joined
@@ -241,5 +248,5 @@ fn run_collective<B: TrainBackend>(
     _: Vec<B::Device>,
     _: &Args,
 ) -> Result<PretrainSummary> {
-    bail!("several devices or nodes need the `collective` cargo feature (on by default)")
+    anyhow::bail!("several devices or nodes need the `collective` cargo feature (on by default)")
 }

@@ -81,7 +81,7 @@ pub fn attention_forward(
     let scale = (hd as f64).powf(-0.5) as f32; // timm: head_dim ** -0.5 (a Python float)
     // scores in log2 units: softmax then needs 2^x instead of e^x
     let scale2 = scale * LOG2_E;
-    let mut out = vec![0.0f32; batch * n * d];
+    let mut out = super::zeros_par(batch * n * d, n * d);
     let mut lse = vec![0.0f32; batch * heads * n];
     out.par_chunks_mut(n * d)
         .zip(lse.par_chunks_mut(heads * n))
@@ -147,7 +147,7 @@ pub fn attention_backward(
     assert_eq!(lse.len(), batch * heads * n);
     let scale = (hd as f64).powf(-0.5) as f32; // timm: head_dim ** -0.5 (a Python float)
     let scale2 = scale * LOG2_E;
-    let mut dqkv = vec![0.0f32; qkv.len()];
+    let mut dqkv = super::zeros_par(qkv.len(), qkv.len() / batch.max(1));
     dqkv.par_chunks_mut(n * 3 * d)
         .zip(qkv.par_chunks(n * 3 * d))
         .zip(out.par_chunks(n * d).zip(dout.par_chunks(n * d)))

@@ -38,7 +38,7 @@ fn forward_impl(
         assert_eq!(b.len(), dim);
     }
     let rows = x.len() / dim;
-    let mut y = vec![0.0f32; x.len()];
+    let mut y = super::zeros_par(x.len(), ROWS_PER_CHUNK * dim);
     let mut mean = vec![0.0f32; rows];
     let mut rstd = vec![0.0f32; rows];
     y.par_chunks_mut(ROWS_PER_CHUNK * dim)

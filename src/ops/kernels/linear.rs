@@ -67,7 +67,7 @@ pub fn linear_forward(
     n: usize,
 ) -> Vec<f32> {
     check(x, w, b, m, k, n);
-    let mut y = vec![0.0f32; m * n];
+    let mut y = super::zeros_par(m * n, ROWS_PER_BLOCK * n.max(1));
     if m == 0 || n == 0 {
         return y;
     }
@@ -89,8 +89,8 @@ pub fn linear_gelu_forward(
     n: usize,
 ) -> (Vec<f32>, Vec<f32>) {
     check(x, w, b, m, k, n);
-    let mut pre = vec![0.0f32; m * n];
-    let mut act = vec![0.0f32; m * n];
+    let mut pre = super::zeros_par(m * n, ROWS_PER_BLOCK * n.max(1));
+    let mut act = super::zeros_par(m * n, ROWS_PER_BLOCK * n.max(1));
     if m == 0 || n == 0 {
         return (pre, act);
     }
@@ -145,7 +145,7 @@ fn input_and_weight_grads(
     k: usize,
     n: usize,
 ) -> (Vec<f32>, Vec<f32>) {
-    let mut dx = vec![0.0f32; m * k];
+    let mut dx = super::zeros_par(m * k, SUM_ROWS * k.max(1));
     let mut dw = vec![0.0f32; k * n];
     let par = par_all();
     gemm_strided(
@@ -213,7 +213,7 @@ pub fn linear_gelu_backward(
         let (dx, dw) = (vec![0.0; m * k], Vec::new());
         return (dx, dw, with_bias.then(Vec::new));
     }
-    let mut dpre = vec![0.0f32; m * n];
+    let mut dpre = super::zeros_par(m * n, SUM_ROWS * n.max(1));
     let n_chunks = m.div_ceil(SUM_ROWS);
     let mut partials = vec![0.0f32; if with_bias { n_chunks * n } else { 0 }];
     let work = |dp: &mut [f32], pr: &[f32], da: &[f32], part: Option<&mut [f32]>| {

@@ -28,3 +28,21 @@ pub mod optim;
 
 #[cfg(test)]
 mod testutil;
+
+/// A zeroed buffer of `len` floats, zeroed by the thread pool in pieces of `chunk`: the
+/// serial memset inside `vec![0.0; len]` of the large activation buffers was ~5 % of a
+/// training step's CPU time, with the other cores idle.
+pub fn zeros_par(len: usize, chunk: usize) -> Vec<f32> {
+    use rayon::prelude::*;
+    let mut v: Vec<f32> = Vec::with_capacity(len);
+    v.spare_capacity_mut()[..len]
+        .par_chunks_mut(chunk.max(1))
+        .for_each(|c| {
+            for x in c {
+                x.write(0.0);
+            }
+        });
+    // SAFETY: the first `len` elements were all initialised just above.
+    unsafe { v.set_len(len) };
+    v
+}
