@@ -104,6 +104,18 @@ fn losses(dir: &Path) -> Vec<f64> {
         .collect()
 }
 
+/// Wait (at most 120 s) until node 0 has written its first checkpoint.
+fn wait_for_checkpoint(latest: &Path) {
+    let start = Instant::now();
+    while !latest.is_file() {
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "no checkpoint after 120 s"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 fn assert_same_weights(what: &str, a: &NamedTensors, b: &NamedTensors) {
     assert_eq!(
         a.keys().collect::<Vec<_>>(),
@@ -217,15 +229,7 @@ fn a_dead_rank_stops_the_other_with_an_error() {
     ));
 
     // Wait for node 0's first step checkpoint, then kill node 1.
-    let latest = dir.join("r0/latest.safetensors");
-    let start = Instant::now();
-    while !latest.is_file() {
-        assert!(
-            start.elapsed() < Duration::from_secs(120),
-            "no checkpoint after 120 s"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_for_checkpoint(&dir.join("r0/latest.safetensors"));
     std::thread::sleep(Duration::from_millis(500));
     r1.kill().unwrap();
     r1.wait().unwrap();
@@ -269,15 +273,7 @@ fn a_frozen_rank_makes_the_other_give_up_after_the_timeout() {
         &sets,
         &node_flags(1, coord, s1, timeout_s),
     ));
-    let latest = dir.join("r0/latest.safetensors");
-    let start = Instant::now();
-    while !latest.is_file() {
-        assert!(
-            start.elapsed() < Duration::from_secs(120),
-            "no checkpoint after 120 s"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_for_checkpoint(&dir.join("r0/latest.safetensors"));
     // A stopped process keeps its sockets open: only the timeout can tell.
     let stopped = Command::new("kill")
         .args(["-STOP", &r1.id().to_string()])

@@ -401,9 +401,8 @@ pub fn pretrain_peer<B: crate::ops::TrainBackend>(
     'epochs: for epoch in start_epoch..o.epochs {
         let epoch_start = Instant::now();
         let mut epoch_loss = meta.epoch_loss_so_far;
-        let batches =
+        let mut batches =
             loader.epoch_replicas(epoch as u64, meta.progress.step_in_epoch, mine.clone());
-        let mut batches = batches;
         while let Some(step_batches) = batches.next() {
             let step_batches = step_batches.map_err(|e| Error::Config(e.to_string()))?;
             let t0 = Instant::now();
