@@ -16,6 +16,7 @@ use crate::masks::MaskSampler;
 use crate::model::{
     EncoderConfig, Init, MaskIndices, Predictor, PredictorConfig, VisionTransformer,
 };
+use crate::ops::{Precision, with_precision};
 use crate::train::loss::LossKind;
 use crate::train::optim::AdamW;
 use crate::train::step::{Batch, Networks, UpdateHyper, apply_update, loss_and_grads};
@@ -35,6 +36,11 @@ pub struct BenchSpec {
     pub seed: u64,
     /// Draw masks with the real sampler instead of random index sets of fixed sizes.
     pub sampler: Option<MaskSampler>,
+    /// Arithmetic of the matrix products (training and inference).
+    pub precision: Precision,
+    /// Print every iteration's time to stderr (warm-up included: on a GPU the first
+    /// iterations compile and autotune kernels).
+    pub verbose: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -143,12 +149,16 @@ pub fn run<B: crate::ops::TrainBackend>(
             masks_pred: mp,
         };
         let t0 = Instant::now();
-        let g = loss_and_grads(&nets, &batch, LossKind::SmoothL1);
+        let g = loss_and_grads(&nets, &batch, LossKind::SmoothL1, spec.precision);
         nets = apply_update(nets, &mut adam, g.grads, h).0;
         // Force the lazy work of the update to finish inside the timed region.
         let _ = nets.target.norm.weight.val().into_data();
+        let ms = t0.elapsed().as_secs_f64() * 1e3;
+        if spec.verbose {
+            eprintln!("train iteration {i}: {ms:.1} ms");
+        }
         if i >= spec.warmup {
-            times.push(t0.elapsed().as_secs_f64() * 1e3);
+            times.push(ms);
         }
     }
     let train = median(times);
@@ -166,9 +176,13 @@ pub fn run<B: crate::ops::TrainBackend>(
     let mut times = Vec::new();
     for i in 0..spec.warmup + spec.steps {
         let t0 = Instant::now();
-        let _ = nets.target.forward(x.clone(), None).into_data();
+        let _ = with_precision(spec.precision, || nets.target.forward(x.clone(), None)).into_data();
+        let ms = t0.elapsed().as_secs_f64() * 1e3;
+        if spec.verbose {
+            eprintln!("inference {i}: {ms:.1} ms");
+        }
         if i >= spec.warmup {
-            times.push(t0.elapsed().as_secs_f64() * 1e3);
+            times.push(ms);
         }
     }
     let infer = median(times);

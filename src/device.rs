@@ -71,6 +71,17 @@ pub fn cuda_device(index: usize) -> Result<burn_cuda::CudaDevice> {
     }
 }
 
+/// Let f32 matrix products on CUDA run as TF32 on tensor cores (10-bit mantissa, ~1e-3
+/// relative error, several times faster on large products). Off by default, as PyTorch's
+/// `torch.backends.cuda.matmul.allow_tf32`: then f32 is f32 and the parity tests hold at 1e-4.
+/// Call before the first GPU matmul (autotune results are cached per shape). No effect on CPU.
+pub fn allow_tf32(allowed: bool) {
+    #[cfg(feature = "cuda")]
+    cubek_matmul::definition::set_tf32_allowed(allowed);
+    #[cfg(not(feature = "cuda"))]
+    let _ = allowed;
+}
+
 #[cfg(not(feature = "cuda"))]
 pub fn cuda_device(index: usize) -> Result<()> {
     Err(Error::Config(format!(

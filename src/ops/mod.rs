@@ -9,9 +9,12 @@
 //! no permute copies in attention, one pass for LayerNorm each way, a vectorised erf, the bias
 //! folded into the GEMM.
 
+mod autocast;
 mod autodiff;
 mod flex;
 pub mod kernels;
+
+pub use autocast::{Precision, with_precision};
 
 use burn::tensor::activation::softmax;
 use burn::tensor::backend::Backend;
@@ -130,13 +133,18 @@ pub trait IjepaBackend: Backend {
     }
 }
 
-/// Tensor-level entry points used by the model.
+/// Tensor-level entry points used by the model. Under bf16 autocast ([`with_precision`])
+/// the products go through [`autocast`]'s composed ops on every backend (the CPU's fused
+/// kernels are f32-only).
 pub fn linear<B: IjepaBackend>(
     x: Tensor<B, 2>,
     w: Tensor<B, 2>,
     b: Option<Tensor<B, 1>>,
 ) -> Tensor<B, 2> {
-    wrap(B::ijepa_linear(unwrap(x), unwrap(w), b.map(unwrap)))
+    match autocast::active() {
+        Precision::F32 => wrap(B::ijepa_linear(unwrap(x), unwrap(w), b.map(unwrap))),
+        Precision::Bf16 => autocast::linear(x, w, b),
+    }
 }
 
 pub fn linear_gelu<B: IjepaBackend>(
@@ -144,11 +152,17 @@ pub fn linear_gelu<B: IjepaBackend>(
     w: Tensor<B, 2>,
     b: Option<Tensor<B, 1>>,
 ) -> Tensor<B, 2> {
-    wrap(B::ijepa_linear_gelu(unwrap(x), unwrap(w), b.map(unwrap)))
+    match autocast::active() {
+        Precision::F32 => wrap(B::ijepa_linear_gelu(unwrap(x), unwrap(w), b.map(unwrap))),
+        Precision::Bf16 => gelu_erf(autocast::linear(x, w, b)),
+    }
 }
 
 pub fn attention<B: IjepaBackend>(qkv: Tensor<B, 3>, heads: usize) -> Tensor<B, 3> {
-    wrap(B::ijepa_attention(unwrap(qkv), heads))
+    match autocast::active() {
+        Precision::F32 => wrap(B::ijepa_attention(unwrap(qkv), heads)),
+        Precision::Bf16 => autocast::attention(qkv, heads),
+    }
 }
 
 pub fn layer_norm<B: IjepaBackend>(

@@ -9,6 +9,7 @@ use super::loss::{self, LossKind};
 use super::optim::{AdamW, StepHyper, TensorMap, collect_grads, grad_norm};
 use crate::error::{Error, Result};
 use crate::model::{MaskIndices, Predictor, VisionTransformer};
+use crate::ops::{Precision, with_precision};
 
 /// The three networks of I-JEPA: the context encoder and the predictor train; the target
 /// encoder is their EMA and lives on the inner (non-autodiff) backend.
@@ -32,8 +33,18 @@ pub struct Gradients<B: crate::ops::TrainBackend> {
     pub grads: TensorMap<B::InnerBackend>,
 }
 
-/// Forward and backward of the objective on one batch.
+/// Forward and backward of the objective on one batch; the forward passes run under
+/// `precision` (bf16 autocast as the official `use_bfloat16`, or f32).
 pub fn loss_and_grads<B: crate::ops::TrainBackend>(
+    nets: &Networks<B>,
+    batch: &Batch<B>,
+    kind: LossKind,
+    precision: Precision,
+) -> Gradients<B> {
+    with_precision(precision, || forward_backward(nets, batch, kind))
+}
+
+fn forward_backward<B: crate::ops::TrainBackend>(
     nets: &Networks<B>,
     batch: &Batch<B>,
     kind: LossKind,
@@ -112,9 +123,10 @@ pub fn train_step<B: crate::ops::TrainBackend>(
     adam: &mut AdamW<B::InnerBackend>,
     batch: &Batch<B>,
     kind: LossKind,
+    precision: Precision,
     h: UpdateHyper,
 ) -> Result<(Networks<B>, f64)> {
-    let g = loss_and_grads(&nets, batch, kind);
+    let g = loss_and_grads(&nets, batch, kind, precision);
     check_finite(g.loss)?;
     let (nets, _) = apply_update(nets, adam, g.grads, h);
     Ok((nets, g.loss))

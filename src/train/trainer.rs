@@ -41,6 +41,9 @@ pub struct PretrainOptions {
     pub progress: bool,
     /// Test hook: pretend the loss of this step is NaN.
     pub inject_nan_at: Option<u64>,
+    /// Arithmetic of the forward passes' matrix products (bf16 autocast for
+    /// `meta.use_bfloat16` on a GPU).
+    pub precision: crate::ops::Precision,
 }
 
 #[derive(Clone, Debug)]
@@ -425,7 +428,7 @@ pub fn pretrain_peer<B: crate::ops::TrainBackend>(
                     masks_enc,
                     masks_pred,
                 };
-                let g = loss_and_grads(&nets, &batch, cfg.meta.loss);
+                let g = loss_and_grads(&nets, &batch, cfg.meta.loss, opts.precision);
                 loss_sum += g.loss;
                 grads_sum = Some(match grads_sum {
                     None => g.grads,

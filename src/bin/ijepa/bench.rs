@@ -5,6 +5,7 @@ use ijepa::bench::{BenchResult, BenchSpec, run};
 use ijepa::device::DeviceSpec;
 use ijepa::masks::MaskSampler;
 use ijepa::model::{EncoderConfig, PredictorConfig};
+use ijepa::ops::Precision;
 use ijepa::train::config::TrainConfig;
 
 /// Time the training iteration and inference (flags of shared/bench/torch_ijepa_step.py).
@@ -52,6 +53,15 @@ pub struct Args {
     /// `cpu` or `cuda:N` (a binary built with `--features cuda`).
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// bf16 autocast of the forward passes' matrix products (as the PyTorch script's --bf16).
+    #[arg(long)]
+    bf16: bool,
+    /// Let f32 matrix products run as TF32 on NVIDIA tensor cores.
+    #[arg(long)]
+    tf32: bool,
+    /// Print every iteration's time (warm-up included) to stderr.
+    #[arg(long)]
+    verbose: bool,
 }
 
 pub fn run_cli(a: Args) -> Result<()> {
@@ -97,14 +107,26 @@ pub fn run_cli(a: Args) -> Result<()> {
         warmup: a.warmup,
         seed: a.seed,
         sampler,
+        precision: if a.bf16 {
+            Precision::Bf16
+        } else {
+            Precision::F32
+        },
+        verbose: a.verbose,
     };
+    ijepa::device::allow_tf32(a.tf32);
     let device: DeviceSpec = a.device.parse()?;
     println!(
-        "ijepa {} backend {} threads {} tokens {} batch {}",
+        "ijepa {} backend {} {} threads {} tokens {} batch {}",
         env!("CARGO_PKG_VERSION"),
         match device {
             DeviceSpec::Cpu => "flex".to_string(),
             DeviceSpec::Cuda(i) => format!("cuda:{i}"),
+        },
+        match (spec.precision, a.tf32) {
+            (Precision::Bf16, _) => "bf16",
+            (Precision::F32, true) => "tf32",
+            (Precision::F32, false) => "f32",
         },
         rayon::current_num_threads(),
         spec.encoder.num_patches(),
