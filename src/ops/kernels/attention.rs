@@ -81,12 +81,13 @@ pub fn attention_forward(
     let scale = (hd as f64).powf(-0.5) as f32; // timm: head_dim ** -0.5 (a Python float)
     // scores in log2 units: softmax then needs 2^x instead of e^x
     let scale2 = scale * LOG2_E;
-    let mut out = super::zeros_par(batch * n * d, n * d);
+    let mut out = super::uninit(batch * n * d);
     let mut lse = vec![0.0f32; batch * heads * n];
     out.par_chunks_mut(n * d)
         .zip(lse.par_chunks_mut(heads * n))
         .zip(qkv.par_chunks(n * 3 * d))
         .for_each(|((out_b, lse_b), qkv_b)| {
+            let out_b = super::zeroed(out_b);
             simd(|| {
                 with_scratch(n * n, |s| {
                     for h in 0..heads {
@@ -124,7 +125,8 @@ pub fn attention_forward(
                 })
             })
         });
-    (out, lse)
+    // SAFETY: the per-image pieces cover `out` and each went through `zeroed`.
+    (unsafe { super::assume_init(out) }, lse)
 }
 
 /// Attention backward. Returns `dqkv [B, N, 3D]` in the same layout as `qkv`.
@@ -147,12 +149,13 @@ pub fn attention_backward(
     assert_eq!(lse.len(), batch * heads * n);
     let scale = (hd as f64).powf(-0.5) as f32; // timm: head_dim ** -0.5 (a Python float)
     let scale2 = scale * LOG2_E;
-    let mut dqkv = super::zeros_par(qkv.len(), qkv.len() / batch.max(1));
+    let mut dqkv = super::uninit(qkv.len());
     dqkv.par_chunks_mut(n * 3 * d)
         .zip(qkv.par_chunks(n * 3 * d))
         .zip(out.par_chunks(n * d).zip(dout.par_chunks(n * d)))
         .zip(lse.par_chunks(heads * n))
         .for_each(|(((dqkv_b, qkv_b), (out_b, dout_b)), lse_b)| {
+            let dqkv_b = super::zeroed(dqkv_b);
             simd(|| {
                 with_scratch(2 * n * n + n, |buf| {
                     let (p, rest) = buf.split_at_mut(n * n);
@@ -253,7 +256,8 @@ pub fn attention_backward(
                 })
             })
         });
-    dqkv
+    // SAFETY: the per-image pieces cover `dqkv` and each went through `zeroed`.
+    unsafe { super::assume_init(dqkv) }
 }
 
 #[cfg(test)]

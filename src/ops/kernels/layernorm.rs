@@ -38,7 +38,7 @@ fn forward_impl(
         assert_eq!(b.len(), dim);
     }
     let rows = x.len() / dim;
-    let mut y = super::zeros_par(x.len(), ROWS_PER_CHUNK * dim);
+    let mut y = super::uninit(x.len());
     let mut mean = vec![0.0f32; rows];
     let mut rstd = vec![0.0f32; rows];
     y.par_chunks_mut(ROWS_PER_CHUNK * dim)
@@ -46,6 +46,7 @@ fn forward_impl(
         .zip(mean.par_chunks_mut(ROWS_PER_CHUNK))
         .zip(rstd.par_chunks_mut(ROWS_PER_CHUNK))
         .for_each(|(((y, x), mean), rstd)| {
+            let y = super::zeroed(y);
             simd(|| {
                 for (r, (yr, xr)) in y.chunks_exact_mut(dim).zip(x.chunks_exact(dim)).enumerate() {
                     let (m, s) = row_stats(xr, eps);
@@ -66,7 +67,8 @@ fn forward_impl(
                 }
             })
         });
-    (y, mean, rstd)
+    // SAFETY: the chunks cover `y` and each went through `zeroed`.
+    (unsafe { super::assume_init(y) }, mean, rstd)
 }
 
 /// Affine LayerNorm forward. `x: [rows, dim]`, `weight, bias: [dim]`.

@@ -67,15 +67,16 @@ pub fn linear_forward(
     n: usize,
 ) -> Vec<f32> {
     check(x, w, b, m, k, n);
-    let mut y = super::zeros_par(m * n, ROWS_PER_BLOCK * n.max(1));
     if m == 0 || n == 0 {
-        return y;
+        return vec![0.0; m * n];
     }
+    let mut y = super::uninit(m * n);
     let br = ROWS_PER_BLOCK;
     y.par_chunks_mut(br * n)
         .zip(x.par_chunks(br * k))
-        .for_each(|(y_blk, x_blk)| block_product(x_blk, w, b, k, n, y_blk));
-    y
+        .for_each(|(y_blk, x_blk)| block_product(x_blk, w, b, k, n, super::zeroed(y_blk)));
+    // SAFETY: the blocks cover `y` and each went through `zeroed`.
+    unsafe { super::assume_init(y) }
 }
 
 /// `pre = x W + b`, `act = gelu(pre)` (exact GELU). Returns `(pre, act)`;
@@ -89,20 +90,22 @@ pub fn linear_gelu_forward(
     n: usize,
 ) -> (Vec<f32>, Vec<f32>) {
     check(x, w, b, m, k, n);
-    let mut pre = super::zeros_par(m * n, ROWS_PER_BLOCK * n.max(1));
-    let mut act = super::zeros_par(m * n, ROWS_PER_BLOCK * n.max(1));
     if m == 0 || n == 0 {
-        return (pre, act);
+        return (vec![0.0; m * n], vec![0.0; m * n]);
     }
+    let mut pre = super::uninit(m * n);
+    let mut act = super::uninit(m * n);
     let br = ROWS_PER_BLOCK;
     pre.par_chunks_mut(br * n)
         .zip(act.par_chunks_mut(br * n))
         .zip(x.par_chunks(br * k))
         .for_each(|((p_blk, a_blk), x_blk)| {
+            let p_blk = super::zeroed(p_blk);
             block_product(x_blk, w, b, k, n, p_blk);
-            gelu_slice(p_blk, a_blk);
+            gelu_slice(p_blk, super::zeroed(a_blk));
         });
-    (pre, act)
+    // SAFETY: the blocks cover both buffers and each went through `zeroed`.
+    unsafe { (super::assume_init(pre), super::assume_init(act)) }
 }
 
 /// Ordered column sum of `g [M, N]`: fixed chunks of rows, partials added in chunk order.
@@ -145,21 +148,36 @@ fn input_and_weight_grads(
     k: usize,
     n: usize,
 ) -> (Vec<f32>, Vec<f32>) {
-    let mut dx = super::zeros_par(m * k, SUM_ROWS * k.max(1));
+    // dx in blocks of rows, each initialised right before its product (as the forward).
+    let mut dx = super::uninit(m * k);
+    if k > 0 && n > 0 {
+        let br = ROWS_PER_BLOCK;
+        dx.par_chunks_mut(br * k)
+            .zip(dy.par_chunks(br * n))
+            .for_each(|(dx_blk, dy_blk)| {
+                let rows = dy_blk.len() / n;
+                gemm_strided(
+                    rows,
+                    k,
+                    n,
+                    super::zeroed(dx_blk),
+                    k,
+                    false,
+                    View::rows(dy_blk, n),
+                    View::t(w, n),
+                    1.0,
+                    Parallelism::None,
+                );
+            });
+    } else {
+        dx.par_iter_mut().for_each(|x| {
+            x.write(0.0);
+        });
+    }
+    // SAFETY: the blocks (or the fill) cover `dx` and each went through `zeroed`.
+    let dx = unsafe { super::assume_init(dx) };
     let mut dw = vec![0.0f32; k * n];
     let par = par_all();
-    gemm_strided(
-        m,
-        k,
-        n,
-        &mut dx,
-        k,
-        false,
-        View::rows(dy, n),
-        View::t(w, n),
-        1.0,
-        par,
-    );
     gemm_strided(
         k,
         n,
@@ -213,7 +231,7 @@ pub fn linear_gelu_backward(
         let (dx, dw) = (vec![0.0; m * k], Vec::new());
         return (dx, dw, with_bias.then(Vec::new));
     }
-    let mut dpre = super::zeros_par(m * n, SUM_ROWS * n.max(1));
+    let mut dpre = super::uninit(m * n);
     let n_chunks = m.div_ceil(SUM_ROWS);
     let mut partials = vec![0.0f32; if with_bias { n_chunks * n } else { 0 }];
     let work = |dp: &mut [f32], pr: &[f32], da: &[f32], part: Option<&mut [f32]>| {
@@ -236,10 +254,12 @@ pub fn linear_gelu_backward(
     );
     if with_bias {
         iter.zip(partials.par_chunks_mut(n))
-            .for_each(|((dp, (pr, da)), part)| work(dp, pr, da, Some(part)));
+            .for_each(|((dp, (pr, da)), part)| work(super::zeroed(dp), pr, da, Some(part)));
     } else {
-        iter.for_each(|(dp, (pr, da))| work(dp, pr, da, None));
+        iter.for_each(|(dp, (pr, da))| work(super::zeroed(dp), pr, da, None));
     }
+    // SAFETY: the chunks cover `dpre` and each went through `zeroed`.
+    let dpre = unsafe { super::assume_init(dpre) };
     let db = with_bias.then(|| reduce_partials(&partials, n));
     let (dx, dw) = input_and_weight_grads(x, w, &dpre, m, k, n);
     (dx, dw, db)

@@ -29,20 +29,31 @@ pub mod optim;
 #[cfg(test)]
 mod testutil;
 
-/// A zeroed buffer of `len` floats, zeroed by the thread pool in pieces of `chunk`: the
-/// serial memset inside `vec![0.0; len]` of the large activation buffers was ~5 % of a
-/// training step's CPU time, with the other cores idle.
-pub fn zeros_par(len: usize, chunk: usize) -> Vec<f32> {
-    use rayon::prelude::*;
-    let mut v: Vec<f32> = Vec::with_capacity(len);
-    v.spare_capacity_mut()[..len]
-        .par_chunks_mut(chunk.max(1))
-        .for_each(|c| {
-            for x in c {
-                x.write(0.0);
-            }
-        });
-    // SAFETY: the first `len` elements were all initialised just above.
-    unsafe { v.set_len(len) };
+/// An output buffer of `len` floats, not yet initialised: the kernel's own parallel loop
+/// initialises each piece with [`zeroed`] right before computing it, while it is in cache,
+/// instead of a separate zeroing pass over the whole (often larger than cache) buffer.
+pub fn uninit(len: usize) -> Vec<std::mem::MaybeUninit<f32>> {
+    let mut v = Vec::with_capacity(len);
+    v.resize_with(len, std::mem::MaybeUninit::uninit);
     v
+}
+
+/// Zero `piece` and view it as initialised floats.
+pub fn zeroed(piece: &mut [std::mem::MaybeUninit<f32>]) -> &mut [f32] {
+    for x in piece.iter_mut() {
+        x.write(0.0);
+    }
+    // SAFETY: every element was written just above; MaybeUninit<f32> has f32's layout.
+    unsafe { &mut *(piece as *mut [std::mem::MaybeUninit<f32>] as *mut [f32]) }
+}
+
+/// The buffer of [`uninit`] once every piece of it went through [`zeroed`].
+///
+/// # Safety
+/// Every element of `v` must have been initialised.
+pub unsafe fn assume_init(v: Vec<std::mem::MaybeUninit<f32>>) -> Vec<f32> {
+    let mut v = std::mem::ManuallyDrop::new(v);
+    // SAFETY: same allocation, same layout (MaybeUninit<f32> is repr(transparent)); the
+    // caller guarantees initialisation.
+    unsafe { Vec::from_raw_parts(v.as_mut_ptr().cast::<f32>(), v.len(), v.capacity()) }
 }
