@@ -10,7 +10,7 @@ cargo build --release --features cuda
 cargo test --release --features cuda --no-run 2>&1 | tee /tmp/gpu-bundle-tests.log
 G=target/gpu; rm -rf "$G/stage"; mkdir -p "$G/stage/bin"
 strip -o "$G/stage/bin/ijepa" "$T/release/ijepa"
-for t in parity_official parity_hf train_steps_reference; do
+for t in parity_official parity_hf train_steps_reference mixed_precision; do
   exe=$(grep -o "$T/release/deps/$t-[0-9a-f]*" /tmp/gpu-bundle-tests.log | tail -1)
   strip -o "$G/stage/bin/$t" "$exe"
 done
