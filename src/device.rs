@@ -53,7 +53,7 @@ pub fn cuda_device(index: usize) -> Result<burn_cuda::CudaDevice> {
     });
     std::panic::set_hook(hook);
     match probe {
-        Ok(v) if v == 4.0 => Ok(device),
+        Ok(4.0) => Ok(device),
         Ok(v) => Err(Error::Config(format!(
             "CUDA device {index} computed 1+1+1+1 = {v}: broken driver?"
         ))),

@@ -152,6 +152,12 @@ fn run_cuda(
             cuda.push(ijepa::device::cuda_device(*i)?);
         }
     }
+    if opts.progress {
+        // Measured on an H100: 70-105 s before the first ViT-S/ViT-B step, longer with bf16.
+        eprintln!(
+            "note: the first steps on a GPU compile (NVRTC) and autotune every kernel: expect a minute or two before the first step completes"
+        );
+    }
     run_on::<burn::backend::Autodiff<burn::backend::Cuda>>(cfg, opts, cluster, cuda, a)
 }
 
