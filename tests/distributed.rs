@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::ijepa_bin;
+use common::{ijepa_bin, logged_losses as losses};
 use ijepa::checkpoint::{Checkpoint, LoadOptions, NamedTensors};
 
 const FMNIST: &str = "/usr/share/datasets/fashion-mnist";
@@ -94,14 +94,6 @@ fn spawn(mut cmd: Command) -> Child {
 
 fn text(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr)
-}
-
-fn losses(dir: &Path) -> Vec<f64> {
-    let log = std::fs::read_to_string(dir.join("log.csv")).unwrap();
-    log.lines()
-        .skip(1)
-        .map(|l| l.split(',').nth(3).unwrap().parse().unwrap())
-        .collect()
 }
 
 /// Wait (at most 120 s) until node 0 has written its first checkpoint.

@@ -2,7 +2,11 @@
 //! in f32 and with bf16 matrix products follows the same loss trajectory within a stated
 //! tolerance, while the two runs do differ (the autocast is really applied).
 
+mod common;
+
 use std::path::{Path, PathBuf};
+
+use common::logged_losses;
 
 use ijepa::ops::{Precision, TrainBackend};
 use ijepa::train::config::TrainConfig;
@@ -25,14 +29,6 @@ fn tmp(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("ijepa-mixed-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     dir
-}
-
-fn losses(dir: &Path) -> Vec<f64> {
-    let text = std::fs::read_to_string(dir.join("log.csv")).unwrap();
-    text.lines()
-        .skip(1)
-        .map(|l| l.split(',').nth(3).unwrap().parse().unwrap())
-        .collect()
 }
 
 fn run<B: TrainBackend>(device: &B::Device, precision: Precision, name: &str) -> Vec<f64> {
@@ -68,7 +64,7 @@ fn run<B: TrainBackend>(device: &B::Device, precision: Precision, name: &str) ->
         ..Default::default()
     };
     pretrain::<B>(&cfg, &opts, device).unwrap();
-    let l = losses(&out);
+    let l = logged_losses(&out);
     std::fs::remove_dir_all(&out).unwrap();
     assert_eq!(l.len() as u64, STEPS, "one logged loss per step");
     l

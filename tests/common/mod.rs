@@ -2,7 +2,7 @@
 //! compare arrays.
 #![allow(dead_code)]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use ijepa::checkpoint::HostTensor;
 
@@ -63,4 +63,13 @@ pub fn ijepa_bin() -> PathBuf {
 pub fn assert_close_rel(name: &str, got: &HostTensor, want: &HostTensor, rel: f32) {
     let scale = want.data.iter().fold(0f32, |m, v| m.max(v.abs()));
     assert_close(name, got, want, rel * scale + 1e-12);
+}
+
+/// The loss column of a run's `log.csv`, one value per logged step.
+pub fn logged_losses(dir: &Path) -> Vec<f64> {
+    let log = std::fs::read_to_string(dir.join("log.csv")).unwrap();
+    log.lines()
+        .skip(1)
+        .map(|l| l.split(',').nth(3).unwrap().parse().unwrap())
+        .collect()
 }

@@ -149,15 +149,16 @@ fn input_and_weight_grads(
     n: usize,
 ) -> (Vec<f32>, Vec<f32>) {
     // dx in blocks of rows, each initialised right before its product (as the forward).
-    let mut dx = super::uninit(m * k);
-    if k > 0 && n > 0 {
+    let dx = if k == 0 || n == 0 {
+        vec![0.0; m * k]
+    } else {
+        let mut dx = super::uninit(m * k);
         let br = ROWS_PER_BLOCK;
         dx.par_chunks_mut(br * k)
             .zip(dy.par_chunks(br * n))
             .for_each(|(dx_blk, dy_blk)| {
-                let rows = dy_blk.len() / n;
                 gemm_strided(
-                    rows,
+                    dy_blk.len() / n,
                     k,
                     n,
                     super::zeroed(dx_blk),
@@ -169,13 +170,9 @@ fn input_and_weight_grads(
                     Parallelism::None,
                 );
             });
-    } else {
-        dx.par_iter_mut().for_each(|x| {
-            x.write(0.0);
-        });
-    }
-    // SAFETY: the blocks (or the fill) cover `dx` and each went through `zeroed`.
-    let dx = unsafe { super::assume_init(dx) };
+        // SAFETY: the blocks cover `dx` and each went through `zeroed`.
+        unsafe { super::assume_init(dx) }
+    };
     let mut dw = vec![0.0f32; k * n];
     let par = par_all();
     gemm_strided(
