@@ -18,7 +18,7 @@
 
 use crate::ops::kernels::math::simd;
 use crate::ops::kernels::math::{self, exp2_f32};
-use crate::ops::kernels::matmul::{Parallelism, View, gemm_strided};
+use crate::ops::kernels::matmul::{PackedRhs, Parallelism, View, gemm_rows_strided, gemm_strided};
 use rayon::prelude::*;
 use std::cell::RefCell;
 use std::f32::consts::{LN_2, LOG2_E};
@@ -94,33 +94,13 @@ pub fn attention_forward(
                         let q = &qkv_b[h * hd..];
                         let k = &qkv_b[d + h * hd..];
                         let v = &qkv_b[2 * d + h * hd..];
-                        // S = scale·log2(e) · Q Kᵀ
-                        gemm_strided(
-                            n,
-                            n,
-                            hd,
-                            s,
-                            n,
-                            false,
-                            View::rows(q, 3 * d),
-                            View::t(k, 3 * d),
-                            scale2,
-                            Parallelism::None,
-                        );
+                        // S = Q (scale·log2(e) · Kᵀ)
+                        let kt = PackedRhs::scaled(View::t(k, 3 * d), hd, n, scale2);
+                        gemm_rows_strided(n, q, 3 * d, &kt, None, s, n);
                         softmax_rows(s, n, &mut lse_b[h * n..(h + 1) * n]);
                         // O_h = P V, written into columns h·hd.. of out
-                        gemm_strided(
-                            n,
-                            hd,
-                            n,
-                            &mut out_b[h * hd..],
-                            d,
-                            false,
-                            View::rows(s, n),
-                            View::rows(v, 3 * d),
-                            1.0,
-                            Parallelism::None,
-                        );
+                        let vp = PackedRhs::new(View::rows(v, 3 * d), n, hd);
+                        gemm_rows_strided(n, s, n, &vp, None, &mut out_b[h * hd..], d);
                     }
                 })
             })
@@ -168,18 +148,8 @@ pub fn attention_backward(
                         let g = &dout_b[h * hd..];
                         let lse_h = &lse_b[h * n..(h + 1) * n];
                         // P = 2^(scale·log2(e) · Q Kᵀ - lse·log2(e))
-                        gemm_strided(
-                            n,
-                            n,
-                            hd,
-                            p,
-                            n,
-                            false,
-                            View::rows(q, 3 * d),
-                            View::t(k, 3 * d),
-                            scale2,
-                            Parallelism::None,
-                        );
+                        let kt = PackedRhs::scaled(View::t(k, 3 * d), hd, n, scale2);
+                        gemm_rows_strided(n, q, 3 * d, &kt, None, p, n);
                         for (row, &l) in p.chunks_exact_mut(n).zip(lse_h) {
                             let l2 = l * LOG2_E;
                             for x in row.iter_mut() {
@@ -200,18 +170,8 @@ pub fn attention_backward(
                             Parallelism::None,
                         );
                         // dP = dO Vᵀ
-                        gemm_strided(
-                            n,
-                            n,
-                            hd,
-                            dp,
-                            n,
-                            false,
-                            View::rows(g, d),
-                            View::t(v, 3 * d),
-                            1.0,
-                            Parallelism::None,
-                        );
+                        let vt = PackedRhs::new(View::t(v, 3 * d), hd, n);
+                        gemm_rows_strided(n, g, d, &vt, None, dp, n);
                         // delta_i = dO_i · O_i
                         for (i, di) in delta.iter_mut().enumerate() {
                             *di = math::dot(&g[i * d..i * d + hd], &o[i * d..i * d + hd]);
@@ -227,18 +187,8 @@ pub fn attention_backward(
                             }
                         }
                         // dQ = scale · dS K
-                        gemm_strided(
-                            n,
-                            hd,
-                            n,
-                            &mut dqkv_b[h * hd..],
-                            3 * d,
-                            false,
-                            View::rows(dp, n),
-                            View::rows(k, 3 * d),
-                            scale,
-                            Parallelism::None,
-                        );
+                        let ks = PackedRhs::scaled(View::rows(k, 3 * d), n, hd, scale);
+                        gemm_rows_strided(n, dp, n, &ks, None, &mut dqkv_b[h * hd..], 3 * d);
                         // dK = scale · dSᵀ Q
                         gemm_strided(
                             n,

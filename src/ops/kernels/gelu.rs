@@ -9,6 +9,7 @@
 use crate::ops::kernels::math::{erf_f32, exp2_core};
 use rayon::prelude::*;
 use std::f32::consts::FRAC_1_SQRT_2;
+use std::mem::MaybeUninit;
 
 /// Elements per parallel task (fixed, so results never depend on the thread count).
 const CHUNK: usize = 16 * 1024;
@@ -35,15 +36,20 @@ pub fn gelu_grad(x: f32) -> f32 {
 }
 
 /// `y = gelu(x)` elementwise, single-threaded (for use inside already-parallel loops).
-pub fn gelu_slice(x: &[f32], y: &mut [f32]) {
+/// `y` may be uninitialised (it is only written); the initialised view is returned.
+pub fn gelu_slice<'y>(x: &[f32], y: &'y mut [MaybeUninit<f32>]) -> &'y mut [f32] {
     assert_eq!(x.len(), y.len());
     #[cfg(target_arch = "x86_64")]
     if avx2() {
         // SAFETY: the CPU has the features `gelu_slice_avx2` is compiled for.
         unsafe { gelu_slice_avx2(x, y) };
-        return;
+    } else {
+        gelu_slice_body(x, y)
     }
-    gelu_slice_body(x, y)
+    #[cfg(not(target_arch = "x86_64"))]
+    gelu_slice_body(x, y);
+    // SAFETY: every element of `y` was written above.
+    unsafe { &mut *(y as *mut [MaybeUninit<f32>] as *mut [f32]) }
 }
 
 /// `dx = dy · gelu'(x)` elementwise, single-threaded.
@@ -68,7 +74,7 @@ fn avx2() -> bool {
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-fn gelu_slice_avx2(x: &[f32], y: &mut [f32]) {
+fn gelu_slice_avx2(x: &[f32], y: &mut [MaybeUninit<f32>]) {
     gelu_slice_body(x, y)
 }
 
@@ -79,9 +85,9 @@ fn gelu_backward_slice_avx2(x: &[f32], dy: &[f32], dx: &mut [f32]) {
 }
 
 #[inline(always)]
-fn gelu_slice_body(x: &[f32], y: &mut [f32]) {
+fn gelu_slice_body(x: &[f32], y: &mut [MaybeUninit<f32>]) {
     for (o, &v) in y.iter_mut().zip(x) {
-        *o = gelu(v);
+        o.write(gelu(v));
     }
 }
 
@@ -94,11 +100,14 @@ fn gelu_backward_slice_body(x: &[f32], dy: &[f32], dx: &mut [f32]) {
 
 /// Exact GELU forward over any contiguous tensor.
 pub fn gelu_forward(x: &[f32]) -> Vec<f32> {
-    let mut y = vec![0.0f32; x.len()];
+    let mut y = super::uninit(x.len());
     y.par_chunks_mut(CHUNK)
         .zip(x.par_chunks(CHUNK))
-        .for_each(|(y, x)| gelu_slice(x, y));
-    y
+        .for_each(|(y, x)| {
+            gelu_slice(x, y);
+        });
+    // SAFETY: the chunks cover `y` and `gelu_slice` writes all of each.
+    unsafe { super::assume_init(y) }
 }
 
 /// Exact GELU backward: `dx = dy · (Φ(x) + x·φ(x))`, from the forward *input* `x`.

@@ -10,8 +10,9 @@
 
 use crate::ops::kernels::gelu::{gelu_grad, gelu_slice};
 use crate::ops::kernels::math::simd;
-use crate::ops::kernels::matmul::{Parallelism, View, gemm_strided, par_all};
+use crate::ops::kernels::matmul::{PackedRhs, View, gemm_rows, gemm_strided, par_all};
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 /// Rows per output block (fixed, so results never depend on the thread count; 256 rows
 /// measured best or on par with one all-pool GEMM for N = 128..1536 at K = 128..512).
@@ -26,35 +27,6 @@ fn check(x: &[f32], w: &[f32], b: Option<&[f32]>, m: usize, k: usize, n: usize) 
     if let Some(b) = b {
         assert_eq!(b.len(), n, "b must be [N]");
     }
-}
-
-/// `y_blk = x_blk W (+ b)` for one block of rows.
-fn block_product(
-    x_blk: &[f32],
-    w: &[f32],
-    b: Option<&[f32]>,
-    k: usize,
-    n: usize,
-    y_blk: &mut [f32],
-) {
-    let rows = y_blk.len() / n;
-    if let Some(b) = b {
-        for row in y_blk.chunks_exact_mut(n) {
-            row.copy_from_slice(b);
-        }
-    }
-    gemm_strided(
-        rows,
-        n,
-        k,
-        y_blk,
-        n,
-        b.is_some(),
-        View::rows(x_blk, k),
-        View::rows(w, n),
-        1.0,
-        Parallelism::None,
-    );
 }
 
 /// `y = x W + b`. `x: [M, K]`, `w: [K, N]`, `b: [N]` → `y: [M, N]`.
@@ -72,10 +44,13 @@ pub fn linear_forward(
     }
     let mut y = super::uninit(m * n);
     let br = ROWS_PER_BLOCK;
+    let rhs = PackedRhs::new(View::rows(w, n), k, n);
     y.par_chunks_mut(br * n)
         .zip(x.par_chunks(br * k))
-        .for_each(|(y_blk, x_blk)| block_product(x_blk, w, b, k, n, super::zeroed(y_blk)));
-    // SAFETY: the blocks cover `y` and each went through `zeroed`.
+        .for_each(|(y_blk, x_blk)| {
+            gemm_rows(y_blk.len() / n, x_blk, k, &rhs, b, y_blk);
+        });
+    // SAFETY: the blocks cover `y` and `gemm_rows` writes all of each.
     unsafe { super::assume_init(y) }
 }
 
@@ -96,15 +71,15 @@ pub fn linear_gelu_forward(
     let mut pre = super::uninit(m * n);
     let mut act = super::uninit(m * n);
     let br = ROWS_PER_BLOCK;
+    let rhs = PackedRhs::new(View::rows(w, n), k, n);
     pre.par_chunks_mut(br * n)
         .zip(act.par_chunks_mut(br * n))
         .zip(x.par_chunks(br * k))
         .for_each(|((p_blk, a_blk), x_blk)| {
-            let p_blk = super::zeroed(p_blk);
-            block_product(x_blk, w, b, k, n, p_blk);
-            gelu_slice(p_blk, super::zeroed(a_blk));
+            let p_blk = gemm_rows(p_blk.len() / n, x_blk, k, &rhs, b, p_blk);
+            gelu_slice(p_blk, a_blk);
         });
-    // SAFETY: the blocks cover both buffers and each went through `zeroed`.
+    // SAFETY: the blocks cover both buffers, written by `gemm_rows` and `gelu_slice`.
     unsafe { (super::assume_init(pre), super::assume_init(act)) }
 }
 
@@ -154,23 +129,13 @@ fn input_and_weight_grads(
     } else {
         let mut dx = super::uninit(m * k);
         let br = ROWS_PER_BLOCK;
+        let rhs = PackedRhs::new(View::t(w, n), n, k);
         dx.par_chunks_mut(br * k)
             .zip(dy.par_chunks(br * n))
             .for_each(|(dx_blk, dy_blk)| {
-                gemm_strided(
-                    dy_blk.len() / n,
-                    k,
-                    n,
-                    super::zeroed(dx_blk),
-                    k,
-                    false,
-                    View::rows(dy_blk, n),
-                    View::t(w, n),
-                    1.0,
-                    Parallelism::None,
-                );
+                gemm_rows(dy_blk.len() / n, dy_blk, n, &rhs, None, dx_blk);
             });
-        // SAFETY: the blocks cover `dx` and each went through `zeroed`.
+        // SAFETY: the blocks cover `dx` and `gemm_rows` writes all of each.
         unsafe { super::assume_init(dx) }
     };
     let mut dw = vec![0.0f32; k * n];
@@ -231,11 +196,13 @@ pub fn linear_gelu_backward(
     let mut dpre = super::uninit(m * n);
     let n_chunks = m.div_ceil(SUM_ROWS);
     let mut partials = vec![0.0f32; if with_bias { n_chunks * n } else { 0 }];
-    let work = |dp: &mut [f32], pr: &[f32], da: &[f32], part: Option<&mut [f32]>| {
+    let work = |dp: &mut [MaybeUninit<f32>], pr: &[f32], da: &[f32], part: Option<&mut [f32]>| {
         simd(|| {
             for ((o, &p), &g) in dp.iter_mut().zip(pr).zip(da) {
-                *o = g * gelu_grad(p);
+                o.write(g * gelu_grad(p));
             }
+            // SAFETY: every element was written just above.
+            let dp = unsafe { &*(dp as *const [MaybeUninit<f32>] as *const [f32]) };
             if let Some(part) = part {
                 for row in dp.chunks_exact(n) {
                     for (a, &v) in part.iter_mut().zip(row) {
@@ -251,11 +218,11 @@ pub fn linear_gelu_backward(
     );
     if with_bias {
         iter.zip(partials.par_chunks_mut(n))
-            .for_each(|((dp, (pr, da)), part)| work(super::zeroed(dp), pr, da, Some(part)));
+            .for_each(|((dp, (pr, da)), part)| work(dp, pr, da, Some(part)));
     } else {
-        iter.for_each(|(dp, (pr, da))| work(super::zeroed(dp), pr, da, None));
+        iter.for_each(|(dp, (pr, da))| work(dp, pr, da, None));
     }
-    // SAFETY: the chunks cover `dpre` and each went through `zeroed`.
+    // SAFETY: the chunks cover `dpre` and `work` writes all of each.
     let dpre = unsafe { super::assume_init(dpre) };
     let db = with_bias.then(|| reduce_partials(&partials, n));
     let (dx, dw) = input_and_weight_grads(x, w, &dpre, m, k, n);

@@ -6,6 +6,7 @@
 //! explicit bounds checks, lets the kernels themselves stay safe code.
 
 pub use gemm::Parallelism;
+use rayon::prelude::*;
 
 /// A read-only strided matrix view: element `(i, j)` is `data[i * rs + j * cs]`.
 #[derive(Clone, Copy)]
@@ -104,5 +105,383 @@ pub fn par_all() -> Parallelism {
         Parallelism::None
     } else {
         Parallelism::Rayon(t)
+    }
+}
+
+/// Columns per panel of a [`PackedRhs`] (two AVX registers of f32).
+const NR: usize = 16;
+/// Rows per register tile (6 x 16 accumulators: 12 of the 16 AVX registers).
+const MR: usize = 6;
+/// Rows of the left operand swept per pass over the panels (48 rows x K stay in L1/L2 while
+/// every panel of the right operand streams past them).
+const ROWS_PER_SWEEP: usize = 48;
+
+/// The right-hand operand of many row-block products, packed once: `n` columns cut into
+/// panels of [`NR`], each panel stored `[k][NR]` contiguously (zero-padded past `n`).
+///
+/// Why: I-JEPA's products are tall and narrow (M = batch x tokens in the thousands,
+/// K, N = 64..1536). `gemm` re-packs the right operand for every row block and reaches
+/// ~110-130 GFLOP/s here at these K; a 6x16 FMA register tile that reads the left operand
+/// in place and this panel layout reach ~130-140 (see docs/performance.md).
+pub struct PackedRhs<'a> {
+    k: usize,
+    n: usize,
+    panels: Vec<f32>,
+    /// The unpacked operand: products without AVX2 + FMA go through `gemm` on it.
+    view: View<'a>,
+    /// Factor applied to the product (folded into the panels on the tile path).
+    alpha: f32,
+    fallback: bool,
+}
+
+impl<'a> PackedRhs<'a> {
+    /// Pack the `k x n` matrix `rhs` (any strides). Without AVX2 + FMA nothing is packed and
+    /// products go through `gemm`.
+    pub fn new(rhs: View<'a>, k: usize, n: usize) -> Self {
+        Self::build(rhs, k, n, 1.0, register_tiles())
+    }
+
+    /// The operand `alpha · rhs` (the factor is folded into the packed values).
+    pub fn scaled(rhs: View<'a>, k: usize, n: usize, alpha: f32) -> Self {
+        Self::build(rhs, k, n, alpha, register_tiles())
+    }
+
+    fn build(rhs: View<'a>, k: usize, n: usize, alpha: f32, tiles: bool) -> Self {
+        if !tiles || k == 0 || n == 0 {
+            return Self {
+                k,
+                n,
+                panels: Vec::new(),
+                view: rhs,
+                alpha,
+                fallback: true,
+            };
+        }
+        assert!(
+            (k - 1) * rhs.rs + (n - 1) * rhs.cs < rhs.data.len(),
+            "rhs out of bounds"
+        );
+        let mut panels = vec![0.0f32; n.div_ceil(NR) * k * NR];
+        let pack = |(p, panel): (usize, &mut [f32])| {
+            let cols = (n - p * NR).min(NR);
+            for (t, row) in panel.chunks_exact_mut(NR).enumerate() {
+                for (j, v) in row[..cols].iter_mut().enumerate() {
+                    *v = alpha * rhs.data[t * rhs.rs + (p * NR + j) * rhs.cs];
+                }
+            }
+        };
+        // Small operands (attention heads, inside an already-parallel loop) pack serially.
+        if k * n < 1 << 16 {
+            panels.chunks_mut(k * NR).enumerate().for_each(pack);
+        } else {
+            panels.par_chunks_mut(k * NR).enumerate().for_each(pack);
+        }
+        Self {
+            k,
+            n,
+            panels,
+            view: rhs,
+            alpha,
+            fallback: false,
+        }
+    }
+}
+
+/// `true` when the register-tiled AVX2 + FMA kernel can run on this CPU.
+fn register_tiles() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        static OK: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *OK.get_or_init(|| {
+            std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
+        })
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+/// `dst[rows x n] = lhs[rows x k] · rhs (+ bias broadcast over rows)`, single-threaded (for use
+/// inside a parallel loop over row blocks). `lhs` is row-major with row stride `lda`, `dst`
+/// contiguous `[rows, n]`. Every element of `dst` is written, none is read: `dst` may be
+/// uninitialised; the initialised view is returned.
+pub fn gemm_rows<'d>(
+    rows: usize,
+    lhs: &[f32],
+    lda: usize,
+    rhs: &PackedRhs<'_>,
+    bias: Option<&[f32]>,
+    dst: &'d mut [std::mem::MaybeUninit<f32>],
+) -> &'d mut [f32] {
+    assert_eq!(dst.len(), rows * rhs.n, "dst must be [rows, n]");
+    if rhs.fallback || rhs.k == 0 || rows == 0 || rhs.n == 0 {
+        let dst = super::zeroed(dst);
+        gemm_rows_strided(rows, lhs, lda, rhs, bias, dst, rhs.n);
+        return dst;
+    }
+    check_operands(rows, lhs, lda, rhs, bias);
+    // SAFETY: tile path available (not fallback); operands checked; `dst` holds rows x n.
+    unsafe { tiles(rows, lhs, lda, rhs, bias, dst.as_mut_ptr().cast(), rhs.n) };
+    // SAFETY: `tiles` wrote every (row, column) of dst.
+    unsafe { &mut *(dst as *mut [std::mem::MaybeUninit<f32>] as *mut [f32]) }
+}
+
+/// As [`gemm_rows`] into the `[rows, n]` sub-matrix of `dst` with row stride `ldc` (elements
+/// between the rows are left untouched).
+pub fn gemm_rows_strided(
+    rows: usize,
+    lhs: &[f32],
+    lda: usize,
+    rhs: &PackedRhs<'_>,
+    bias: Option<&[f32]>,
+    dst: &mut [f32],
+    ldc: usize,
+) {
+    let (k, n) = (rhs.k, rhs.n);
+    if rows == 0 || n == 0 {
+        return;
+    }
+    assert!(rows == 1 || ldc >= n, "dst rows overlap");
+    assert!((rows - 1) * ldc + n <= dst.len(), "dst out of bounds");
+    check_operands(rows, lhs, lda, rhs, bias);
+    if rhs.fallback || k == 0 {
+        for i in 0..rows {
+            let row = &mut dst[i * ldc..i * ldc + n];
+            match bias {
+                Some(b) => row.copy_from_slice(b),
+                None => row.fill(0.0),
+            }
+        }
+        gemm_strided(
+            rows,
+            n,
+            k,
+            dst,
+            ldc,
+            bias.is_some(),
+            View::rows(lhs, lda),
+            rhs.view,
+            rhs.alpha,
+            Parallelism::None,
+        );
+        return;
+    }
+    // SAFETY: tile path available; operands checked; dst bounds asserted above.
+    unsafe { tiles(rows, lhs, lda, rhs, bias, dst.as_mut_ptr(), ldc) };
+}
+
+fn check_operands(rows: usize, lhs: &[f32], lda: usize, rhs: &PackedRhs<'_>, bias: Option<&[f32]>) {
+    if let Some(b) = bias {
+        assert_eq!(b.len(), rhs.n, "bias must be [n]");
+    }
+    let k = rhs.k;
+    assert!(
+        k == 0 || rows == 0 || (rows - 1) * lda + k <= lhs.len(),
+        "lhs out of bounds"
+    );
+}
+
+/// The register-tile sweep: writes `c[i * ldc + j]` for every `i < rows`, `j < n`.
+///
+/// # Safety
+/// `rhs` packed (not fallback, k > 0); `lhs` checked by `check_operands`; `c` writable for
+/// `rows` rows of `n` at stride `ldc`.
+#[allow(unused_variables)]
+unsafe fn tiles(
+    rows: usize,
+    lhs: &[f32],
+    lda: usize,
+    rhs: &PackedRhs<'_>,
+    bias: Option<&[f32]>,
+    c: *mut f32,
+    ldc: usize,
+) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let (k, n) = (rhs.k, rhs.n);
+        let mut padded_bias = [0.0f32; NR];
+        let mut tile = [0.0f32; MR * NR];
+        for r0 in (0..rows).step_by(ROWS_PER_SWEEP) {
+            let sweep = (rows - r0).min(ROWS_PER_SWEEP);
+            for p in 0..n.div_ceil(NR) {
+                let c0 = p * NR;
+                let cols = (n - c0).min(NR);
+                let panel = &rhs.panels[p * k * NR..(p + 1) * k * NR];
+                let bias = bias.map(|b| {
+                    padded_bias[..cols].copy_from_slice(&b[c0..c0 + cols]);
+                    &padded_bias
+                });
+                for i0 in (r0..r0 + sweep).step_by(MR) {
+                    let mr = (r0 + sweep - i0).min(MR);
+                    let a = &lhs[i0 * lda..(i0 + mr - 1) * lda + k];
+                    // SAFETY (both calls): AVX2 + FMA present (packed implies
+                    // register_tiles); `a` holds mr rows of k at stride lda, `panel` k x NR;
+                    // the destination is inside `c`'s extent (caller) or the local tile.
+                    unsafe {
+                        if cols == NR {
+                            tile_avx2(mr, a, lda, panel, k, bias, c.add(i0 * ldc + c0), ldc);
+                        } else {
+                            tile_avx2(mr, a, lda, panel, k, bias, tile.as_mut_ptr(), NR);
+                            for i in 0..mr {
+                                for j in 0..cols {
+                                    *c.add((i0 + i) * ldc + c0 + j) = tile[i * NR + j];
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    unreachable!("register tiles are x86-64 only")
+}
+
+/// One `mr x 16` tile (`mr <= 6`): `c = a · panel (+ bias)`, accumulated in registers over `k`.
+///
+/// # Safety
+/// AVX2 and FMA available; `a` readable for `mr` rows of `k` at stride `lda`; `panel` holds
+/// `k x 16` floats; `c` writable for `mr` rows of 16 at stride `ldc`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile_avx2(
+    mr: usize,
+    a: &[f32],
+    lda: usize,
+    panel: &[f32],
+    k: usize,
+    bias: Option<&[f32; NR]>,
+    c: *mut f32,
+    ldc: usize,
+) {
+    // SAFETY: forwarded from the caller, MR_ is mr.
+    unsafe {
+        match mr {
+            6 => tile_n::<6>(a.as_ptr(), lda, panel.as_ptr(), k, bias, c, ldc),
+            5 => tile_n::<5>(a.as_ptr(), lda, panel.as_ptr(), k, bias, c, ldc),
+            4 => tile_n::<4>(a.as_ptr(), lda, panel.as_ptr(), k, bias, c, ldc),
+            3 => tile_n::<3>(a.as_ptr(), lda, panel.as_ptr(), k, bias, c, ldc),
+            2 => tile_n::<2>(a.as_ptr(), lda, panel.as_ptr(), k, bias, c, ldc),
+            _ => tile_n::<1>(a.as_ptr(), lda, panel.as_ptr(), k, bias, c, ldc),
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn tile_n<const ROWS: usize>(
+    a: *const f32,
+    lda: usize,
+    b: *const f32,
+    k: usize,
+    bias: Option<&[f32; NR]>,
+    c: *mut f32,
+    ldc: usize,
+) {
+    use std::arch::x86_64::*;
+    // SAFETY: the caller guarantees the extents (see tile_avx2).
+    unsafe {
+        let (b0, b1) = match bias {
+            Some(b) => (
+                _mm256_loadu_ps(b.as_ptr()),
+                _mm256_loadu_ps(b.as_ptr().add(8)),
+            ),
+            None => (_mm256_setzero_ps(), _mm256_setzero_ps()),
+        };
+        let mut acc = [[b0, b1]; ROWS];
+        let mut bp = b;
+        for p in 0..k {
+            let w0 = _mm256_loadu_ps(bp);
+            let w1 = _mm256_loadu_ps(bp.add(8));
+            for (i, acc) in acc.iter_mut().enumerate() {
+                let x = _mm256_broadcast_ss(&*a.add(i * lda + p));
+                acc[0] = _mm256_fmadd_ps(x, w0, acc[0]);
+                acc[1] = _mm256_fmadd_ps(x, w1, acc[1]);
+            }
+            bp = bp.add(NR);
+        }
+        for (i, acc) in acc.iter().enumerate() {
+            _mm256_storeu_ps(c.add(i * ldc), acc[0]);
+            _mm256_storeu_ps(c.add(i * ldc + 8), acc[1]);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::kernels::testutil::*;
+
+    /// `gemm_rows` against an f64 reference: edge rows (m % 6) and columns (n % 16), k = 0,
+    /// bias or none, a transposed (strided) right operand, both the register-tile path and
+    /// the portable `gemm` path.
+    #[test]
+    fn gemm_rows_vs_f64() {
+        let mut rg = rng(7);
+        let shapes = [
+            (1, 1, 1),
+            (5, 3, 17),
+            (6, 16, 16),
+            (7, 0, 5),
+            (13, 33, 40),
+            (50, 128, 100),
+        ];
+        for &(m, k, n) in &shapes {
+            for transposed in [false, true] {
+                for with_bias in [false, true] {
+                    for tiles in [false, register_tiles()] {
+                        let lda = k + 3; // a row stride wider than k
+                        let a = uniform(&mut rg, m * lda, 1.0);
+                        let b = uniform(&mut rg, k * n, 1.0);
+                        let bias = uniform(&mut rg, n, 1.0);
+                        // B as [k, n] row-major, or stored transposed as [n, k]
+                        let (bv, get): (View<'_>, Box<dyn Fn(usize, usize) -> f64>) = if transposed
+                        {
+                            (View::t(&b, k), Box::new(|p, j| b[j * k + p] as f64))
+                        } else {
+                            (View::rows(&b, n), Box::new(|p, j| b[p * n + j] as f64))
+                        };
+                        let rhs = PackedRhs::build(bv, k, n, 1.0, tiles);
+                        let mut dst = crate::ops::kernels::uninit(m * n);
+                        let got =
+                            gemm_rows(m, &a, lda, &rhs, with_bias.then_some(&bias[..]), &mut dst);
+                        let want: Vec<f64> = (0..m * n)
+                            .map(|e| {
+                                let (i, j) = (e / n, e % n);
+                                let dot: f64 =
+                                    (0..k).map(|p| a[i * lda + p] as f64 * get(p, j)).sum();
+                                dot + if with_bias { bias[j] as f64 } else { 0.0 }
+                            })
+                            .collect();
+                        assert_close(
+                            &format!("{m}x{k}x{n} t={transposed} bias={with_bias} tiles={tiles}"),
+                            got,
+                            &want,
+                            1e-6,
+                        );
+                        // alpha folded into the operand, strided destination: the gaps
+                        // between rows keep their values
+                        let ldc = n + 2;
+                        let rhs = PackedRhs::build(bv, k, n, 0.5, tiles);
+                        let mut dst = vec![7.0f32; m * ldc];
+                        let b = with_bias.then_some(&bias[..]);
+                        gemm_rows_strided(m, &a, lda, &rhs, b, &mut dst, ldc);
+                        let got: Vec<f32> = dst
+                            .chunks_exact(ldc)
+                            .flat_map(|r| r[..n].iter().copied())
+                            .collect();
+                        let halved: Vec<f64> = (0..m * n)
+                            .map(|e| {
+                                let bias = if with_bias { bias[e % n] as f64 } else { 0.0 };
+                                (want[e] - bias) * 0.5 + bias
+                            })
+                            .collect();
+                        assert_close(&format!("strided {m}x{k}x{n}"), &got, &halved, 1e-6);
+                        assert!(dst.chunks_exact(ldc).all(|r| r[n..] == [7.0, 7.0]));
+                    }
+                }
+            }
+        }
     }
 }
