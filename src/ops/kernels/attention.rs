@@ -11,10 +11,10 @@
 //! slice, so safe code can split it); heads run sequentially inside. The `N×N`
 //! scratch lives in a per-thread buffer that is reused across calls (a fresh
 //! zeroed buffer per task would cost a memset, and page faults, of up to 2·784²
-//! floats each). Products go through `gemm` with `Parallelism::None` (already inside
-//! a parallel loop): measured 2.5-4× faster than SSE2 register-blocked loops even at
-//! N = 27, hd = 32 (gemm picks AVX2+FMA micro-kernels at run time; its AVX-512
-//! kernels need gemm's `x86-v4` feature, i.e. burn-flex's `x86-v4`).
+//! floats each). `P V` and `dS K` run on the register tiles of [`crate::ops::kernels::matmul`]
+//! reading V and K in place (no packing: for one head, packing cost as much as the
+//! product); the products with a transposed operand (`Q Kᵀ`, `dO Vᵀ`, `Pᵀ dO`, `dSᵀ Q`) go
+//! through `gemm` with `Parallelism::None` (already inside a parallel loop).
 
 use crate::ops::kernels::math::simd;
 use crate::ops::kernels::math::{self, exp2_f32};
@@ -94,12 +94,22 @@ pub fn attention_forward(
                         let q = &qkv_b[h * hd..];
                         let k = &qkv_b[d + h * hd..];
                         let v = &qkv_b[2 * d + h * hd..];
-                        // S = Q (scale·log2(e) · Kᵀ)
-                        let kt = PackedRhs::scaled(View::t(k, 3 * d), hd, n, scale2);
-                        gemm_rows_strided(n, q, 3 * d, &kt, None, s, n);
+                        // S = scale·log2(e) · Q Kᵀ (gemm: Kᵀ is a transposed view)
+                        gemm_strided(
+                            n,
+                            n,
+                            hd,
+                            s,
+                            n,
+                            false,
+                            View::rows(q, 3 * d),
+                            View::t(k, 3 * d),
+                            scale2,
+                            Parallelism::None,
+                        );
                         softmax_rows(s, n, &mut lse_b[h * n..(h + 1) * n]);
-                        // O_h = P V, written into columns h·hd.. of out
-                        let vp = PackedRhs::new(View::rows(v, 3 * d), n, hd);
+                        // O_h = P V, written into columns h·hd.. of out (V read in place)
+                        let vp = PackedRhs::in_place(View::rows(v, 3 * d), n, hd);
                         gemm_rows_strided(n, s, n, &vp, None, &mut out_b[h * hd..], d);
                     }
                 })
@@ -148,8 +158,18 @@ pub fn attention_backward(
                         let g = &dout_b[h * hd..];
                         let lse_h = &lse_b[h * n..(h + 1) * n];
                         // P = 2^(scale·log2(e) · Q Kᵀ - lse·log2(e))
-                        let kt = PackedRhs::scaled(View::t(k, 3 * d), hd, n, scale2);
-                        gemm_rows_strided(n, q, 3 * d, &kt, None, p, n);
+                        gemm_strided(
+                            n,
+                            n,
+                            hd,
+                            p,
+                            n,
+                            false,
+                            View::rows(q, 3 * d),
+                            View::t(k, 3 * d),
+                            scale2,
+                            Parallelism::None,
+                        );
                         for (row, &l) in p.chunks_exact_mut(n).zip(lse_h) {
                             let l2 = l * LOG2_E;
                             for x in row.iter_mut() {
@@ -170,26 +190,36 @@ pub fn attention_backward(
                             Parallelism::None,
                         );
                         // dP = dO Vᵀ
-                        let vt = PackedRhs::new(View::t(v, 3 * d), hd, n);
-                        gemm_rows_strided(n, g, d, &vt, None, dp, n);
+                        gemm_strided(
+                            n,
+                            n,
+                            hd,
+                            dp,
+                            n,
+                            false,
+                            View::rows(g, d),
+                            View::t(v, 3 * d),
+                            1.0,
+                            Parallelism::None,
+                        );
                         // delta_i = dO_i · O_i
                         for (i, di) in delta.iter_mut().enumerate() {
                             *di = math::dot(&g[i * d..i * d + hd], &o[i * d..i * d + hd]);
                         }
-                        // dS = P ∘ (dP - delta)
+                        // scale · dS = scale · P ∘ (dP - delta)
                         for ((dsr, pr), &di) in dp
                             .chunks_exact_mut(n)
                             .zip(p.chunks_exact(n))
                             .zip(delta.iter())
                         {
                             for (x, &pv) in dsr.iter_mut().zip(pr) {
-                                *x = pv * (*x - di);
+                                *x = scale * (pv * (*x - di));
                             }
                         }
-                        // dQ = scale · dS K
-                        let ks = PackedRhs::scaled(View::rows(k, 3 * d), n, hd, scale);
-                        gemm_rows_strided(n, dp, n, &ks, None, &mut dqkv_b[h * hd..], 3 * d);
-                        // dK = scale · dSᵀ Q
+                        // dQ = (scale · dS) K (K read in place)
+                        let kp = PackedRhs::in_place(View::rows(k, 3 * d), n, hd);
+                        gemm_rows_strided(n, dp, n, &kp, None, &mut dqkv_b[h * hd..], 3 * d);
+                        // dK = (scale · dS)ᵀ Q
                         gemm_strided(
                             n,
                             hd,
@@ -199,7 +229,7 @@ pub fn attention_backward(
                             false,
                             View::t(dp, n),
                             View::rows(q, 3 * d),
-                            scale,
+                            1.0,
                             Parallelism::None,
                         );
                     }

@@ -1,9 +1,10 @@
-//! Bounds-checked strided wrapper around `gemm::gemm` (the GEMM burn-flex uses).
+//! Matrix products: a bounds-checked strided wrapper around `gemm::gemm` (the GEMM burn-flex
+//! uses), and register-tiled AVX2/FMA products for the tall, narrow shapes of I-JEPA.
 //!
 //! Why: every kernel reads operands in place with arbitrary row/column strides
 //! (heads inside the fused qkv buffer, transposed views of weights) instead of
-//! materialising permuted copies. Keeping the single `unsafe` call here, behind
-//! explicit bounds checks, lets the kernels themselves stay safe code.
+//! materialising permuted copies. The `unsafe` calls stay here, behind explicit bounds
+//! checks, so the kernels themselves stay safe code.
 
 pub use gemm::Parallelism;
 use rayon::prelude::*;
@@ -117,44 +118,60 @@ const MR: usize = 6;
 const ROWS_PER_SWEEP: usize = 48;
 
 /// The right-hand operand of many row-block products, packed once: `n` columns cut into
-/// panels of [`NR`], each panel stored `[k][NR]` contiguously (zero-padded past `n`).
+/// panels of 16, each panel stored `[k][NR]` contiguously (zero-padded past `n`).
 ///
 /// Why: I-JEPA's products are tall and narrow (M = batch x tokens in the thousands,
-/// K, N = 64..1536). `gemm` re-packs the right operand for every row block and reaches
-/// ~110-130 GFLOP/s here at these K; a 6x16 FMA register tile that reads the left operand
-/// in place and this panel layout reach ~130-140 (see docs/performance.md).
+/// K, N = 64..1536). `gemm`, called per block of rows, packs both operands for every block
+/// and reached 105-130 GFLOP/s on this project's 2-core machine at these shapes; a 6x16 FMA
+/// register tile that reads the left operand in place from its rows and the right one from
+/// these panels reached 115-140 on the same shapes (docs/performance.md). Products whose
+/// *left* operand is transposed (the weight gradient `xᵀ dy`, `Pᵀ dO` in attention) stay
+/// on `gemm`: a first tiled version of `xᵀ dy` (transposing x in chunks) was slower.
 pub struct PackedRhs<'a> {
     k: usize,
     n: usize,
     panels: Vec<f32>,
     /// The unpacked operand: products without AVX2 + FMA go through `gemm` on it.
     view: View<'a>,
-    /// Factor applied to the product (folded into the panels on the tile path).
-    alpha: f32,
     fallback: bool,
+    /// Panels read in place from `view` (row stride `view.rs`) instead of `panels`.
+    borrowed: bool,
 }
 
 impl<'a> PackedRhs<'a> {
     /// Pack the `k x n` matrix `rhs` (any strides). Without AVX2 + FMA nothing is packed and
     /// products go through `gemm`.
     pub fn new(rhs: View<'a>, k: usize, n: usize) -> Self {
-        Self::build(rhs, k, n, 1.0, register_tiles())
+        Self::build(rhs, k, n, register_tiles())
     }
 
-    /// The operand `alpha · rhs` (the factor is folded into the packed values).
-    pub fn scaled(rhs: View<'a>, k: usize, n: usize, alpha: f32) -> Self {
-        Self::build(rhs, k, n, alpha, register_tiles())
+    /// Like [`PackedRhs::new`], but when the rows of `rhs` are contiguous and `n` is a multiple
+    /// of 16 the tiles read it in place (no copy). For small operands used once, such as an
+    /// attention head's V or K, where packing would cost as much as the product.
+    pub fn in_place(rhs: View<'a>, k: usize, n: usize) -> Self {
+        if register_tiles() && k > 0 && n > 0 && rhs.cs == 1 && n.is_multiple_of(NR) {
+            assert!((k - 1) * rhs.rs + n <= rhs.data.len(), "rhs out of bounds");
+            return Self {
+                k,
+                n,
+                panels: Vec::new(),
+                view: rhs,
+                fallback: false,
+                borrowed: true,
+            };
+        }
+        Self::new(rhs, k, n)
     }
 
-    fn build(rhs: View<'a>, k: usize, n: usize, alpha: f32, tiles: bool) -> Self {
+    fn build(rhs: View<'a>, k: usize, n: usize, tiles: bool) -> Self {
         if !tiles || k == 0 || n == 0 {
             return Self {
                 k,
                 n,
                 panels: Vec::new(),
                 view: rhs,
-                alpha,
                 fallback: true,
+                borrowed: false,
             };
         }
         assert!(
@@ -163,10 +180,29 @@ impl<'a> PackedRhs<'a> {
         );
         let mut panels = vec![0.0f32; n.div_ceil(NR) * k * NR];
         let pack = |(p, panel): (usize, &mut [f32])| {
-            let cols = (n - p * NR).min(NR);
-            for (t, row) in panel.chunks_exact_mut(NR).enumerate() {
-                for (j, v) in row[..cols].iter_mut().enumerate() {
-                    *v = alpha * rhs.data[t * rhs.rs + (p * NR + j) * rhs.cs];
+            let c0 = p * NR;
+            let cols = (n - c0).min(NR);
+            if rhs.cs == 1 {
+                // rows of the operand are contiguous: 16-float row pieces
+                for (t, row) in panel.chunks_exact_mut(NR).enumerate() {
+                    let src = &rhs.data[t * rhs.rs + c0..t * rhs.rs + c0 + cols];
+                    for (v, &x) in row.iter_mut().zip(src) {
+                        *v = x;
+                    }
+                }
+            } else if rhs.rs == 1 {
+                // a transposed view: its columns are contiguous, read each once
+                for j in 0..cols {
+                    let src = &rhs.data[(c0 + j) * rhs.cs..(c0 + j) * rhs.cs + k];
+                    for (t, &x) in src.iter().enumerate() {
+                        panel[t * NR + j] = x;
+                    }
+                }
+            } else {
+                for (t, row) in panel.chunks_exact_mut(NR).enumerate() {
+                    for (j, v) in row[..cols].iter_mut().enumerate() {
+                        *v = rhs.data[t * rhs.rs + (c0 + j) * rhs.cs];
+                    }
                 }
             }
         };
@@ -181,8 +217,8 @@ impl<'a> PackedRhs<'a> {
             n,
             panels,
             view: rhs,
-            alpha,
             fallback: false,
+            borrowed: false,
         }
     }
 }
@@ -260,7 +296,7 @@ pub fn gemm_rows_strided(
             bias.is_some(),
             View::rows(lhs, lda),
             rhs.view,
-            rhs.alpha,
+            1.0,
             Parallelism::None,
         );
         return;
@@ -305,7 +341,12 @@ unsafe fn tiles(
             for p in 0..n.div_ceil(NR) {
                 let c0 = p * NR;
                 let cols = (n - c0).min(NR);
-                let panel = &rhs.panels[p * k * NR..(p + 1) * k * NR];
+                let (panel, ldb) = if rhs.borrowed {
+                    let rs = rhs.view.rs;
+                    (&rhs.view.data[c0..c0 + (k - 1) * rs + NR], rs)
+                } else {
+                    (&rhs.panels[p * k * NR..(p + 1) * k * NR], NR)
+                };
                 let bias = bias.map(|b| {
                     padded_bias[..cols].copy_from_slice(&b[c0..c0 + cols]);
                     &padded_bias
@@ -314,13 +355,14 @@ unsafe fn tiles(
                     let mr = (r0 + sweep - i0).min(MR);
                     let a = &lhs[i0 * lda..(i0 + mr - 1) * lda + k];
                     // SAFETY (both calls): AVX2 + FMA present (packed implies
-                    // register_tiles); `a` holds mr rows of k at stride lda, `panel` k x NR;
+                    // register_tiles); `a` holds mr rows of k at stride lda, `panel` k rows
+                    // of NR at stride ldb;
                     // the destination is inside `c`'s extent (caller) or the local tile.
                     unsafe {
                         if cols == NR {
-                            tile_avx2(mr, a, lda, panel, k, bias, c.add(i0 * ldc + c0), ldc);
+                            tile_avx2(mr, a, lda, panel, ldb, k, bias, c.add(i0 * ldc + c0), ldc);
                         } else {
-                            tile_avx2(mr, a, lda, panel, k, bias, tile.as_mut_ptr(), NR);
+                            tile_avx2(mr, a, lda, panel, ldb, k, bias, tile.as_mut_ptr(), NR);
                             for i in 0..mr {
                                 for j in 0..cols {
                                     *c.add((i0 + i) * ldc + c0 + j) = tile[i * NR + j];
@@ -340,7 +382,7 @@ unsafe fn tiles(
 ///
 /// # Safety
 /// AVX2 and FMA available; `a` readable for `mr` rows of `k` at stride `lda`; `panel` holds
-/// `k x 16` floats; `c` writable for `mr` rows of 16 at stride `ldc`.
+/// `k` rows of 16 floats at stride `ldb`; `c` writable for `mr` rows of 16 at stride `ldc`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 #[allow(clippy::too_many_arguments)]
@@ -349,20 +391,21 @@ unsafe fn tile_avx2(
     a: &[f32],
     lda: usize,
     panel: &[f32],
+    ldb: usize,
     k: usize,
     bias: Option<&[f32; NR]>,
     c: *mut f32,
     ldc: usize,
 ) {
-    // SAFETY: forwarded from the caller, MR_ is mr.
+    // SAFETY: forwarded from the caller.
     unsafe {
         match mr {
-            6 => tile_n::<6>(a.as_ptr(), lda, panel.as_ptr(), k, bias, c, ldc),
-            5 => tile_n::<5>(a.as_ptr(), lda, panel.as_ptr(), k, bias, c, ldc),
-            4 => tile_n::<4>(a.as_ptr(), lda, panel.as_ptr(), k, bias, c, ldc),
-            3 => tile_n::<3>(a.as_ptr(), lda, panel.as_ptr(), k, bias, c, ldc),
-            2 => tile_n::<2>(a.as_ptr(), lda, panel.as_ptr(), k, bias, c, ldc),
-            _ => tile_n::<1>(a.as_ptr(), lda, panel.as_ptr(), k, bias, c, ldc),
+            6 => tile_n::<6>(a.as_ptr(), lda, panel.as_ptr(), ldb, k, bias, c, ldc),
+            5 => tile_n::<5>(a.as_ptr(), lda, panel.as_ptr(), ldb, k, bias, c, ldc),
+            4 => tile_n::<4>(a.as_ptr(), lda, panel.as_ptr(), ldb, k, bias, c, ldc),
+            3 => tile_n::<3>(a.as_ptr(), lda, panel.as_ptr(), ldb, k, bias, c, ldc),
+            2 => tile_n::<2>(a.as_ptr(), lda, panel.as_ptr(), ldb, k, bias, c, ldc),
+            _ => tile_n::<1>(a.as_ptr(), lda, panel.as_ptr(), ldb, k, bias, c, ldc),
         }
     }
 }
@@ -370,10 +413,12 @@ unsafe fn tile_avx2(
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 #[inline]
+#[allow(clippy::too_many_arguments)]
 unsafe fn tile_n<const ROWS: usize>(
     a: *const f32,
     lda: usize,
     b: *const f32,
+    ldb: usize,
     k: usize,
     bias: Option<&[f32; NR]>,
     c: *mut f32,
@@ -399,7 +444,7 @@ unsafe fn tile_n<const ROWS: usize>(
                 acc[0] = _mm256_fmadd_ps(x, w0, acc[0]);
                 acc[1] = _mm256_fmadd_ps(x, w1, acc[1]);
             }
-            bp = bp.add(NR);
+            bp = bp.add(ldb);
         }
         for (i, acc) in acc.iter().enumerate() {
             _mm256_storeu_ps(c.add(i * ldc), acc[0]);
@@ -426,6 +471,7 @@ mod tests {
             (7, 0, 5),
             (13, 33, 40),
             (50, 128, 100),
+            (20, 40, 48),
         ];
         for &(m, k, n) in &shapes {
             for transposed in [false, true] {
@@ -442,7 +488,7 @@ mod tests {
                         } else {
                             (View::rows(&b, n), Box::new(|p, j| b[p * n + j] as f64))
                         };
-                        let rhs = PackedRhs::build(bv, k, n, 1.0, tiles);
+                        let rhs = PackedRhs::build(bv, k, n, tiles);
                         let mut dst = crate::ops::kernels::uninit(m * n);
                         let got =
                             gemm_rows(m, &a, lda, &rhs, with_bias.then_some(&bias[..]), &mut dst);
@@ -460,10 +506,8 @@ mod tests {
                             &want,
                             1e-6,
                         );
-                        // alpha folded into the operand, strided destination: the gaps
-                        // between rows keep their values
+                        // strided destination: the gaps between rows keep their values
                         let ldc = n + 2;
-                        let rhs = PackedRhs::build(bv, k, n, 0.5, tiles);
                         let mut dst = vec![7.0f32; m * ldc];
                         let b = with_bias.then_some(&bias[..]);
                         gemm_rows_strided(m, &a, lda, &rhs, b, &mut dst, ldc);
@@ -471,14 +515,17 @@ mod tests {
                             .chunks_exact(ldc)
                             .flat_map(|r| r[..n].iter().copied())
                             .collect();
-                        let halved: Vec<f64> = (0..m * n)
-                            .map(|e| {
-                                let bias = if with_bias { bias[e % n] as f64 } else { 0.0 };
-                                (want[e] - bias) * 0.5 + bias
-                            })
-                            .collect();
-                        assert_close(&format!("strided {m}x{k}x{n}"), &got, &halved, 1e-6);
+                        assert_close(&format!("strided {m}x{k}x{n}"), &got, &want, 1e-6);
                         assert!(dst.chunks_exact(ldc).all(|r| r[n..] == [7.0, 7.0]));
+                        // read in place (row-contiguous operands with n % 16 == 0), else packed
+                        let rhs = PackedRhs::in_place(bv, k, n);
+                        let mut dst = vec![7.0f32; m * ldc];
+                        gemm_rows_strided(m, &a, lda, &rhs, b, &mut dst, ldc);
+                        let got: Vec<f32> = dst
+                            .chunks_exact(ldc)
+                            .flat_map(|r| r[..n].iter().copied())
+                            .collect();
+                        assert_close(&format!("in place {m}x{k}x{n}"), &got, &want, 1e-6);
                     }
                 }
             }

@@ -11,7 +11,8 @@
 //! - [`linear`]: `x W + b` with the bias folded into the GEMM, optionally fused with GELU.
 //! - [`optim`]: AdamW (torch semantics) and the EMA target update, in place.
 //! - [`math`]: branch-free `exp`, `exp2`, `erf` and lane-parallel reductions.
-//! - [`matmul`]: the bounds-checked strided `gemm::gemm` wrapper (the only `unsafe`).
+//! - [`matmul`]: the bounds-checked strided `gemm::gemm` wrapper and the register-tiled
+//!   AVX2/FMA products on packed (or in-place) right operands.
 //!
 //! Conventions: row-major contiguous tensors; parallelism on the current rayon
 //! pool, over independent rows or batch items; reductions over rows use a fixed
