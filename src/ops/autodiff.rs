@@ -26,8 +26,8 @@ fn values(t: &FlexTensor) -> std::borrow::Cow<'_, [f32]> {
 struct LinearState {
     x: FlexTensor,
     w: FlexTensor,
-    /// Pre-activation when the node includes the GELU.
-    pre: Option<FlexTensor>,
+    /// GELU's slope at the pre-activation when the node includes the GELU.
+    slope: Option<FlexTensor>,
     with_bias: bool,
 }
 
@@ -35,8 +35,10 @@ fn linear_grads(s: LinearState, dy: FlexTensor) -> (FlexTensor, FlexTensor, Opti
     let (m, k) = (dims(&s.x)[0], dims(&s.x)[1]);
     let n = dims(&s.w)[1];
     let (x, w, dy) = (values(&s.x), values(&s.w), values(&dy));
-    let (dx, dw, db) = match &s.pre {
-        Some(pre) => linear::linear_gelu_backward(&x, &w, &values(pre), &dy, m, k, n, s.with_bias),
+    let (dx, dw, db) = match &s.slope {
+        Some(slope) => {
+            linear::linear_gelu_backward(&x, &w, &values(slope), &dy, m, k, n, s.with_bias)
+        }
         None => linear::linear_backward(&x, &w, &dy, m, k, n, s.with_bias),
     };
     (
@@ -91,11 +93,12 @@ fn linear_node<C: CheckpointStrategy>(
     b: Option<FloatTensor<Ad<C>>>,
     gelu: bool,
 ) -> FloatTensor<Ad<C>> {
-    let Some((y, pre)) = linear_fwd(
+    let Some((y, slope)) = linear_fwd(
         &x.primitive,
         &w.primitive,
         b.as_ref().map(|b| &b.primitive),
         gelu,
+        true,
     ) else {
         return if gelu {
             composed::linear_gelu::<Ad<C>>(x, w, b)
@@ -106,7 +109,7 @@ fn linear_node<C: CheckpointStrategy>(
     let state = LinearState {
         x: x.primitive.clone(),
         w: w.primitive.clone(),
-        pre,
+        slope,
         with_bias: b.is_some(),
     };
     match b {

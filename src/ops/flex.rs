@@ -29,12 +29,14 @@ pub(super) fn tensor(values: Vec<f32>, shape: Vec<usize>) -> FlexTensor {
     FlexTensor::from_data(TensorData::new(values, shape))
 }
 
-/// Linear forward on flex tensors; `None` when a dtype is not f32.
+/// Linear forward on flex tensors; `None` when a dtype is not f32. With `gelu`, the second
+/// value is GELU's slope at the pre-activation when `with_slope` (what the backward needs).
 pub(super) fn linear_fwd(
     x: &FlexTensor,
     w: &FlexTensor,
     b: Option<&FlexTensor>,
     gelu: bool,
+    with_slope: bool,
 ) -> Option<(FlexTensor, Option<FlexTensor>)> {
     let (xs, ws) = (f32s(x)?, f32s(w)?);
     let bs = match b {
@@ -44,8 +46,12 @@ pub(super) fn linear_fwd(
     let (m, k) = (dims(x)[0], dims(x)[1]);
     let n = dims(w)[1];
     if gelu {
-        let (pre, act) = linear::linear_gelu_forward(&xs, &ws, bs.as_deref(), m, k, n);
-        Some((tensor(act, vec![m, n]), Some(tensor(pre, vec![m, n]))))
+        let (act, slope) =
+            linear::linear_gelu_forward(&xs, &ws, bs.as_deref(), m, k, n, with_slope);
+        Some((
+            tensor(act, vec![m, n]),
+            slope.map(|s| tensor(s, vec![m, n])),
+        ))
     } else {
         Some((
             tensor(
@@ -89,7 +95,7 @@ impl IjepaBackend for Flex {
         if !fused_kernels() {
             return composed::linear::<Self>(x, w, b);
         }
-        match linear_fwd(&x, &w, b.as_ref(), false) {
+        match linear_fwd(&x, &w, b.as_ref(), false, false) {
             Some((y, _)) => y,
             None => composed::linear::<Self>(x, w, b),
         }
@@ -99,7 +105,7 @@ impl IjepaBackend for Flex {
         if !fused_kernels() {
             return composed::linear_gelu::<Self>(x, w, b);
         }
-        match linear_fwd(&x, &w, b.as_ref(), true) {
+        match linear_fwd(&x, &w, b.as_ref(), true, false) {
             Some((y, _)) => y,
             None => composed::linear_gelu::<Self>(x, w, b),
         }

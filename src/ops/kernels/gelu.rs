@@ -35,6 +35,56 @@ pub fn gelu_grad(x: f32) -> f32 {
     cdf + x * (e * INV_SQRT_2PI)
 }
 
+/// `(gelu(x), gelu'(x))` from one erf: bitwise equal to [`gelu`] and [`gelu_grad`].
+#[inline(always)]
+pub fn gelu_and_grad(x: f32) -> (f32, f32) {
+    let e = erf_f32(x * FRAC_1_SQRT_2);
+    let cdf = 0.5 * (1.0 + e);
+    let u = x * x * NEG_HALF_LOG2E;
+    let p = exp2_core(u);
+    let p = if u < -126.0 { 0.0 } else { p };
+    ((x * 0.5) * (1.0 + e), cdf + x * (p * INV_SQRT_2PI))
+}
+
+/// In place: `v = gelu(v)`, and `slope = gelu'(v)` (of the input) when given. Single-threaded.
+/// `slope` may be uninitialised (it is only written).
+pub fn gelu_in_place(v: &mut [f32], slope: Option<&mut [MaybeUninit<f32>]>) {
+    if let Some(s) = &slope {
+        assert_eq!(s.len(), v.len());
+    }
+    #[cfg(target_arch = "x86_64")]
+    if avx2() {
+        // SAFETY: the CPU has the features `gelu_in_place_avx2` is compiled for.
+        unsafe { gelu_in_place_avx2(v, slope) };
+        return;
+    }
+    gelu_in_place_body(v, slope)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn gelu_in_place_avx2(v: &mut [f32], slope: Option<&mut [MaybeUninit<f32>]>) {
+    gelu_in_place_body(v, slope)
+}
+
+#[inline(always)]
+fn gelu_in_place_body(v: &mut [f32], slope: Option<&mut [MaybeUninit<f32>]>) {
+    match slope {
+        Some(slope) => {
+            for (x, s) in v.iter_mut().zip(slope) {
+                let (y, g) = gelu_and_grad(*x);
+                *x = y;
+                s.write(g);
+            }
+        }
+        None => {
+            for x in v.iter_mut() {
+                *x = gelu(*x);
+            }
+        }
+    }
+}
+
 /// `y = gelu(x)` elementwise, single-threaded (for use inside already-parallel loops).
 /// `y` may be uninitialised (it is only written); the initialised view is returned.
 pub fn gelu_slice<'y>(x: &[f32], y: &'y mut [MaybeUninit<f32>]) -> &'y mut [f32] {
@@ -124,6 +174,37 @@ pub fn gelu_backward(x: &[f32], dy: &[f32]) -> Vec<f32> {
 mod tests {
     use super::*;
     use crate::ops::kernels::testutil::*;
+
+    #[test]
+    fn fused_value_and_slope_are_bitwise_the_separate_ones() {
+        let mut r = rng(3);
+        let mut x = uniform(&mut r, 10_000, 8.0);
+        x.extend([
+            0.0,
+            -0.0,
+            1e-30,
+            -40.0,
+            40.0,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+        ]);
+        let mut v = x.clone();
+        let mut slope = crate::ops::kernels::uninit(x.len());
+        gelu_in_place(&mut v, Some(&mut slope));
+        // SAFETY: gelu_in_place wrote every element.
+        let slope = unsafe { crate::ops::kernels::assume_init(slope) };
+        let mut only = x.clone();
+        gelu_in_place(&mut only, None);
+        for (i, &xi) in x.iter().enumerate() {
+            assert_eq!(v[i].to_bits(), gelu(xi).to_bits(), "gelu({xi})");
+            assert_eq!(
+                only[i].to_bits(),
+                gelu(xi).to_bits(),
+                "gelu({xi}) without slope"
+            );
+            assert_eq!(slope[i].to_bits(), gelu_grad(xi).to_bits(), "gelu'({xi})");
+        }
+    }
 
     #[test]
     fn forward_and_backward_match_f64() {

@@ -8,7 +8,7 @@
 //! all-pool gemm calls for `dx = dy Wᵀ` and `dW = xᵀ dy` (strided views, no
 //! transposed copies) and a chunked, ordered column sum for `db`.
 
-use crate::ops::kernels::gelu::{gelu_grad, gelu_slice};
+use crate::ops::kernels::gelu::gelu_in_place;
 use crate::ops::kernels::math::simd;
 use crate::ops::kernels::matmul::{PackedRhs, View, gemm_rows, gemm_strided, par_all};
 use rayon::prelude::*;
@@ -54,8 +54,9 @@ pub fn linear_forward(
     unsafe { super::assume_init(y) }
 }
 
-/// `pre = x W + b`, `act = gelu(pre)` (exact GELU). Returns `(pre, act)`;
-/// `pre` is what [`linear_gelu_backward`] needs.
+/// `act = gelu(x W + b)` (exact GELU), and, when `with_slope` (training), `slope =
+/// gelu'(x W + b)`, the only thing [`linear_gelu_backward`] needs of the forward: computed
+/// here from the same erf, it spares the backward a second one. Returns `(act, slope)`.
 pub fn linear_gelu_forward(
     x: &[f32],
     w: &[f32],
@@ -63,24 +64,38 @@ pub fn linear_gelu_forward(
     m: usize,
     k: usize,
     n: usize,
-) -> (Vec<f32>, Vec<f32>) {
+    with_slope: bool,
+) -> (Vec<f32>, Option<Vec<f32>>) {
     check(x, w, b, m, k, n);
     if m == 0 || n == 0 {
-        return (vec![0.0; m * n], vec![0.0; m * n]);
+        return (vec![0.0; m * n], with_slope.then(|| vec![0.0; m * n]));
     }
-    let mut pre = super::uninit(m * n);
     let mut act = super::uninit(m * n);
+    let mut slope = super::uninit(if with_slope { m * n } else { 0 });
     let br = ROWS_PER_BLOCK;
     let rhs = PackedRhs::new(View::rows(w, n), k, n);
-    pre.par_chunks_mut(br * n)
-        .zip(act.par_chunks_mut(br * n))
-        .zip(x.par_chunks(br * k))
-        .for_each(|((p_blk, a_blk), x_blk)| {
-            let p_blk = gemm_rows(p_blk.len() / n, x_blk, k, &rhs, b, p_blk);
-            gelu_slice(p_blk, a_blk);
-        });
-    // SAFETY: the blocks cover both buffers, written by `gemm_rows` and `gelu_slice`.
-    unsafe { (super::assume_init(pre), super::assume_init(act)) }
+    // the pre-activation block is computed into `act` and activated in place, in cache
+    let block = |a_blk: &mut [MaybeUninit<f32>], x_blk: &[f32], s_blk| {
+        let a_blk = gemm_rows(a_blk.len() / n, x_blk, k, &rhs, b, a_blk);
+        gelu_in_place(a_blk, s_blk);
+    };
+    if with_slope {
+        act.par_chunks_mut(br * n)
+            .zip(slope.par_chunks_mut(br * n))
+            .zip(x.par_chunks(br * k))
+            .for_each(|((a_blk, s_blk), x_blk)| block(a_blk, x_blk, Some(s_blk)));
+    } else {
+        act.par_chunks_mut(br * n)
+            .zip(x.par_chunks(br * k))
+            .for_each(|(a_blk, x_blk)| block(a_blk, x_blk, None));
+    }
+    // SAFETY: the blocks cover both buffers, written by `gemm_rows` and `gelu_in_place`.
+    unsafe {
+        (
+            super::assume_init(act),
+            with_slope.then(|| super::assume_init(slope)),
+        )
+    }
 }
 
 /// Ordered column sum of `g [M, N]`: fixed chunks of rows, partials added in chunk order.
@@ -172,14 +187,14 @@ pub fn linear_backward(
     (dx, dw, db)
 }
 
-/// Backward of [`linear_gelu_forward`] from `pre` and `d act`:
-/// `dpre = dact · gelu'(pre)` (fused with the ordered `db` column sum), then the
-/// linear backward. Returns `(dx, dW, db if with_bias)`.
+/// Backward of [`linear_gelu_forward`] from its `slope` (= gelu'(pre)) and `d act`:
+/// `dpre = dact · slope` (fused with the ordered `db` column sum), then the linear
+/// backward. Returns `(dx, dW, db if with_bias)`.
 #[allow(clippy::too_many_arguments)]
 pub fn linear_gelu_backward(
     x: &[f32],
     w: &[f32],
-    pre: &[f32],
+    slope: &[f32],
     dact: &[f32],
     m: usize,
     k: usize,
@@ -187,7 +202,7 @@ pub fn linear_gelu_backward(
     with_bias: bool,
 ) -> (Vec<f32>, Vec<f32>, Option<Vec<f32>>) {
     check(x, w, None, m, k, n);
-    assert_eq!(pre.len(), m * n);
+    assert_eq!(slope.len(), m * n);
     assert_eq!(dact.len(), m * n);
     if n == 0 {
         let (dx, dw) = (vec![0.0; m * k], Vec::new());
@@ -198,8 +213,8 @@ pub fn linear_gelu_backward(
     let mut partials = vec![0.0f32; if with_bias { n_chunks * n } else { 0 }];
     let work = |dp: &mut [MaybeUninit<f32>], pr: &[f32], da: &[f32], part: Option<&mut [f32]>| {
         simd(|| {
-            for ((o, &p), &g) in dp.iter_mut().zip(pr).zip(da) {
-                o.write(g * gelu_grad(p));
+            for ((o, &sl), &g) in dp.iter_mut().zip(pr).zip(da) {
+                o.write(g * sl);
             }
             // SAFETY: every element was written just above.
             let dp = unsafe { &*(dp as *const [MaybeUninit<f32>] as *const [f32]) };
@@ -213,7 +228,8 @@ pub fn linear_gelu_backward(
         })
     };
     let iter = dpre.par_chunks_mut(SUM_ROWS * n).zip(
-        pre.par_chunks(SUM_ROWS * n)
+        slope
+            .par_chunks(SUM_ROWS * n)
             .zip(dact.par_chunks(SUM_ROWS * n)),
     );
     if with_bias {
@@ -283,14 +299,26 @@ mod tests {
                 &want_nb,
                 1e-6,
             );
-            let (pre, act) = linear_gelu_forward(&x, &w, Some(&b), m, k, n);
-            assert_close(&format!("linear_gelu pre {m}x{k}x{n}"), &pre, &want, 1e-6);
+            let (act, slope) = linear_gelu_forward(&x, &w, Some(&b), m, k, n, true);
             let want_act: Vec<f64> = want.iter().map(|&v| gelu_f64(v)).collect();
             assert_close(
                 &format!("linear_gelu act {m}x{k}x{n}"),
                 &act,
                 &want_act,
                 2e-6,
+            );
+            let want_slope: Vec<f64> = want.iter().map(|&v| gelu_grad_f64(v)).collect();
+            assert_close(
+                &format!("linear_gelu slope {m}x{k}x{n}"),
+                &slope.unwrap(),
+                &want_slope,
+                2e-6,
+            );
+            let (act_only, none) = linear_gelu_forward(&x, &w, Some(&b), m, k, n, false);
+            assert!(none.is_none());
+            assert_eq!(
+                act_only, act,
+                "the activation does not depend on with_slope"
             );
         }
     }
@@ -353,8 +381,9 @@ mod tests {
             assert_close(&format!("linear dw {tag}"), &dw, &fw, 1e-5);
             assert_close(&format!("linear db {tag}"), &db.unwrap(), &fb, 1e-5);
             let [fx, fw, fb] = fd(&x64, &w64, &b64, &dy64, m, k, n, true);
-            let (pre, _) = linear_gelu_forward(&x, &w, Some(&b), m, k, n);
-            let (dx, dw, db) = linear_gelu_backward(&x, &w, &pre, &dy, m, k, n, true);
+            let (_, slope) = linear_gelu_forward(&x, &w, Some(&b), m, k, n, true);
+            let slope = slope.unwrap();
+            let (dx, dw, db) = linear_gelu_backward(&x, &w, &slope, &dy, m, k, n, true);
             assert_close(&format!("linear_gelu dx {tag}"), &dx, &fx, 1e-5);
             assert_close(&format!("linear_gelu dw {tag}"), &dw, &fw, 1e-5);
             assert_close(&format!("linear_gelu db {tag}"), &db.unwrap(), &fb, 1e-5);
@@ -406,10 +435,11 @@ mod tests {
         let dy = uniform(&mut rg, m * n, 1.0);
         assert_deterministic("linear", || {
             let y = linear_forward(&x, &w, Some(&b), m, k, n);
-            let (pre, act) = linear_gelu_forward(&x, &w, Some(&b), m, k, n);
+            let (act, slope) = linear_gelu_forward(&x, &w, Some(&b), m, k, n, true);
+            let slope = slope.unwrap();
             let (dx, dw, db) = linear_backward(&x, &w, &dy, m, k, n, true);
-            let (gx, gw, gb) = linear_gelu_backward(&x, &w, &pre, &dy, m, k, n, true);
-            vec![y, pre, act, dx, dw, db.unwrap(), gx, gw, gb.unwrap()]
+            let (gx, gw, gb) = linear_gelu_backward(&x, &w, &slope, &dy, m, k, n, true);
+            vec![y, slope, act, dx, dw, db.unwrap(), gx, gw, gb.unwrap()]
         });
     }
 
