@@ -435,16 +435,35 @@ unsafe fn tile_n<const ROWS: usize>(
             None => (_mm256_setzero_ps(), _mm256_setzero_ps()),
         };
         let mut acc = [[b0, b1]; ROWS];
+        // Row pointers advanced together, k unrolled by two: fewer address computations per
+        // FMA (the loop is issue-bound, not FMA-bound, at 12 FMAs per step).
+        let rows: [*const f32; ROWS] = std::array::from_fn(|i| a.add(i * lda));
         let mut bp = b;
-        for p in 0..k {
+        let mut p = 0;
+        while p + 2 <= k {
             let w0 = _mm256_loadu_ps(bp);
             let w1 = _mm256_loadu_ps(bp.add(8));
-            for (i, acc) in acc.iter_mut().enumerate() {
-                let x = _mm256_broadcast_ss(&*a.add(i * lda + p));
+            let v0 = _mm256_loadu_ps(bp.add(ldb));
+            let v1 = _mm256_loadu_ps(bp.add(ldb + 8));
+            for (acc, row) in acc.iter_mut().zip(&rows) {
+                let x = _mm256_broadcast_ss(&*row.add(p));
+                acc[0] = _mm256_fmadd_ps(x, w0, acc[0]);
+                acc[1] = _mm256_fmadd_ps(x, w1, acc[1]);
+                let x = _mm256_broadcast_ss(&*row.add(p + 1));
+                acc[0] = _mm256_fmadd_ps(x, v0, acc[0]);
+                acc[1] = _mm256_fmadd_ps(x, v1, acc[1]);
+            }
+            bp = bp.add(2 * ldb);
+            p += 2;
+        }
+        if p < k {
+            let w0 = _mm256_loadu_ps(bp);
+            let w1 = _mm256_loadu_ps(bp.add(8));
+            for (acc, row) in acc.iter_mut().zip(&rows) {
+                let x = _mm256_broadcast_ss(&*row.add(p));
                 acc[0] = _mm256_fmadd_ps(x, w0, acc[0]);
                 acc[1] = _mm256_fmadd_ps(x, w1, acc[1]);
             }
-            bp = bp.add(ldb);
         }
         for (i, acc) in acc.iter().enumerate() {
             _mm256_storeu_ps(c.add(i * ldc), acc[0]);
