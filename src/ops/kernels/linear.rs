@@ -2,11 +2,12 @@
 //!
 //! Why: burn-flex runs the matmul, then a broadcast bias add (a second full pass over
 //! `y`), then GELU (a third pass with scalar `erf`). Here the output is produced in
-//! fixed blocks of rows: each block is initialised with the bias, the product is
-//! accumulated on top by `gemm` (read_dst = true), and — for `linear_gelu` — the
-//! activation is computed while the block is still in cache. The backward uses
-//! all-pool gemm calls for `dx = dy Wᵀ` and `dW = xᵀ dy` (strided views, no
-//! transposed copies) and a chunked, ordered column sum for `db`.
+//! fixed blocks of rows by the register tiles of [`crate::ops::kernels::matmul`] (`W`
+//! packed once per call, each tile starting from the bias in registers and written once),
+//! and — for `linear_gelu` — the activation (and in training its slope, all the backward
+//! needs) is computed in place while the block is still in cache. The backward computes
+//! `dx = dy Wᵀ` on the same tiles (`Wᵀ` packed once), `dW = xᵀ dy` as one all-pool gemm
+//! call on strided views (no transposed copies) and `db` as a chunked, ordered column sum.
 
 use crate::ops::kernels::gelu::gelu_in_place;
 use crate::ops::kernels::math::simd;

@@ -121,12 +121,14 @@ const ROWS_PER_SWEEP: usize = 48;
 /// panels of 16, each panel stored `[k][NR]` contiguously (zero-padded past `n`).
 ///
 /// Why: I-JEPA's products are tall and narrow (M = batch x tokens in the thousands,
-/// K, N = 64..1536). `gemm`, called per block of rows, packs both operands for every block
-/// and reached 105-130 GFLOP/s on this project's 2-core machine at these shapes; a 6x16 FMA
-/// register tile that reads the left operand in place from its rows and the right one from
-/// these panels reached 115-140 on the same shapes (docs/performance.md). Products whose
-/// *left* operand is transposed (the weight gradient `xᵀ dy`, `Pᵀ dO` in attention) stay
-/// on `gemm`: a first tiled version of `xᵀ dy` (transposing x in chunks) was slower.
+/// K, N = 64..1536). `gemm`, called per block of rows, re-packs both operands for every
+/// block and needs its output zeroed or bias-filled first; a 6x16 FMA register tile that
+/// reads the left operand in place, the right one from these panels packed once, starts from
+/// the bias in registers and writes its output once is on par with `gemm` to ~15 % faster
+/// per product on this project's machine (`cargo bench --bench matmul`) and removes those
+/// passes. Products whose *left* operand is transposed (the weight gradient `xᵀ dy`,
+/// `Pᵀ dO` in attention) stay on `gemm`: a first tiled `xᵀ dy` (transposing x in chunks)
+/// was slower.
 pub struct PackedRhs<'a> {
     k: usize,
     n: usize,
