@@ -1,18 +1,16 @@
 //! Exact GELU `0.5·x·(1 + erf(x/√2))` and its derivative `Φ(x) + x·φ(x)`.
 //!
 //! Why: burn-flex evaluates GELU through scalar libm `erf` (and autodiff records a
-//! chain of elementwise ops for the backward). Here both directions are one
-//! vectorisable pass using [`crate::ops::kernels::math::erf_f32`] / [`crate::ops::kernels::math::exp_f32`],
-//! chunked over the rayon pool. Formulas follow PyTorch's CPU kernels
-//! (`(x·0.5)·(1 + erf(x·√½))`, `dy·(cdf + x·pdf)`), so tails behave the same way.
+//! chain of elementwise ops for the backward). Here the value and, in training, the slope
+//! come from one vectorisable pass with a single [`crate::ops::kernels::math::erf_f32`],
+//! run by [`crate::ops::kernels::linear`] on each output block while it is in cache.
+//! Formulas follow PyTorch's CPU kernels (`(x·0.5)·(1 + erf(x·√½))`, `dy·(cdf + x·pdf)`),
+//! so tails behave the same way.
 
 use crate::ops::kernels::math::{erf_f32, exp2_core};
-use rayon::prelude::*;
 use std::f32::consts::FRAC_1_SQRT_2;
 use std::mem::MaybeUninit;
 
-/// Elements per parallel task (fixed, so results never depend on the thread count).
-const CHUNK: usize = 16 * 1024;
 /// 1/√(2π)
 const INV_SQRT_2PI: f32 = 0.398_942_3;
 /// -log2(e)/2
@@ -85,89 +83,11 @@ fn gelu_in_place_body(v: &mut [f32], slope: Option<&mut [MaybeUninit<f32>]>) {
     }
 }
 
-/// `y = gelu(x)` elementwise, single-threaded (for use inside already-parallel loops).
-/// `y` may be uninitialised (it is only written); the initialised view is returned.
-pub fn gelu_slice<'y>(x: &[f32], y: &'y mut [MaybeUninit<f32>]) -> &'y mut [f32] {
-    assert_eq!(x.len(), y.len());
-    #[cfg(target_arch = "x86_64")]
-    if avx2() {
-        // SAFETY: the CPU has the features `gelu_slice_avx2` is compiled for.
-        unsafe { gelu_slice_avx2(x, y) };
-    } else {
-        gelu_slice_body(x, y)
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    gelu_slice_body(x, y);
-    // SAFETY: every element of `y` was written above.
-    unsafe { &mut *(y as *mut [MaybeUninit<f32>] as *mut [f32]) }
-}
-
-/// `dx = dy · gelu'(x)` elementwise, single-threaded.
-pub fn gelu_backward_slice(x: &[f32], dy: &[f32], dx: &mut [f32]) {
-    assert_eq!(x.len(), dy.len());
-    assert_eq!(x.len(), dx.len());
-    #[cfg(target_arch = "x86_64")]
-    if avx2() {
-        // SAFETY: as above.
-        unsafe { gelu_backward_slice_avx2(x, dy, dx) };
-        return;
-    }
-    gelu_backward_slice_body(x, dy, dx)
-}
-
-// The loops are compute-bound (a rational erf per element): compiled a second time for AVX2
-// and picked at run time, they run twice as wide as the baseline x86-64 (SSE2) build.
+// The loop is compute-bound (a rational erf per element): compiled a second time for AVX2
+// and picked at run time, it runs twice as wide as the baseline x86-64 (SSE2) build.
 #[cfg(target_arch = "x86_64")]
 fn avx2() -> bool {
     std::is_x86_feature_detected!("avx2")
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-fn gelu_slice_avx2(x: &[f32], y: &mut [MaybeUninit<f32>]) {
-    gelu_slice_body(x, y)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-fn gelu_backward_slice_avx2(x: &[f32], dy: &[f32], dx: &mut [f32]) {
-    gelu_backward_slice_body(x, dy, dx)
-}
-
-#[inline(always)]
-fn gelu_slice_body(x: &[f32], y: &mut [MaybeUninit<f32>]) {
-    for (o, &v) in y.iter_mut().zip(x) {
-        o.write(gelu(v));
-    }
-}
-
-#[inline(always)]
-fn gelu_backward_slice_body(x: &[f32], dy: &[f32], dx: &mut [f32]) {
-    for ((o, &v), &g) in dx.iter_mut().zip(x).zip(dy) {
-        *o = g * gelu_grad(v);
-    }
-}
-
-/// Exact GELU forward over any contiguous tensor.
-pub fn gelu_forward(x: &[f32]) -> Vec<f32> {
-    let mut y = super::uninit(x.len());
-    y.par_chunks_mut(CHUNK)
-        .zip(x.par_chunks(CHUNK))
-        .for_each(|(y, x)| {
-            gelu_slice(x, y);
-        });
-    // SAFETY: the chunks cover `y` and `gelu_slice` writes all of each.
-    unsafe { super::assume_init(y) }
-}
-
-/// Exact GELU backward: `dx = dy · (Φ(x) + x·φ(x))`, from the forward *input* `x`.
-pub fn gelu_backward(x: &[f32], dy: &[f32]) -> Vec<f32> {
-    assert_eq!(x.len(), dy.len());
-    let mut dx = vec![0.0f32; x.len()];
-    dx.par_chunks_mut(CHUNK)
-        .zip(x.par_chunks(CHUNK).zip(dy.par_chunks(CHUNK)))
-        .for_each(|(dx, (x, dy))| gelu_backward_slice(x, dy, dx));
-    dx
 }
 
 #[cfg(test)]
@@ -218,8 +138,12 @@ mod tests {
                 x[3] = 1e-20;
             }
             let dy = uniform(&mut r, n, 1.0);
-            let y = gelu_forward(&x);
-            let dx = gelu_backward(&x, &dy);
+            let mut y = x.clone();
+            let mut slope = crate::ops::kernels::uninit(n);
+            gelu_in_place(&mut y, Some(&mut slope));
+            // SAFETY: gelu_in_place wrote every element.
+            let slope = unsafe { crate::ops::kernels::assume_init(slope) };
+            let dx: Vec<f32> = dy.iter().zip(&slope).map(|(&g, &s)| g * s).collect();
             let want_y: Vec<f64> = x.iter().map(|&v| gelu_f64(v as f64)).collect();
             let want_dx: Vec<f64> = x
                 .iter()
@@ -265,13 +189,5 @@ mod tests {
         assert_eq!(gelu_grad(-30.0), 0.0);
         assert!((gelu_grad(0.0) - 0.5).abs() < 1e-7);
         assert!(gelu_grad(f32::NAN).is_nan());
-    }
-
-    #[test]
-    fn deterministic_across_thread_counts() {
-        let mut r = rng(2);
-        let x = uniform(&mut r, 100_003, 5.0);
-        let dy = uniform(&mut r, 100_003, 1.0);
-        assert_deterministic("gelu", || vec![gelu_forward(&x), gelu_backward(&x, &dy)]);
     }
 }

@@ -43,13 +43,18 @@ pub fn linear_forward(
     if m == 0 || n == 0 {
         return vec![0.0; m * n];
     }
+    product_in_blocks(x, k, &PackedRhs::new(View::rows(w, n), k, n), b)
+}
+
+/// `lhs [M, K] · rhs (+ bias)` in fixed blocks of rows on the pool (`K, N > 0`).
+fn product_in_blocks(lhs: &[f32], k: usize, rhs: &PackedRhs<'_>, bias: Option<&[f32]>) -> Vec<f32> {
+    let (m, n) = (lhs.len() / k, rhs.cols());
     let mut y = super::uninit(m * n);
     let br = ROWS_PER_BLOCK;
-    let rhs = PackedRhs::new(View::rows(w, n), k, n);
     y.par_chunks_mut(br * n)
-        .zip(x.par_chunks(br * k))
+        .zip(lhs.par_chunks(br * k))
         .for_each(|(y_blk, x_blk)| {
-            gemm_rows(y_blk.len() / n, x_blk, k, &rhs, b, y_blk);
+            gemm_rows(y_blk.len() / n, x_blk, k, rhs, bias, y_blk);
         });
     // SAFETY: the blocks cover `y` and `gemm_rows` writes all of each.
     unsafe { super::assume_init(y) }
@@ -139,20 +144,11 @@ fn input_and_weight_grads(
     k: usize,
     n: usize,
 ) -> (Vec<f32>, Vec<f32>) {
-    // dx in blocks of rows, each initialised right before its product (as the forward).
+    // dx in blocks of rows, as the forward (Wᵀ packed once)
     let dx = if k == 0 || n == 0 {
         vec![0.0; m * k]
     } else {
-        let mut dx = super::uninit(m * k);
-        let br = ROWS_PER_BLOCK;
-        let rhs = PackedRhs::new(View::t(w, n), n, k);
-        dx.par_chunks_mut(br * k)
-            .zip(dy.par_chunks(br * n))
-            .for_each(|(dx_blk, dy_blk)| {
-                gemm_rows(dy_blk.len() / n, dy_blk, n, &rhs, None, dx_blk);
-            });
-        // SAFETY: the blocks cover `dx` and `gemm_rows` writes all of each.
-        unsafe { super::assume_init(dx) }
+        product_in_blocks(dy, n, &PackedRhs::new(View::t(w, n), n, k), None)
     };
     let mut dw = vec![0.0f32; k * n];
     let par = par_all();
@@ -212,10 +208,10 @@ pub fn linear_gelu_backward(
     let mut dpre = super::uninit(m * n);
     let n_chunks = m.div_ceil(SUM_ROWS);
     let mut partials = vec![0.0f32; if with_bias { n_chunks * n } else { 0 }];
-    let work = |dp: &mut [MaybeUninit<f32>], pr: &[f32], da: &[f32], part: Option<&mut [f32]>| {
+    let work = |dp: &mut [MaybeUninit<f32>], sl: &[f32], da: &[f32], part: Option<&mut [f32]>| {
         simd(|| {
-            for ((o, &sl), &g) in dp.iter_mut().zip(pr).zip(da) {
-                o.write(g * sl);
+            for ((o, &s), &g) in dp.iter_mut().zip(sl).zip(da) {
+                o.write(g * s);
             }
             // SAFETY: every element was written just above.
             let dp = unsafe { &*(dp as *const [MaybeUninit<f32>] as *const [f32]) };
@@ -235,9 +231,9 @@ pub fn linear_gelu_backward(
     );
     if with_bias {
         iter.zip(partials.par_chunks_mut(n))
-            .for_each(|((dp, (pr, da)), part)| work(dp, pr, da, Some(part)));
+            .for_each(|((dp, (sl, da)), part)| work(dp, sl, da, Some(part)));
     } else {
-        iter.for_each(|(dp, (pr, da))| work(dp, pr, da, None));
+        iter.for_each(|(dp, (sl, da))| work(dp, sl, da, None));
     }
     // SAFETY: the chunks cover `dpre` and `work` writes all of each.
     let dpre = unsafe { super::assume_init(dpre) };

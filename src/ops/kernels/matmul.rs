@@ -165,6 +165,11 @@ impl<'a> PackedRhs<'a> {
         Self::new(rhs, k, n)
     }
 
+    /// Columns of the operand (`n`).
+    pub fn cols(&self) -> usize {
+        self.n
+    }
+
     fn build(rhs: View<'a>, k: usize, n: usize, tiles: bool) -> Self {
         if !tiles || k == 0 || n == 0 {
             return Self {
