@@ -4,7 +4,8 @@
 //!
 //!     cargo bench --bench matmul            # RAYON_NUM_THREADS to pick the threads
 //!
-//! Best of 20 runs per shape and method, both on the whole rayon pool.
+//! Best of 20 runs per shape and method, the two methods alternating (this machine's speed
+//! drifts within seconds), both on the whole rayon pool.
 
 use ijepa::ops::kernels::matmul::{PackedRhs, Parallelism, View, gemm_rows, gemm_strided};
 use rayon::prelude::*;
@@ -31,14 +32,22 @@ fn with_tiles(x: &[f32], w: &[f32], y: &mut [std::mem::MaybeUninit<f32>], k: usi
         });
 }
 
-fn best(mut f: impl FnMut()) -> f64 {
-    (0..20)
-        .map(|_| {
-            let t = Instant::now();
-            f();
-            t.elapsed().as_secs_f64()
-        })
-        .fold(f64::MAX, f64::min)
+/// Best seconds of `f` and of `g` over 20 alternating runs each.
+fn best_pair(mut f: impl FnMut(), mut g: impl FnMut()) -> (f64, f64) {
+    let time = |h: &mut dyn FnMut()| {
+        let t = Instant::now();
+        h();
+        t.elapsed().as_secs_f64()
+    };
+    (0..20).fold((f64::MAX, f64::MAX), |(bf, bg), _| {
+        (bf.min(time(&mut f)), bg.min(time(&mut g)))
+    })
+}
+
+fn values(len: usize, a: usize, b: usize) -> Vec<f32> {
+    (0..len)
+        .map(|i| ((i * a) % b) as f32 * 0.1 - 0.05 * b as f32)
+        .collect()
 }
 
 fn main() {
@@ -59,17 +68,15 @@ fn main() {
         "shape", "M", "K", "N", "gemm GF/s", "tiles GF/s"
     );
     for (what, m, k, n) in shapes {
-        let x: Vec<f32> = (0..m * k)
-            .map(|i| ((i * 7) % 13) as f32 * 0.1 - 0.6)
-            .collect();
-        let w: Vec<f32> = (0..k * n)
-            .map(|i| ((i * 5) % 11) as f32 * 0.1 - 0.5)
-            .collect();
+        let x = values(m * k, 7, 13);
+        let w = values(k * n, 5, 11);
         let mut y = vec![0.0f32; m * n];
         let mut yt = ijepa::ops::kernels::uninit(m * n);
         let flop = 2.0 * (m * k * n) as f64;
-        let g = best(|| with_gemm(&x, &w, &mut y, k, n));
-        let t = best(|| with_tiles(&x, &w, &mut yt, k, n));
+        let (g, t) = best_pair(
+            || with_gemm(&x, &w, &mut y, k, n),
+            || with_tiles(&x, &w, &mut yt, k, n),
+        );
         println!(
             "{what:<22} {m:>6} {k:>5} {n:>5} {:>12.1} {:>12.1}",
             flop / g / 1e9,

@@ -121,8 +121,12 @@ impl<B: IjepaBackend> Attention<B> {
     /// `proj(softmax(q k^T / sqrt(hd)) v)` with heads split from and merged back into the
     /// fused qkv output (see [`ops::attention`]).
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        self.proj
-            .forward(ops::attention(self.qkv.forward(x), self.num_heads))
+        self.proj.forward(self.mix(x))
+    }
+
+    /// The heads' outputs, merged, before the output projection: `[B, N, D]`.
+    pub fn mix(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        ops::attention(self.qkv.forward(x), self.num_heads)
     }
 }
 
@@ -178,6 +182,21 @@ impl<B: IjepaBackend> Block<B> {
 
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let x = x.clone() + self.attn.forward(self.norm1.forward(x));
+        x.clone() + self.mlp.forward(self.norm2.forward(x))
+    }
+
+    /// `pick(forward(x))` for a `pick` that selects tokens (rows of the last axis stay whole),
+    /// computing only the picked tokens' output: every token still feeds the attention (as key
+    /// and value), but the output projection, the MLP and both residual adds run on the picked
+    /// rows alone. Everything after the attention is row-wise, so the values are the same as
+    /// picking afterwards; the work saved is that of the rows dropped.
+    pub fn forward_picked(
+        &self,
+        x: Tensor<B, 3>,
+        pick: impl Fn(Tensor<B, 3>) -> Tensor<B, 3>,
+    ) -> Tensor<B, 3> {
+        let mixed = pick(self.attn.mix(self.norm1.forward(x.clone())));
+        let x = pick(x) + self.attn.proj.forward(mixed);
         x.clone() + self.mlp.forward(self.norm2.forward(x))
     }
 }

@@ -78,13 +78,23 @@ impl<B: crate::ops::IjepaBackend> Predictor<B> {
         // `repeat_dim` sums the copies as if they were interleaved, which is wrong for a tile.)
         let x = Tensor::cat(vec![Tensor::cat(vec![x; npred], 0), queries], 1);
 
+        // Only the queries' outputs are used: the last block computes those alone.
+        let queries_only = |x: Tensor<B, 3>| {
+            let [rows, tokens, dp] = x.dims();
+            x.slice([0..rows, tokens - k_pred..tokens, 0..dp])
+        };
         let mut x = x;
-        for block in &self.predictor_blocks {
-            x = block.forward(x);
+        let last = self.predictor_blocks.len().saturating_sub(1);
+        for (i, block) in self.predictor_blocks.iter().enumerate() {
+            x = if i < last {
+                block.forward(x)
+            } else {
+                block.forward_picked(x, queries_only)
+            };
         }
-        let x = self.predictor_norm.forward(x);
-        let [rows, tokens, dp] = x.dims();
-        let x = x.slice([0..rows, tokens - k_pred..tokens, 0..dp]);
-        self.predictor_proj.forward(x)
+        if self.predictor_blocks.is_empty() {
+            x = queries_only(x);
+        }
+        self.predictor_proj.forward(self.predictor_norm.forward(x))
     }
 }

@@ -56,8 +56,8 @@ impl<B: crate::ops::IjepaBackend> PatchEmbed<B> {
             .permute([0, 2, 4, 1, 3, 5])
             .reshape([b * gh * gw, c * p * p]);
         let weight = self.proj.weight.val().reshape([d, c * p * p]).transpose();
-        let bias = self.proj.bias.val().unsqueeze::<2>();
-        (patches.matmul(weight) + bias).reshape([b, gh * gw, d])
+        let tokens = crate::ops::linear(patches, weight, Some(self.proj.bias.val()));
+        tokens.reshape([b, gh * gw, d])
     }
 }
 
@@ -106,7 +106,12 @@ impl<B: crate::ops::IjepaBackend> VisionTransformer<B> {
 
     /// Patch embedding plus positions: `[B, N, D]` (HF's `hidden_states[0]`).
     pub fn embed(&self, img: Tensor<B, 4>) -> Tensor<B, 3> {
-        self.patch_embed.forward(img) + self.pos_embed.clone().unsqueeze::<3>()
+        let x = self.patch_embed.forward(img);
+        let [b, n, d] = x.dims();
+        // as [B, N*D] + [1, N*D]: a broadcast over rows only, which burn-flex runs row by row
+        // (over [B, N, D] it walks a strided index per element)
+        let pos = self.pos_embed.clone().reshape([1, n * d]);
+        (x.reshape([b, n * d]) + pos).reshape([b, n, d])
     }
 
     /// `encoder(imgs, masks)`: keep the listed tokens (concatenated over masks along the batch),
@@ -119,6 +124,31 @@ impl<B: crate::ops::IjepaBackend> VisionTransformer<B> {
         for block in &self.blocks {
             x = block.forward(x);
         }
+        self.norm.forward(x)
+    }
+
+    /// `apply_masks(encoder(imgs), masks, repeat)`: the full image's tokens, kept only at the
+    /// listed positions (the targets of training, `[n_masks * repeat * B, k, D]`). The last
+    /// block and the final norm run on the kept tokens alone when they are fewer than the
+    /// image's (same values: see [`Block::forward_picked`]).
+    pub fn forward_kept(
+        &self,
+        img: Tensor<B, 4>,
+        masks: &MaskIndices,
+        repeat: usize,
+    ) -> Tensor<B, 3> {
+        let kept_rows = masks.n_masks() * repeat * masks.k();
+        let Some((last, blocks)) = self.blocks.split_last() else {
+            return apply_masks(self.forward(img, None), masks, repeat);
+        };
+        if kept_rows >= self.num_patches() {
+            return apply_masks(self.forward(img, None), masks, repeat);
+        }
+        let mut x = self.embed(img);
+        for block in blocks {
+            x = block.forward(x);
+        }
+        let x = last.forward_picked(x, |t| apply_masks(t, masks, repeat));
         self.norm.forward(x)
     }
 
@@ -149,5 +179,59 @@ impl<B: crate::ops::IjepaBackend> VisionTransformer<B> {
             hidden.push(x.clone());
         }
         (self.norm.forward(x), hidden)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Cpu;
+
+    /// `forward_kept` gives the full forward's tokens at the kept positions (the rows it
+    /// skips only ever fed themselves after the attention), on the skipping path (kept rows
+    /// fewer than the patches) and on the fallback (repeat 3: 18 rows for 16 patches).
+    #[test]
+    fn kept_tokens_are_the_full_forward_gathered() {
+        let cfg = EncoderConfig {
+            image_size: 32,
+            patch_size: 8,
+            in_chans: 2,
+            embed_dim: 32,
+            depth: 2,
+            num_heads: 2,
+            mlp_hidden: 64,
+            qkv_bias: true,
+            layer_norm_eps: 1e-6,
+        };
+        let device = Default::default();
+        let vit = VisionTransformer::<Cpu>::new(&cfg, &mut Init::new(3), &device);
+        let values: Vec<f32> = (0..3 * 2 * 32 * 32)
+            .map(|i| ((i * 37 % 101) as f32 / 50.0) - 1.0)
+            .collect();
+        let img = Tensor::<Cpu, 4>::from_data(TensorData::new(values, [3, 2, 32, 32]), &device);
+        let masks = MaskIndices::new(
+            &[
+                vec![vec![0, 5, 9], vec![1, 2, 3], vec![15, 14, 4]],
+                vec![vec![7, 8, 9], vec![0, 1, 15], vec![2, 6, 10]],
+            ],
+            16,
+        )
+        .unwrap();
+        for repeat in [1, 2, 3] {
+            let want = apply_masks(vit.forward(img.clone(), None), &masks, repeat);
+            let got = vit.forward_kept(img.clone(), &masks, repeat);
+            assert_eq!(got.dims(), [2 * repeat * 3, 3, 32]);
+            assert_eq!(got.dims(), want.dims());
+            let (got, want) = (
+                got.into_data().to_vec::<f32>().unwrap(),
+                want.into_data().to_vec::<f32>().unwrap(),
+            );
+            let max_diff = got
+                .iter()
+                .zip(&want)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0f32, f32::max);
+            assert!(max_diff <= 1e-6, "repeat {repeat}: max diff {max_diff}");
+        }
     }
 }

@@ -51,8 +51,11 @@ fn forward_backward<B: crate::ops::TrainBackend>(
 ) -> Gradients<B> {
     let nenc = batch.masks_enc.n_masks();
     let targets = {
-        let h = loss::normalize_targets(nets.target.forward(batch.images.clone(), None));
-        loss::gather_targets(h, &batch.masks_pred, nenc)
+        // normalize_targets(gather_targets(target(imgs))): row-wise ops commute with the gather
+        let h = nets
+            .target
+            .forward_kept(batch.images.clone(), &batch.masks_pred, nenc);
+        loss::normalize_targets(h)
     };
     let images = Tensor::<B, 4>::from_inner(batch.images.clone());
     let z = nets.encoder.forward(images, Some(&batch.masks_enc));

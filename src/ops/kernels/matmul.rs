@@ -460,7 +460,7 @@ unsafe fn tile_n<const ROWS: usize>(
                 acc[0] = _mm256_fmadd_ps(x, v0, acc[0]);
                 acc[1] = _mm256_fmadd_ps(x, v1, acc[1]);
             }
-            bp = bp.add(2 * ldb);
+            bp = bp.wrapping_add(2 * ldb);
             p += 2;
         }
         if p < k {
