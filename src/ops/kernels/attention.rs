@@ -12,9 +12,10 @@
 //! scratch lives in a per-thread buffer that is reused across calls (a fresh
 //! zeroed buffer per task would cost a memset, and page faults, of up to 2·784²
 //! floats each). `P V` and `dS K` run on the register tiles of [`crate::ops::kernels::matmul`]
-//! reading V and K in place (no packing: for one head, packing cost as much as the
-//! product); the products with a transposed operand (`Q Kᵀ`, `dO Vᵀ`, `Pᵀ dO`, `dSᵀ Q`) go
-//! through `gemm` with `Parallelism::None` (already inside a parallel loop).
+//! reading V and K in place (no packing: for one head, packing cost as much as the product);
+//! the products with a transposed operand (`Q Kᵀ`, `dO Vᵀ`, `Pᵀ dO`, `dSᵀ Q`) go through
+//! `gemm` with `Parallelism::None` (already inside a parallel loop). (`Q Kᵀ` on the tiles with
+//! `Kᵀ` packed per head measured no faster.)
 
 use crate::ops::kernels::math::simd;
 use crate::ops::kernels::math::{self, exp2_f32};
@@ -87,7 +88,6 @@ pub fn attention_forward(
         .zip(lse.par_chunks_mut(heads * n))
         .zip(qkv.par_chunks(n * 3 * d))
         .for_each(|((out_b, lse_b), qkv_b)| {
-            let out_b = super::zeroed(out_b);
             simd(|| {
                 with_scratch(n * n, |s| {
                     for h in 0..heads {
@@ -115,7 +115,8 @@ pub fn attention_forward(
                 })
             })
         });
-    // SAFETY: the per-image pieces cover `out` and each went through `zeroed`.
+    // SAFETY: the per-image pieces cover `out`, and in each the heads' products wrote every
+    // column (head h: columns h·hd..(h+1)·hd of every row).
     (unsafe { super::assume_init(out) }, lse)
 }
 
@@ -218,7 +219,9 @@ pub fn attention_backward(
                         }
                         // dQ = (scale · dS) K (K read in place)
                         let kp = PackedRhs::in_place(View::rows(k, 3 * d), n, hd);
-                        gemm_rows_strided(n, dp, n, &kp, None, &mut dqkv_b[h * hd..], 3 * d);
+                        // SAFETY: the product only writes floats.
+                        let dq = unsafe { super::as_uninit(&mut dqkv_b[h * hd..]) };
+                        gemm_rows_strided(n, dp, n, &kp, None, dq, 3 * d);
                         // dK = (scale · dS)ᵀ Q
                         gemm_strided(
                             n,

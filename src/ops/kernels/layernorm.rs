@@ -46,7 +46,6 @@ fn forward_impl(
         .zip(mean.par_chunks_mut(ROWS_PER_CHUNK))
         .zip(rstd.par_chunks_mut(ROWS_PER_CHUNK))
         .for_each(|(((y, x), mean), rstd)| {
-            let y = super::zeroed(y);
             simd(|| {
                 for (r, (yr, xr)) in y.chunks_exact_mut(dim).zip(x.chunks_exact(dim)).enumerate() {
                     let (m, s) = row_stats(xr, eps);
@@ -54,20 +53,20 @@ fn forward_impl(
                     rstd[r] = s;
                     match affine {
                         Some((w, b)) => {
-                            for j in 0..dim {
-                                yr[j] = (xr[j] - m) * s * w[j] + b[j];
+                            for (((o, &xv), &wv), &bv) in yr.iter_mut().zip(xr).zip(w).zip(b) {
+                                o.write((xv - m) * s * wv + bv);
                             }
                         }
                         None => {
-                            for j in 0..dim {
-                                yr[j] = (xr[j] - m) * s;
+                            for (o, &xv) in yr.iter_mut().zip(xr) {
+                                o.write((xv - m) * s);
                             }
                         }
                     }
                 }
             })
         });
-    // SAFETY: the chunks cover `y` and each went through `zeroed`.
+    // SAFETY: the chunks cover `y` and every element of each row was written above.
     (unsafe { super::assume_init(y) }, mean, rstd)
 }
 

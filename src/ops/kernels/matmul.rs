@@ -256,27 +256,21 @@ pub fn gemm_rows<'d>(
     dst: &'d mut [std::mem::MaybeUninit<f32>],
 ) -> &'d mut [f32] {
     assert_eq!(dst.len(), rows * rhs.n, "dst must be [rows, n]");
-    if rhs.fallback || rhs.k == 0 || rows == 0 || rhs.n == 0 {
-        let dst = super::zeroed(dst);
-        gemm_rows_strided(rows, lhs, lda, rhs, bias, dst, rhs.n);
-        return dst;
-    }
-    check_operands(rows, lhs, lda, rhs, bias);
-    // SAFETY: tile path available (not fallback); operands checked; `dst` holds rows x n.
-    unsafe { tiles(rows, lhs, lda, rhs, bias, dst.as_mut_ptr().cast(), rhs.n) };
-    // SAFETY: `tiles` wrote every (row, column) of dst.
+    gemm_rows_strided(rows, lhs, lda, rhs, bias, dst, rhs.n);
+    // SAFETY: `gemm_rows_strided` wrote every (row, column) of dst, which has no gaps.
     unsafe { &mut *(dst as *mut [std::mem::MaybeUninit<f32>] as *mut [f32]) }
 }
 
-/// As [`gemm_rows`] into the `[rows, n]` sub-matrix of `dst` with row stride `ldc` (elements
-/// between the rows are left untouched).
+/// As [`gemm_rows`] into the `[rows, n]` sub-matrix of `dst` with row stride `ldc`: every
+/// element of the sub-matrix is written, none is read; elements between its rows are left
+/// untouched.
 pub fn gemm_rows_strided(
     rows: usize,
     lhs: &[f32],
     lda: usize,
     rhs: &PackedRhs<'_>,
     bias: Option<&[f32]>,
-    dst: &mut [f32],
+    dst: &mut [std::mem::MaybeUninit<f32>],
     ldc: usize,
 ) {
     let (k, n) = (rhs.k, rhs.n);
@@ -287,29 +281,37 @@ pub fn gemm_rows_strided(
     assert!((rows - 1) * ldc + n <= dst.len(), "dst out of bounds");
     check_operands(rows, lhs, lda, rhs, bias);
     if rhs.fallback || k == 0 {
-        for i in 0..rows {
-            let row = &mut dst[i * ldc..i * ldc + n];
-            match bias {
-                Some(b) => row.copy_from_slice(b),
-                None => row.fill(0.0),
+        // the portable path: `gemm` into a contiguous buffer, copied into the rows
+        let mut tmp = vec![0.0f32; rows * n];
+        if let Some(b) = bias {
+            tmp.chunks_exact_mut(n)
+                .for_each(|row| row.copy_from_slice(b));
+        }
+        if k > 0 {
+            let lhs = View::rows(lhs, lda);
+            let acc = bias.is_some();
+            gemm_strided(
+                rows,
+                n,
+                k,
+                &mut tmp,
+                n,
+                acc,
+                lhs,
+                rhs.view,
+                1.0,
+                Parallelism::None,
+            );
+        }
+        for (i, row) in tmp.chunks_exact(n).enumerate() {
+            for (d, &v) in dst[i * ldc..i * ldc + n].iter_mut().zip(row) {
+                d.write(v);
             }
         }
-        gemm_strided(
-            rows,
-            n,
-            k,
-            dst,
-            ldc,
-            bias.is_some(),
-            View::rows(lhs, lda),
-            rhs.view,
-            1.0,
-            Parallelism::None,
-        );
         return;
     }
     // SAFETY: tile path available; operands checked; dst bounds asserted above.
-    unsafe { tiles(rows, lhs, lda, rhs, bias, dst.as_mut_ptr(), ldc) };
+    unsafe { tiles(rows, lhs, lda, rhs, bias, dst.as_mut_ptr().cast(), ldc) };
 }
 
 fn check_operands(rows: usize, lhs: &[f32], lda: usize, rhs: &PackedRhs<'_>, bias: Option<&[f32]>) {
@@ -482,6 +484,7 @@ unsafe fn tile_n<const ROWS: usize>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ops::kernels::as_uninit;
     use crate::ops::kernels::testutil::*;
 
     /// `gemm_rows` against an f64 reference: edge rows (m % 6) and columns (n % 16), k = 0,
@@ -536,7 +539,9 @@ mod tests {
                         let ldc = n + 2;
                         let mut dst = vec![7.0f32; m * ldc];
                         let b = with_bias.then_some(&bias[..]);
-                        gemm_rows_strided(m, &a, lda, &rhs, b, &mut dst, ldc);
+                        // SAFETY: the product only writes floats.
+                        let out = unsafe { as_uninit(&mut dst) };
+                        gemm_rows_strided(m, &a, lda, &rhs, b, out, ldc);
                         let got: Vec<f32> = dst
                             .chunks_exact(ldc)
                             .flat_map(|r| r[..n].iter().copied())
@@ -546,7 +551,9 @@ mod tests {
                         // read in place (row-contiguous operands with n % 16 == 0), else packed
                         let rhs = PackedRhs::in_place(bv, k, n);
                         let mut dst = vec![7.0f32; m * ldc];
-                        gemm_rows_strided(m, &a, lda, &rhs, b, &mut dst, ldc);
+                        // SAFETY: the product only writes floats.
+                        let out = unsafe { as_uninit(&mut dst) };
+                        gemm_rows_strided(m, &a, lda, &rhs, b, out, ldc);
                         let got: Vec<f32> = dst
                             .chunks_exact(ldc)
                             .flat_map(|r| r[..n].iter().copied())

@@ -39,6 +39,16 @@ pub fn uninit(len: usize) -> Vec<std::mem::MaybeUninit<f32>> {
     v
 }
 
+/// Initialised floats viewed as possibly uninitialised ones, for a kernel that only writes.
+///
+/// # Safety
+/// Nothing may store an uninitialised value through the returned slice (the kernels taking
+/// `MaybeUninit` outputs only write floats), or `v` would hold uninitialised memory.
+pub unsafe fn as_uninit(v: &mut [f32]) -> &mut [std::mem::MaybeUninit<f32>] {
+    // SAFETY: MaybeUninit<f32> has f32's layout; the caller upholds the write contract.
+    unsafe { &mut *(v as *mut [f32] as *mut [std::mem::MaybeUninit<f32>]) }
+}
+
 /// Zero `piece` and view it as initialised floats.
 pub fn zeroed(piece: &mut [std::mem::MaybeUninit<f32>]) -> &mut [f32] {
     for x in piece.iter_mut() {
