@@ -6,7 +6,9 @@
 #   scripts/bench_vs_torch.sh [ROUNDS] [fmnist|vits|all]
 #
 # Environment: TORCH_BENCH (path of torch_ijepa_step.py), IJEPA (binary), THREADS (default 2),
-# IJEPA_KERNELS=composed (ijepa without its fused kernels, for the "before" column).
+# IJEPA_KERNELS=composed (ijepa without its fused kernels, for the "before" column),
+# IJEPA_BEFORE (a second ijepa binary, e.g. built from an earlier commit: it joins the
+# alternation, so before, after and PyTorch are measured in the same run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${1:-5}
@@ -14,6 +16,7 @@ WHICH=${2:-all}
 TORCH_BENCH=${TORCH_BENCH:-../shared/bench/torch_ijepa_step.py}
 IJEPA=${IJEPA:-target/release/ijepa}
 THREADS=${THREADS:-2}
+IJEPA_BEFORE=${IJEPA_BEFORE:-}
 [ -x "$IJEPA" ] || cargo build --release
 FMNIST="--image-size 32 --patch-size 4 --in-chans 1 --embed-dim 128 --depth 6 --heads 4 --pred-dim 64 --pred-depth 3 --pred-heads 4 --npred 2 --k-enc 27 --k-pred 11 --batch-size 128"
 VITS="--image-size 96 --patch-size 8 --in-chans 3 --embed-dim 384 --depth 12 --heads 6 --pred-dim 192 --pred-depth 6 --pred-heads 6 --npred 4 --k-enc 39 --k-pred 25 --batch-size 32"
@@ -33,14 +36,26 @@ median() { sort -g | awk '{v[NR]=$1} END {print (NR%2 ? v[(NR+1)/2] : (v[NR/2]+v
 
 compare() {
   local name=$1 shape=$2
-  : > "$TMP/ijepa"; : > "$TMP/torch"
+  : > "$TMP/ijepa"; : > "$TMP/torch"; : > "$TMP/before"
   for r in $(seq "$ROUNDS"); do
+    local before=""
+    if [ -n "$IJEPA_BEFORE" ]; then
+      # shellcheck disable=SC2086
+      run "$IJEPA_BEFORE" bench $shape --threads "$THREADS" --steps 10 --warmup 3 >> "$TMP/before"
+      before="  before $(tail -1 "$TMP/before")"
+    fi
     # shellcheck disable=SC2086
     run "$IJEPA" bench $shape --threads "$THREADS" --steps 10 --warmup 3 >> "$TMP/ijepa"
     # shellcheck disable=SC2086
     run python3 "$TORCH_BENCH" $shape --threads "$THREADS" --steps 10 --warmup 3 >> "$TMP/torch"
-    echo "  round $r: ijepa $(tail -1 "$TMP/ijepa")  torch $(tail -1 "$TMP/torch")  (train infer rss_mb)" >&2
+    echo "  round $r:$before  ijepa $(tail -1 "$TMP/ijepa")  torch $(tail -1 "$TMP/torch")  (train infer rss_mb)" >&2
   done
+  if [ -n "$IJEPA_BEFORE" ]; then
+    for k in 1 2 3; do eval "b$k=$(cut -d' ' -f$k "$TMP/before" | median)"; done
+    # shellcheck disable=SC2154
+    awk -v n="$name" -v b1="$b1" -v b2="$b2" -v b3="$b3" 'BEGIN {
+      printf "%-8s before: train %7.1f  infer %7.1f  peak RSS MB %7.0f\n", n, b1, b2, b3 }'
+  fi
   for k in 1 2 3; do
     eval "i$k=$(cut -d' ' -f$k "$TMP/ijepa" | median)"
     eval "t$k=$(cut -d' ' -f$k "$TMP/torch" | median)"
