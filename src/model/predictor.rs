@@ -83,18 +83,13 @@ impl<B: crate::ops::IjepaBackend> Predictor<B> {
             let [rows, tokens, dp] = x.dims();
             x.slice([0..rows, tokens - k_pred..tokens, 0..dp])
         };
-        let mut x = x;
-        let last = self.predictor_blocks.len().saturating_sub(1);
-        for (i, block) in self.predictor_blocks.iter().enumerate() {
-            x = if i < last {
-                block.forward(x)
-            } else {
-                block.forward_picked(x, queries_only)
-            };
-        }
-        if self.predictor_blocks.is_empty() {
-            x = queries_only(x);
-        }
+        let x = match self.predictor_blocks.split_last() {
+            Some((last, blocks)) => {
+                let x = blocks.iter().fold(x, |x, block| block.forward(x));
+                last.forward_picked(x, queries_only)
+            }
+            None => queries_only(x),
+        };
         self.predictor_proj.forward(self.predictor_norm.forward(x))
     }
 }

@@ -138,18 +138,16 @@ impl<B: crate::ops::IjepaBackend> VisionTransformer<B> {
         repeat: usize,
     ) -> Tensor<B, 3> {
         let kept_rows = masks.n_masks() * repeat * masks.k();
-        let Some((last, blocks)) = self.blocks.split_last() else {
-            return apply_masks(self.forward(img, None), masks, repeat);
-        };
-        if kept_rows >= self.num_patches() {
-            return apply_masks(self.forward(img, None), masks, repeat);
+        match self.blocks.split_last() {
+            Some((last, blocks)) if kept_rows < self.num_patches() => {
+                let x = blocks
+                    .iter()
+                    .fold(self.embed(img), |x, block| block.forward(x));
+                let x = last.forward_picked(x, |t| apply_masks(t, masks, repeat));
+                self.norm.forward(x)
+            }
+            _ => apply_masks(self.forward(img, None), masks, repeat),
         }
-        let mut x = self.embed(img);
-        for block in blocks {
-            x = block.forward(x);
-        }
-        let x = last.forward_picked(x, |t| apply_masks(t, masks, repeat));
-        self.norm.forward(x)
     }
 
     /// Average-pooled features of the full image: the final (normed) output (`layers = 1`), or
