@@ -50,6 +50,14 @@ fn dims(len: usize, batch: usize, seq: usize, heads: usize) -> (usize, usize) {
     (d, d / heads)
 }
 
+/// One head's scores `s [n, n] = scale2 · Q Kᵀ`, Q and K read in place from the qkv rows
+/// (stride `3d`; gemm takes `Kᵀ` as a transposed view). The forward and the backward's
+/// recomputation of P both call this, so they see the same values.
+fn scores(q: &[f32], k: &[f32], d: usize, n: usize, hd: usize, scale2: f32, s: &mut [f32]) {
+    let (q, kt) = (View::rows(q, 3 * d), View::t(k, 3 * d));
+    gemm_strided(n, n, hd, s, n, false, q, kt, scale2, Parallelism::None);
+}
+
 /// Row-wise softmax in place on log2-scaled scores `s [rows, n]` (`s = logits·log2 e`):
 /// `p = 2^(s - max) / Σ`, and `lse[i] = ln Σ_j e^{logit_ij}` (natural log).
 fn softmax_rows(s: &mut [f32], n: usize, lse: &mut [f32]) {
@@ -94,19 +102,7 @@ pub fn attention_forward(
                         let q = &qkv_b[h * hd..];
                         let k = &qkv_b[d + h * hd..];
                         let v = &qkv_b[2 * d + h * hd..];
-                        // S = scale·log2(e) · Q Kᵀ (gemm: Kᵀ is a transposed view)
-                        gemm_strided(
-                            n,
-                            n,
-                            hd,
-                            s,
-                            n,
-                            false,
-                            View::rows(q, 3 * d),
-                            View::t(k, 3 * d),
-                            scale2,
-                            Parallelism::None,
-                        );
+                        scores(q, k, d, n, hd, scale2, s);
                         softmax_rows(s, n, &mut lse_b[h * n..(h + 1) * n]);
                         // O_h = P V, written into columns h·hd.. of out (V read in place)
                         let vp = PackedRhs::in_place(View::rows(v, 3 * d), n, hd);
@@ -158,19 +154,8 @@ pub fn attention_backward(
                         let o = &out_b[h * hd..];
                         let g = &dout_b[h * hd..];
                         let lse_h = &lse_b[h * n..(h + 1) * n];
-                        // P = 2^(scale·log2(e) · Q Kᵀ - lse·log2(e))
-                        gemm_strided(
-                            n,
-                            n,
-                            hd,
-                            p,
-                            n,
-                            false,
-                            View::rows(q, 3 * d),
-                            View::t(k, 3 * d),
-                            scale2,
-                            Parallelism::None,
-                        );
+                        // P = 2^(scale·log2(e) · Q Kᵀ - lse·log2(e)), scores as in the forward
+                        scores(q, k, d, n, hd, scale2, p);
                         for (row, &l) in p.chunks_exact_mut(n).zip(lse_h) {
                             let l2 = l * LOG2_E;
                             for x in row.iter_mut() {

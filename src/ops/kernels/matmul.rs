@@ -535,29 +535,26 @@ mod tests {
                             &want,
                             1e-6,
                         );
-                        // strided destination: the gaps between rows keep their values
+                        // strided destination: the gaps between rows keep their values;
+                        // returns (the product's rows, the whole destination)
                         let ldc = n + 2;
-                        let mut dst = vec![7.0f32; m * ldc];
                         let b = with_bias.then_some(&bias[..]);
-                        // SAFETY: the product only writes floats.
-                        let out = unsafe { as_uninit(&mut dst) };
-                        gemm_rows_strided(m, &a, lda, &rhs, b, out, ldc);
-                        let got: Vec<f32> = dst
-                            .chunks_exact(ldc)
-                            .flat_map(|r| r[..n].iter().copied())
-                            .collect();
+                        let strided = |rhs: &PackedRhs<'_>| {
+                            let mut dst = vec![7.0f32; m * ldc];
+                            // SAFETY: the product only writes floats.
+                            let out = unsafe { as_uninit(&mut dst) };
+                            gemm_rows_strided(m, &a, lda, rhs, b, out, ldc);
+                            let got: Vec<f32> = dst
+                                .chunks_exact(ldc)
+                                .flat_map(|r| r[..n].iter().copied())
+                                .collect();
+                            (got, dst)
+                        };
+                        let (got, dst) = strided(&rhs);
                         assert_close(&format!("strided {m}x{k}x{n}"), &got, &want, 1e-6);
                         assert!(dst.chunks_exact(ldc).all(|r| r[n..] == [7.0, 7.0]));
                         // read in place (row-contiguous operands with n % 16 == 0), else packed
-                        let rhs = PackedRhs::in_place(bv, k, n);
-                        let mut dst = vec![7.0f32; m * ldc];
-                        // SAFETY: the product only writes floats.
-                        let out = unsafe { as_uninit(&mut dst) };
-                        gemm_rows_strided(m, &a, lda, &rhs, b, out, ldc);
-                        let got: Vec<f32> = dst
-                            .chunks_exact(ldc)
-                            .flat_map(|r| r[..n].iter().copied())
-                            .collect();
+                        let (got, _) = strided(&PackedRhs::in_place(bv, k, n));
                         assert_close(&format!("in place {m}x{k}x{n}"), &got, &want, 1e-6);
                     }
                 }
