@@ -22,13 +22,23 @@ fn tmp(name: &str) -> PathBuf {
     dir
 }
 
-/// A port nobody listens on right now.
+/// A port nobody listens on right now, and not handed to another test of this binary: the
+/// tests run in parallel and their nodes bind the ports only later, so the OS could give a
+/// released port out twice (two tests then talk to each other's nodes and both hang).
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap();
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// A small model on 256 real images, micro-batches of 16.
