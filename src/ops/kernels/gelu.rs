@@ -7,7 +7,9 @@
 //! Formulas follow PyTorch's CPU kernels (`(x·0.5)·(1 + erf(x·√½))`, `dy·(cdf + x·pdf)`),
 //! so tails behave the same way.
 
-use crate::ops::kernels::math::{erf_f32, exp2_core};
+#[cfg(target_arch = "x86_64")]
+use crate::ops::kernels::math::Fused;
+use crate::ops::kernels::math::{MulAdd, Separate, erf_with, exp2_core_with};
 use std::f32::consts::FRAC_1_SQRT_2;
 use std::mem::MaybeUninit;
 
@@ -19,81 +21,103 @@ const NEG_HALF_LOG2E: f32 = -0.721_347_5;
 /// Scalar exact GELU (inlined into vectorised loops).
 #[inline(always)]
 pub fn gelu(x: f32) -> f32 {
-    (x * 0.5) * (1.0 + erf_f32(x * FRAC_1_SQRT_2))
+    gelu_with::<Separate>(x)
 }
 
 /// Scalar derivative of exact GELU: `Φ(x) + x·φ(x)`.
 #[inline(always)]
 pub fn gelu_grad(x: f32) -> f32 {
-    let cdf = 0.5 * (1.0 + erf_f32(x * FRAC_1_SQRT_2));
-    // √(2π)·φ(x) = exp(-x²/2) = 2^(-x²·log2(e)/2); below 2^-126 it is flushed to 0.
-    let u = x * x * NEG_HALF_LOG2E;
-    let e = exp2_core(u);
-    let e = if u < -126.0 { 0.0 } else { e };
-    cdf + x * (e * INV_SQRT_2PI)
+    gelu_and_grad_with::<Separate>(x).1
 }
 
 /// `(gelu(x), gelu'(x))` from one erf: bitwise equal to [`gelu`] and [`gelu_grad`].
 #[inline(always)]
 pub fn gelu_and_grad(x: f32) -> (f32, f32) {
-    let e = erf_f32(x * FRAC_1_SQRT_2);
+    gelu_and_grad_with::<Separate>(x)
+}
+
+/// [`gelu`] with the multiply-adds evaluated by `M`.
+#[inline(always)]
+pub fn gelu_with<M: MulAdd>(x: f32) -> f32 {
+    (x * 0.5) * (1.0 + erf_with::<M>(x * FRAC_1_SQRT_2))
+}
+
+/// [`gelu_and_grad`] with the multiply-adds evaluated by `M`; its value is bitwise
+/// [`gelu_with::<M>`].
+#[inline(always)]
+pub fn gelu_and_grad_with<M: MulAdd>(x: f32) -> (f32, f32) {
+    let e = erf_with::<M>(x * FRAC_1_SQRT_2);
     let cdf = 0.5 * (1.0 + e);
+    // √(2π)·φ(x) = exp(-x²/2) = 2^(-x²·log2(e)/2); below 2^-126 it is flushed to 0.
     let u = x * x * NEG_HALF_LOG2E;
-    let p = exp2_core(u);
+    let p = exp2_core_with::<M>(u);
     let p = if u < -126.0 { 0.0 } else { p };
-    ((x * 0.5) * (1.0 + e), cdf + x * (p * INV_SQRT_2PI))
+    ((x * 0.5) * (1.0 + e), M::mul_add(x, p * INV_SQRT_2PI, cdf))
 }
 
 /// In place: `v = gelu(v)`, and `slope = gelu'(v)` (of the input) when given. Single-threaded.
-/// `slope` may be uninitialised (it is only written).
+/// `slope` may be uninitialised (it is only written). On CPUs with AVX2 + FMA the values are
+/// those of [`gelu_and_grad_with::<Fused>`], elsewhere those of [`gelu_and_grad`].
 pub fn gelu_in_place(v: &mut [f32], slope: Option<&mut [MaybeUninit<f32>]>) {
     if let Some(s) = &slope {
         assert_eq!(s.len(), v.len());
     }
     #[cfg(target_arch = "x86_64")]
-    if avx2() {
+    if avx2_fma() {
         // SAFETY: the CPU has the features `gelu_in_place_avx2` is compiled for.
         unsafe { gelu_in_place_avx2(v, slope) };
         return;
     }
-    gelu_in_place_body(v, slope)
+    gelu_in_place_body::<Separate>(v, slope)
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
+#[target_feature(enable = "avx2,fma")]
 fn gelu_in_place_avx2(v: &mut [f32], slope: Option<&mut [MaybeUninit<f32>]>) {
-    gelu_in_place_body(v, slope)
+    gelu_in_place_body::<Fused>(v, slope)
 }
 
 #[inline(always)]
-fn gelu_in_place_body(v: &mut [f32], slope: Option<&mut [MaybeUninit<f32>]>) {
+fn gelu_in_place_body<M: MulAdd>(v: &mut [f32], slope: Option<&mut [MaybeUninit<f32>]>) {
     match slope {
         Some(slope) => {
             for (x, s) in v.iter_mut().zip(slope) {
-                let (y, g) = gelu_and_grad(*x);
+                let (y, g) = gelu_and_grad_with::<M>(*x);
                 *x = y;
                 s.write(g);
             }
         }
         None => {
             for x in v.iter_mut() {
-                *x = gelu(*x);
+                *x = gelu_with::<M>(*x);
             }
         }
     }
 }
 
-// The loop is compute-bound (a rational erf per element): compiled a second time for AVX2
-// and picked at run time, it runs twice as wide as the baseline x86-64 (SSE2) build.
+// The loop is compute-bound (a rational erf per element): compiled a second time for AVX2 + FMA
+// and picked at run time, it runs twice as wide as the baseline x86-64 (SSE2) build, with one
+// instruction per multiply-add.
 #[cfg(target_arch = "x86_64")]
-fn avx2() -> bool {
-    std::is_x86_feature_detected!("avx2")
+fn avx2_fma() -> bool {
+    std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::ops::kernels::testutil::*;
+
+    /// What `gelu_in_place` computes per element on this CPU.
+    fn dispatched(x: f32) -> (f32, f32, f32) {
+        #[cfg(target_arch = "x86_64")]
+        if avx2_fma() {
+            let (y, g) = gelu_and_grad_with::<Fused>(x);
+            return (y, g, gelu_with::<Fused>(x));
+        }
+        let (y, g) = gelu_and_grad(x);
+        (y, g, gelu(x))
+    }
 
     #[test]
     fn fused_value_and_slope_are_bitwise_the_separate_ones() {
@@ -116,14 +140,36 @@ mod tests {
         let mut only = x.clone();
         gelu_in_place(&mut only, None);
         for (i, &xi) in x.iter().enumerate() {
-            assert_eq!(v[i].to_bits(), gelu(xi).to_bits(), "gelu({xi})");
-            assert_eq!(
-                only[i].to_bits(),
-                gelu(xi).to_bits(),
-                "gelu({xi}) without slope"
-            );
-            assert_eq!(slope[i].to_bits(), gelu_grad(xi).to_bits(), "gelu'({xi})");
+            // the scalar pair and the scalar value agree bitwise, in both evaluation modes
+            assert_eq!(gelu_and_grad(xi).0.to_bits(), gelu(xi).to_bits());
+            assert_eq!(gelu_and_grad(xi).1.to_bits(), gelu_grad(xi).to_bits());
+            let (y, g, y_only) = dispatched(xi);
+            assert_eq!(y.to_bits(), y_only.to_bits(), "gelu({xi}) fused vs alone");
+            assert_eq!(v[i].to_bits(), y.to_bits(), "gelu({xi})");
+            assert_eq!(only[i].to_bits(), y.to_bits(), "gelu({xi}) without slope");
+            assert_eq!(slope[i].to_bits(), g.to_bits(), "gelu'({xi})");
         }
+    }
+
+    #[test]
+    fn both_evaluation_modes_match_f64() {
+        // the scalar forms of both modes (the in-place loop runs one of them, tested below)
+        let mut worst = [0.0f64; 4];
+        for i in -120_000..=120_000 {
+            let x = i as f32 * 1e-4;
+            let (w, wg) = (gelu_f64(x as f64), gelu_grad_f64(x as f64));
+            let sep = gelu_and_grad_with::<Separate>(x);
+            let fus = gelu_and_grad_with::<crate::ops::kernels::math::Fused>(x);
+            let scale = (x.abs() as f64).max(1.0);
+            for (j, (got, want)) in [(sep.0, w), (sep.1, wg), (fus.0, w), (fus.1, wg)]
+                .into_iter()
+                .enumerate()
+            {
+                worst[j] = worst[j].max((got as f64 - want).abs() / scale);
+            }
+        }
+        println!("gelu / gelu' max error (separate, fused): {worst:?}");
+        assert!(worst.iter().all(|&e| e < 3e-7), "{worst:?}");
     }
 
     #[test]
