@@ -15,9 +15,21 @@ use crate::ops::kernels::matmul::{PackedRhs, View, gemm_rows, gemm_strided, par_
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
 
-/// Rows per output block (fixed, so results never depend on the thread count; 256 rows
-/// measured best or on par with one all-pool GEMM for N = 128..1536 at K = 128..512).
+/// Most rows per output block (256 rows measured best or on par with one all-pool GEMM for
+/// N = 128..1536 at K = 128..512).
 const ROWS_PER_BLOCK: usize = 256;
+
+/// Rows per output block for an `m`-row product: at most [`ROWS_PER_BLOCK`], and as many
+/// blocks as a multiple of the pool's threads, all of the same size (a multiple of the
+/// 6-row register tile) bar the last. Why: blocks are the unit of work the threads share, and
+/// 1,248 rows (ViT-S's context encoder) in blocks of 256 make 5 blocks, 3 on one of two
+/// threads while the other idles for one; 6 blocks of 208 keep both busy. Every output row
+/// is computed the same way in any block, so the result does not depend on the split.
+fn rows_per_block(m: usize) -> usize {
+    let threads = rayon::current_num_threads().max(1);
+    let rounds = m.div_ceil(threads * ROWS_PER_BLOCK).max(1);
+    m.div_ceil(threads * rounds).next_multiple_of(6).max(6)
+}
 /// Rows per chunk of the ordered column sums.
 const SUM_ROWS: usize = 64;
 
@@ -50,7 +62,7 @@ pub fn linear_forward(
 fn product_in_blocks(lhs: &[f32], k: usize, rhs: &PackedRhs<'_>, bias: Option<&[f32]>) -> Vec<f32> {
     let (m, n) = (lhs.len() / k, rhs.cols());
     let mut y = super::uninit(m * n);
-    let br = ROWS_PER_BLOCK;
+    let br = rows_per_block(m);
     y.par_chunks_mut(br * n)
         .zip(lhs.par_chunks(br * k))
         .for_each(|(y_blk, x_blk)| {
@@ -78,7 +90,7 @@ pub fn linear_gelu_forward(
     }
     let mut act = super::uninit(m * n);
     let mut slope = super::uninit(if with_slope { m * n } else { 0 });
-    let br = ROWS_PER_BLOCK;
+    let br = rows_per_block(m);
     let rhs = PackedRhs::new(View::rows(w, n), k, n);
     // the pre-activation block is computed into `act` and activated in place, in cache
     let block = |a_blk: &mut [MaybeUninit<f32>], x_blk: &[f32], s_blk| {
