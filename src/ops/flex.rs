@@ -4,7 +4,7 @@ use burn::backend::Flex;
 use burn::tensor::{DType, TensorData};
 use burn_flex::FlexTensor;
 
-use super::kernels::{attention, layernorm, linear};
+use super::kernels::{attention, layernorm, linear, optim};
 use super::{IjepaBackend, composed, fused_kernels};
 
 /// A contiguous f32 view (copying only when the layout is strided), or `None` for other dtypes.
@@ -23,6 +23,17 @@ pub(super) fn f32s(t: &FlexTensor) -> Option<std::borrow::Cow<'_, [f32]>> {
 
 pub(super) fn dims(t: &FlexTensor) -> Vec<usize> {
     t.layout().shape().to_vec()
+}
+
+/// `t` as a tensor whose whole storage is its f32 values in order (copied when it is a strided
+/// or offset view), or `None` for other dtypes. Its storage can then be updated in place
+/// (`storage_mut` copies it first only if another tensor shares it).
+fn owned_f32s(t: FlexTensor) -> Option<FlexTensor> {
+    if t.dtype() != DType::F32 {
+        return None;
+    }
+    let whole = t.layout().contiguous_offsets() == Some((0, t.storage::<f32>().len()));
+    Some(if whole { t } else { t.to_contiguous() })
 }
 
 pub(super) fn tensor(values: Vec<f32>, shape: Vec<usize>) -> FlexTensor {
@@ -133,6 +144,118 @@ impl IjepaBackend for Flex {
         match layer_norm_fwd(&x, w.as_ref(), b.as_ref(), eps) {
             Some((y, _, _)) => y,
             None => composed::layer_norm::<Self>(x, w, b, eps),
+        }
+    }
+
+    /// One fused pass over the four buffers, in place and on the pool (burn's ops would make
+    /// about a dozen passes, each allocating, on one thread).
+    fn ijepa_adamw(
+        p: FlexTensor,
+        g: FlexTensor,
+        m: FlexTensor,
+        v: FlexTensor,
+        hp: &optim::AdamW,
+        step: u64,
+    ) -> (FlexTensor, FlexTensor, FlexTensor) {
+        let all_f32 = [&p, &g, &m, &v].iter().all(|t| t.dtype() == DType::F32);
+        if !fused_kernels() || !all_f32 {
+            return composed::adamw::<Self>(p, g, m, v, hp, step);
+        }
+        let (Some(mut p), Some(gs), Some(mut m), Some(mut v)) =
+            (owned_f32s(p), f32s(&g), owned_f32s(m), owned_f32s(v))
+        else {
+            unreachable!("all four are f32");
+        };
+        optim::adamw_step(
+            p.storage_mut(),
+            &gs,
+            m.storage_mut(),
+            v.storage_mut(),
+            hp,
+            step,
+        );
+        (p, m, v)
+    }
+
+    fn ijepa_ema(target: FlexTensor, online: FlexTensor, momentum: f64) -> FlexTensor {
+        let all_f32 = target.dtype() == DType::F32 && online.dtype() == DType::F32;
+        if !fused_kernels() || !all_f32 {
+            return composed::ema::<Self>(target, online, momentum);
+        }
+        let (Some(mut target), Some(online)) = (owned_f32s(target), f32s(&online)) else {
+            unreachable!("both are f32");
+        };
+        optim::ema_update(target.storage_mut(), &online, momentum);
+        target
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::kernels::testutil::{bits, rng, uniform};
+
+    fn values(t: &FlexTensor) -> Vec<f32> {
+        f32s(t).expect("f32").into_owned()
+    }
+
+    #[test]
+    fn fused_optimizer_updates_are_bitwise_the_composed_ones() {
+        let mut r = rng(60);
+        let n = 70_001;
+        let p = uniform(&mut r, n, 1.0);
+        let g = uniform(&mut r, n, 1e-2);
+        let m = uniform(&mut r, n, 1e-2);
+        let v: Vec<f32> = uniform(&mut r, n, 1e-4).iter().map(|x| x.abs()).collect();
+        let t = |x: &[f32]| tensor(x.to_vec(), vec![x.len()]);
+        for wd in [0.05, 0.0] {
+            for step in [1u64, 7] {
+                let hp = optim::AdamW {
+                    lr: 1.5e-3,
+                    beta1: 0.9,
+                    beta2: 0.999,
+                    eps: 1e-8,
+                    weight_decay: wd,
+                };
+                // the parameter is shared with another tensor, and the moments come in as
+                // offset views into larger buffers: both must be handled without touching
+                // the other tensor
+                let shared = t(&p);
+                let keep = shared.clone();
+                let padded = |x: &[f32]| {
+                    let mut y = vec![9.0f32; 3];
+                    y.extend_from_slice(x);
+                    tensor(y, vec![n + 3]).narrow(0, 3, n)
+                };
+                let fused = Flex::ijepa_adamw(shared, t(&g), padded(&m), padded(&v), &hp, step);
+                let want = composed::adamw::<Flex>(t(&p), t(&g), t(&m), t(&v), &hp, step);
+                for (what, a, b) in [
+                    ("p", &fused.0, &want.0),
+                    ("m", &fused.1, &want.1),
+                    ("v", &fused.2, &want.2),
+                ] {
+                    assert_eq!(
+                        bits(&values(a)),
+                        bits(&values(b)),
+                        "{what} wd={wd} t={step}"
+                    );
+                }
+                assert_eq!(
+                    bits(&values(&keep)),
+                    bits(&p),
+                    "a shared input was modified"
+                );
+            }
+        }
+        let online = uniform(&mut r, n, 1.0);
+        for momentum in [0.996, 1.0] {
+            let fused = Flex::ijepa_ema(t(&p), t(&online), momentum);
+            let want = composed::ema::<Flex>(t(&p), t(&online), momentum);
+            assert_eq!(
+                bits(&values(&fused)),
+                bits(&values(&want)),
+                "ema {momentum}"
+            );
         }
     }
 }

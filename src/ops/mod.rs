@@ -94,6 +94,41 @@ pub mod composed {
         let gamma = w.unwrap_or_else(|| unwrap(Tensor::<B, 1>::ones([x.dims()[1]], &x.device())));
         B::layer_norm(unwrap(x), gamma, b, eps)
     }
+
+    /// One AdamW step as tensor ops, element for element the formulas (and the rounding) of
+    /// [`kernels::optim::adamw_step`].
+    pub fn adamw<B: Backend>(
+        p: FloatTensor<B>,
+        g: FloatTensor<B>,
+        m: FloatTensor<B>,
+        v: FloatTensor<B>,
+        hp: &kernels::optim::AdamW,
+        step: u64,
+    ) -> (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>) {
+        let s = kernels::optim::Scalars::new(hp, step);
+        let (p, g) = (wrap::<B, 1>(p), wrap::<B, 1>(g));
+        let (m, v) = (wrap::<B, 1>(m), wrap::<B, 1>(v));
+        let p = match s.decay {
+            Some(decay) => p.mul_scalar(decay),
+            None => p,
+        };
+        // torch: exp_avg.lerp_(grad, 1 - beta1); exp_avg_sq.mul_(beta2).addcmul_(grad, grad, 1 - beta2)
+        let m = m.clone() + (g.clone() - m).mul_scalar(s.w1);
+        let v = v.mul_scalar(s.b2) + g.clone().mul_scalar(s.w2) * g;
+        let denom = v.clone().sqrt().div_scalar(s.bc2_sqrt).add_scalar(s.eps);
+        let p = p - (m.clone() / denom).mul_scalar(s.step_size);
+        (unwrap(p), unwrap(m), unwrap(v))
+    }
+
+    /// The EMA update `target·m + online·(1 - m)` as tensor ops.
+    pub fn ema<B: Backend>(
+        target: FloatTensor<B>,
+        online: FloatTensor<B>,
+        momentum: f64,
+    ) -> FloatTensor<B> {
+        let (m, om) = kernels::optim::ema_factors(momentum);
+        unwrap(wrap::<B, 1>(target).mul_scalar(m) + wrap::<B, 1>(online).mul_scalar(om))
+    }
 }
 
 /// Backends the I-JEPA networks run on.
@@ -130,6 +165,29 @@ pub trait IjepaBackend: Backend {
         eps: f64,
     ) -> FloatTensor<Self> {
         composed::layer_norm::<Self>(x, w, b, eps)
+    }
+
+    /// One AdamW step (torch's `AdamW`, decoupled weight decay) on one parameter `p` with
+    /// gradient `g` and moments `m`, `v`, all flat and of one length: the new `(p, m, v)`.
+    /// `step` is 1-based.
+    fn ijepa_adamw(
+        p: FloatTensor<Self>,
+        g: FloatTensor<Self>,
+        m: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        hp: &kernels::optim::AdamW,
+        step: u64,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        composed::adamw::<Self>(p, g, m, v, hp, step)
+    }
+
+    /// The EMA target update `target·m + online·(1 - m)` on flat tensors of one length.
+    fn ijepa_ema(
+        target: FloatTensor<Self>,
+        online: FloatTensor<Self>,
+        momentum: f64,
+    ) -> FloatTensor<Self> {
+        composed::ema::<Self>(target, online, momentum)
     }
 }
 

@@ -19,8 +19,7 @@ impl<B: crate::ops::IjepaBackend> ModuleVisitor<B> for Collect<B> {
 
 struct Update<B: crate::ops::IjepaBackend> {
     online: std::vec::IntoIter<TensorPrimitive<B>>,
-    m: f32,
-    one_minus_m: f32,
+    momentum: f64,
 }
 
 impl<B: crate::ops::IjepaBackend> ModuleMapper<B> for Update<B> {
@@ -29,9 +28,12 @@ impl<B: crate::ops::IjepaBackend> ModuleMapper<B> for Update<B> {
         let Some(online) = self.online.next() else {
             return Param::from_mapped_value(id, target, mapper);
         };
+        let shape = target.shape();
+        let flat = |t: Tensor<B, D>| t.flatten::<1>(0, D - 1).into_primitive().tensor();
         let online = Tensor::<B, D>::from_primitive(online);
-        let updated = target.mul_scalar(self.m) + online.mul_scalar(self.one_minus_m);
-        Param::from_mapped_value(id, updated, mapper)
+        let updated = B::ijepa_ema(flat(target), flat(online), self.momentum);
+        let updated = Tensor::<B, 1>::from_primitive(TensorPrimitive::Float(updated));
+        Param::from_mapped_value(id, updated.reshape(shape), mapper)
     }
 }
 
@@ -48,8 +50,7 @@ pub fn ema_update<B: crate::ops::IjepaBackend>(
     online.visit(&mut collect);
     let mut update = Update::<B> {
         online: collect.tensors.into_iter(),
-        m: momentum as f32,
-        one_minus_m: (1.0 - momentum) as f32,
+        momentum,
     };
     target.map(&mut update)
 }

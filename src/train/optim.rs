@@ -10,10 +10,11 @@ use std::collections::BTreeMap;
 
 use burn::module::{AutodiffModule, ModuleMapper, ModuleVisitor, Param};
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::{ElementConversion, Tensor};
+use burn::tensor::{ElementConversion, Tensor, TensorPrimitive};
 
 use crate::checkpoint::HostTensor;
 use crate::checkpoint::tensors::is_linear_weight;
+use crate::ops::IjepaBackend;
 
 /// Flattened tensors by parameter name (burn layout: Linear weights `[in, out]`).
 pub type TensorMap<B> = BTreeMap<String, Tensor<B, 1>>;
@@ -153,6 +154,7 @@ impl<B: Backend> AdamW<B> {
         hyper: StepHyper,
     ) -> M
     where
+        B: IjepaBackend,
         AD: AutodiffBackend<InnerBackend = B>,
         M: AutodiffModule<AD>,
     {
@@ -175,7 +177,10 @@ struct Update<'a, AD: AutodiffBackend> {
     hyper: StepHyper,
 }
 
-impl<AD: AutodiffBackend> ModuleMapper<AD> for Update<'_, AD> {
+impl<AD: AutodiffBackend> ModuleMapper<AD> for Update<'_, AD>
+where
+    AD::InnerBackend: IjepaBackend,
+{
     fn enter_module(&mut self, name: &str, _: &str) {
         self.path.0.push(name.to_string());
     }
@@ -191,43 +196,36 @@ impl<AD: AutodiffBackend> ModuleMapper<AD> for Update<'_, AD> {
         let require_grad = tensor.is_require_grad();
         let p = tensor.inner();
         let shape = p.shape();
-        let g = grad.clone().reshape(shape.clone());
+        let flat =
+            |t: Tensor<AD::InnerBackend, D>| t.flatten::<1>(0, D - 1).into_primitive().tensor();
         let a = &mut *self.adam;
-        let (lr, t) = (self.hyper.lr, a.step as i32);
-
-        let decay = if is_decayed(&name, D) {
-            self.hyper.weight_decay
-        } else {
-            0.0
+        let zeros = || Tensor::<AD::InnerBackend, 1>::zeros([shape.num_elements()], &grad.device());
+        let m = a.exp_avg.remove(&name).unwrap_or_else(zeros);
+        let v = a.exp_avg_sq.remove(&name).unwrap_or_else(zeros);
+        let hp = crate::ops::kernels::optim::AdamW {
+            lr: self.hyper.lr,
+            beta1: a.beta1,
+            beta2: a.beta2,
+            eps: a.eps,
+            weight_decay: if is_decayed(&name, D) {
+                self.hyper.weight_decay
+            } else {
+                0.0
+            },
         };
-        let p = if decay != 0.0 {
-            p.mul_scalar((1.0 - lr * decay) as f32)
-        } else {
-            p
-        };
-
-        let m = match a.exp_avg.remove(&name) {
-            Some(m) => m.reshape(shape.clone()),
-            None => Tensor::zeros(shape.clone(), &g.device()),
-        };
-        let v = match a.exp_avg_sq.remove(&name) {
-            Some(v) => v.reshape(shape.clone()),
-            None => Tensor::zeros(shape.clone(), &g.device()),
-        };
-        // torch: exp_avg.lerp_(grad, 1 - beta1); exp_avg_sq.mul_(beta2).addcmul_(grad, grad, 1 - beta2)
-        let m = m.clone() + (g.clone() - m).mul_scalar((1.0 - a.beta1) as f32);
-        let v = v.mul_scalar(a.beta2 as f32) + (g.clone() * g).mul_scalar((1.0 - a.beta2) as f32);
-        let bias1 = 1.0 - a.beta1.powi(t);
-        let bias2_sqrt = (1.0 - a.beta2.powi(t)).sqrt();
-        let denom = v
-            .clone()
-            .sqrt()
-            .div_scalar(bias2_sqrt as f32)
-            .add_scalar(a.eps as f32);
-        let p = p - (m.clone() / denom).mul_scalar((lr / bias1) as f32);
-
-        a.exp_avg.insert(name.clone(), m.flatten::<1>(0, D - 1));
-        a.exp_avg_sq.insert(name, v.flatten::<1>(0, D - 1));
+        let unwrap = |t: Tensor<AD::InnerBackend, 1>| t.into_primitive().tensor();
+        let (p, m, v) = AD::InnerBackend::ijepa_adamw(
+            flat(p),
+            unwrap(grad.clone()),
+            unwrap(m),
+            unwrap(v),
+            &hp,
+            a.step,
+        );
+        let wrap = |t| Tensor::<AD::InnerBackend, 1>::from_primitive(TensorPrimitive::Float(t));
+        a.exp_avg.insert(name.clone(), wrap(m));
+        a.exp_avg_sq.insert(name, wrap(v));
+        let p = wrap(p).reshape(shape);
         let mut out = Tensor::<AD, D>::from_inner(p);
         if require_grad {
             out = out.require_grad();

@@ -28,7 +28,7 @@ pub mod matmul;
 pub mod optim;
 
 #[cfg(test)]
-mod testutil;
+pub(crate) mod testutil;
 
 /// An output buffer of `len` floats, not yet initialised: the kernel's own parallel loop
 /// initialises each piece with [`zeroed`] right before computing it, while it is in cache,

@@ -21,6 +21,40 @@ pub struct AdamW {
     pub weight_decay: f64,
 }
 
+/// The f32 factors of one AdamW step, from the f64 hyper-parameters (as torch's Python floats).
+#[derive(Debug, Clone, Copy)]
+pub struct Scalars {
+    /// `1 - lr·wd`; `None` when `wd == 0` (torch skips the multiply).
+    pub decay: Option<f32>,
+    /// `1 - β1`
+    pub w1: f32,
+    pub b2: f32,
+    /// `1 - β2`
+    pub w2: f32,
+    /// `lr / (1 - β1^t)`
+    pub step_size: f32,
+    /// `sqrt(1 - β2^t)`
+    pub bc2_sqrt: f32,
+    pub eps: f32,
+}
+
+impl Scalars {
+    /// The factors of step `step` (1-based, the count *after* increment).
+    pub fn new(hp: &AdamW, step: u64) -> Self {
+        assert!(step >= 1, "step is 1-based");
+        let t = step as f64;
+        Self {
+            decay: (hp.weight_decay != 0.0).then_some((1.0 - hp.lr * hp.weight_decay) as f32),
+            w1: (1.0 - hp.beta1) as f32,
+            b2: hp.beta2 as f32,
+            w2: (1.0 - hp.beta2) as f32,
+            step_size: (hp.lr / (1.0 - hp.beta1.powf(t))) as f32,
+            bc2_sqrt: (1.0 - hp.beta2.powf(t)).sqrt() as f32,
+            eps: hp.eps as f32,
+        }
+    }
+}
+
 /// One AdamW step, in place; `step` is the 1-based step count *after* increment.
 ///
 /// Per element, in f32:
@@ -38,16 +72,7 @@ pub fn adamw_step(
     assert_eq!(grad.len(), len);
     assert_eq!(exp_avg.len(), len);
     assert_eq!(exp_avg_sq.len(), len);
-    assert!(step >= 1, "step is 1-based");
-    let t = step as f64;
-    let decay = (1.0 - hp.lr * hp.weight_decay) as f32;
-    let w1 = (1.0 - hp.beta1) as f32;
-    let b2 = hp.beta2 as f32;
-    let w2 = (1.0 - hp.beta2) as f32;
-    let step_size = (hp.lr / (1.0 - hp.beta1.powf(t))) as f32;
-    let bc2_sqrt = (1.0 - hp.beta2.powf(t)).sqrt() as f32;
-    let eps = hp.eps as f32;
-    let decayed = hp.weight_decay != 0.0;
+    let s = Scalars::new(hp, step);
     param
         .par_chunks_mut(CHUNK)
         .zip(grad.par_chunks(CHUNK))
@@ -57,38 +82,37 @@ pub fn adamw_step(
                 .zip(exp_avg_sq.par_chunks_mut(CHUNK)),
         )
         .for_each(|((p, g), (m, v))| {
-            let body = |p: &mut f32, g: f32, m: &mut f32, v: &mut f32, decay: f32| {
-                let pd = *p * decay;
-                let mn = *m + (g - *m) * w1;
-                let vn = *v * b2 + w2 * g * g;
-                let denom = vn.sqrt() / bc2_sqrt + eps;
-                *p = pd - step_size * (mn / denom);
+            let it = p.iter_mut().zip(g).zip(m.iter_mut().zip(v.iter_mut()));
+            let moments = |g: f32, m: &mut f32, v: &mut f32| {
+                let mn = *m + (g - *m) * s.w1;
+                let vn = *v * s.b2 + s.w2 * g * g;
                 *m = mn;
                 *v = vn;
+                mn / (vn.sqrt() / s.bc2_sqrt + s.eps)
             };
-            let it = p.iter_mut().zip(g).zip(m.iter_mut().zip(v.iter_mut()));
-            if decayed {
-                it.for_each(|((p, &g), (m, v))| body(p, g, m, v, decay));
-            } else {
+            match s.decay {
+                Some(decay) => it.for_each(|((p, &g), (m, v))| {
+                    let pd = *p * decay;
+                    *p = pd - s.step_size * moments(g, m, v);
+                }),
                 // skip the multiply entirely, as torch does for weight_decay == 0
-                it.for_each(|((p, &g), (m, v))| {
-                    let mn = *m + (g - *m) * w1;
-                    let vn = *v * b2 + w2 * g * g;
-                    let denom = vn.sqrt() / bc2_sqrt + eps;
-                    *p -= step_size * (mn / denom);
-                    *m = mn;
-                    *v = vn;
-                });
+                None => it.for_each(|((p, &g), (m, v))| {
+                    *p -= s.step_size * moments(g, m, v);
+                }),
             }
         });
+}
+
+/// `(m, 1 - m)` of the EMA update, computed in f64 and rounded to f32.
+pub fn ema_factors(momentum: f64) -> (f32, f32) {
+    (momentum as f32, (1.0 - momentum) as f32)
 }
 
 /// EMA target update in place: `target = target·m + online·(1 - m)`, with `m` and
 /// `1 - m` (computed in f64) rounded to f32 first.
 pub fn ema_update(target: &mut [f32], online: &[f32], momentum: f64) {
     assert_eq!(target.len(), online.len());
-    let m = momentum as f32;
-    let om = (1.0 - momentum) as f32;
+    let (m, om) = ema_factors(momentum);
     target
         .par_chunks_mut(CHUNK)
         .zip(online.par_chunks(CHUNK))
