@@ -185,8 +185,10 @@ impl<'a> PackedRhs<'a> {
             (k - 1) * rhs.rs + (n - 1) * rhs.cs < rhs.data.len(),
             "rhs out of bounds"
         );
-        let mut panels = vec![0.0f32; n.div_ceil(NR) * k * NR];
-        let pack = |(p, panel): (usize, &mut [f32])| {
+        // Every element is written below (the zero padding past `n` included): no zeroing
+        // pass first (a serial memset of the whole operand on the calling thread).
+        let mut panels = super::uninit(n.div_ceil(NR) * k * NR);
+        let pack = |(p, panel): (usize, &mut [std::mem::MaybeUninit<f32>])| {
             let c0 = p * NR;
             let cols = (n - c0).min(NR);
             if rhs.cs == 1 {
@@ -194,21 +196,33 @@ impl<'a> PackedRhs<'a> {
                 for (t, row) in panel.chunks_exact_mut(NR).enumerate() {
                     let src = &rhs.data[t * rhs.rs + c0..t * rhs.rs + c0 + cols];
                     for (v, &x) in row.iter_mut().zip(src) {
-                        *v = x;
+                        v.write(x);
                     }
+                    row[cols..].iter_mut().for_each(|v| {
+                        v.write(0.0);
+                    });
                 }
             } else if rhs.rs == 1 {
                 // a transposed view: its columns are contiguous, read each once
                 for j in 0..cols {
                     let src = &rhs.data[(c0 + j) * rhs.cs..(c0 + j) * rhs.cs + k];
                     for (t, &x) in src.iter().enumerate() {
-                        panel[t * NR + j] = x;
+                        panel[t * NR + j].write(x);
                     }
+                }
+                for row in panel.chunks_exact_mut(NR) {
+                    row[cols..].iter_mut().for_each(|v| {
+                        v.write(0.0);
+                    });
                 }
             } else {
                 for (t, row) in panel.chunks_exact_mut(NR).enumerate() {
-                    for (j, v) in row[..cols].iter_mut().enumerate() {
-                        *v = rhs.data[t * rhs.rs + (c0 + j) * rhs.cs];
+                    for (j, v) in row.iter_mut().enumerate() {
+                        v.write(if j < cols {
+                            rhs.data[t * rhs.rs + (c0 + j) * rhs.cs]
+                        } else {
+                            0.0
+                        });
                     }
                 }
             }
@@ -219,6 +233,8 @@ impl<'a> PackedRhs<'a> {
         } else {
             panels.par_chunks_mut(k * NR).enumerate().for_each(pack);
         }
+        // SAFETY: each panel's k rows of NR were written above (values, then zero padding).
+        let panels = unsafe { super::assume_init(panels) };
         Self {
             k,
             n,
