@@ -58,19 +58,18 @@ fn scores(q: &[f32], k: &[f32], d: usize, n: usize, hd: usize, scale2: f32, s: &
     gemm_strided(n, n, hd, s, n, false, q, kt, scale2, Parallelism::None);
 }
 
-/// Row-wise softmax in place on log2-scaled scores `s [rows, n]` (`s = logits·log2 e`):
-/// `p = 2^(s - max) / Σ`, and `lse[i] = ln Σ_j e^{logit_ij}` (natural log).
-fn softmax_rows(s: &mut [f32], n: usize, lse: &mut [f32]) {
-    for (row, l) in s.chunks_exact_mut(n).zip(lse.iter_mut()) {
+/// Row-wise softmax numerators in place on log2-scaled scores `s [rows, n]` (`s = logits·log2 e`):
+/// `p = 2^(s - max)`, with `inv[i] = 1 / Σ_j p_ij` (the normalisation is applied to the rows of
+/// `P V`, `hd` wide, instead of to `P`, `n` wide) and `lse[i] = ln Σ_j e^{logit_ij}`.
+fn softmax_numerators(s: &mut [f32], n: usize, lse: &mut [f32], inv: &mut [f32]) {
+    for ((row, l), r) in s
+        .chunks_exact_mut(n)
+        .zip(lse.iter_mut())
+        .zip(inv.iter_mut())
+    {
         let m = math::max(row);
-        for v in row.iter_mut() {
-            *v = exp2_f32(*v - m);
-        }
-        let sum = math::sum(row);
-        let inv = 1.0 / sum;
-        for v in row.iter_mut() {
-            *v *= inv;
-        }
+        let sum = math::exp2_in_place_sum(row, m);
+        *r = 1.0 / sum;
         *l = (m + sum.log2()) * LN_2;
     }
 }
@@ -97,16 +96,23 @@ pub fn attention_forward(
         .zip(qkv.par_chunks(n * 3 * d))
         .for_each(|((out_b, lse_b), qkv_b)| {
             simd(|| {
-                with_scratch(n * n, |s| {
+                with_scratch(n * n + n, |buf| {
+                    let (s, inv) = buf.split_at_mut(n * n);
                     for h in 0..heads {
                         let q = &qkv_b[h * hd..];
                         let k = &qkv_b[d + h * hd..];
                         let v = &qkv_b[2 * d + h * hd..];
                         scores(q, k, d, n, hd, scale2, s);
-                        softmax_rows(s, n, &mut lse_b[h * n..(h + 1) * n]);
-                        // O_h = P V, written into columns h·hd.. of out (V read in place)
+                        softmax_numerators(s, n, &mut lse_b[h * n..(h + 1) * n], inv);
+                        // O_h = (P V) / Σ, written into columns h·hd.. of out (V read in place)
                         let vp = PackedRhs::in_place(View::rows(v, 3 * d), n, hd);
                         gemm_rows_strided(n, s, n, &vp, None, &mut out_b[h * hd..], d);
+                        for (i, &r) in inv.iter().enumerate() {
+                            for o in &mut out_b[i * d + h * hd..i * d + (h + 1) * hd] {
+                                // SAFETY: the product just wrote this element.
+                                o.write(unsafe { o.assume_init_read() } * r);
+                            }
+                        }
                     }
                 })
             })

@@ -205,6 +205,26 @@ pub fn sum(x: &[f32]) -> f32 {
     s
 }
 
+/// In place `x = 2^(x - shift)` ([`exp2_f32`]), returning the sum of the new values (summed in
+/// the order of [`sum`]): one pass instead of two.
+#[inline]
+pub fn exp2_in_place_sum(x: &mut [f32], shift: f32) -> f32 {
+    let mut acc = [0.0f32; LANES];
+    let mut chunks = x.chunks_exact_mut(LANES);
+    for c in &mut chunks {
+        for i in 0..LANES {
+            c[i] = exp2_f32(c[i] - shift);
+            acc[i] += c[i];
+        }
+    }
+    let mut s = fold_lanes(acc);
+    for v in chunks.into_remainder() {
+        *v = exp2_f32(*v - shift);
+        s += *v;
+    }
+    s
+}
+
 /// Dot product of two equally long slices.
 #[inline]
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
