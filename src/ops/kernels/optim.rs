@@ -73,6 +73,31 @@ pub fn adamw_step(
     assert_eq!(exp_avg.len(), len);
     assert_eq!(exp_avg_sq.len(), len);
     let s = Scalars::new(hp, step);
+    let update = |((p, g), (m, v)): ((&mut [f32], &[f32]), (&mut [f32], &mut [f32]))| {
+        let it = p.iter_mut().zip(g).zip(m.iter_mut().zip(v.iter_mut()));
+        let moments = |g: f32, m: &mut f32, v: &mut f32| {
+            let mn = *m + (g - *m) * s.w1;
+            let vn = *v * s.b2 + s.w2 * g * g;
+            *m = mn;
+            *v = vn;
+            mn / (vn.sqrt() / s.bc2_sqrt + s.eps)
+        };
+        match s.decay {
+            Some(decay) => it.for_each(|((p, &g), (m, v))| {
+                let pd = *p * decay;
+                *p = pd - s.step_size * moments(g, m, v);
+            }),
+            // skip the multiply entirely, as torch does for weight_decay == 0
+            None => it.for_each(|((p, &g), (m, v))| {
+                *p -= s.step_size * moments(g, m, v);
+            }),
+        }
+    };
+    if len <= CHUNK {
+        // most parameters (biases, norms): handing them to the pool costs more than the update
+        update(((param, grad), (exp_avg, exp_avg_sq)));
+        return;
+    }
     param
         .par_chunks_mut(CHUNK)
         .zip(grad.par_chunks(CHUNK))
@@ -81,26 +106,7 @@ pub fn adamw_step(
                 .par_chunks_mut(CHUNK)
                 .zip(exp_avg_sq.par_chunks_mut(CHUNK)),
         )
-        .for_each(|((p, g), (m, v))| {
-            let it = p.iter_mut().zip(g).zip(m.iter_mut().zip(v.iter_mut()));
-            let moments = |g: f32, m: &mut f32, v: &mut f32| {
-                let mn = *m + (g - *m) * s.w1;
-                let vn = *v * s.b2 + s.w2 * g * g;
-                *m = mn;
-                *v = vn;
-                mn / (vn.sqrt() / s.bc2_sqrt + s.eps)
-            };
-            match s.decay {
-                Some(decay) => it.for_each(|((p, &g), (m, v))| {
-                    let pd = *p * decay;
-                    *p = pd - s.step_size * moments(g, m, v);
-                }),
-                // skip the multiply entirely, as torch does for weight_decay == 0
-                None => it.for_each(|((p, &g), (m, v))| {
-                    *p -= s.step_size * moments(g, m, v);
-                }),
-            }
-        });
+        .for_each(update);
 }
 
 /// `(m, 1 - m)` of the EMA update, computed in f64 and rounded to f32.
@@ -113,14 +119,19 @@ pub fn ema_factors(momentum: f64) -> (f32, f32) {
 pub fn ema_update(target: &mut [f32], online: &[f32], momentum: f64) {
     assert_eq!(target.len(), online.len());
     let (m, om) = ema_factors(momentum);
-    target
-        .par_chunks_mut(CHUNK)
-        .zip(online.par_chunks(CHUNK))
-        .for_each(|(t, e)| {
-            for (t, &e) in t.iter_mut().zip(e) {
-                *t = *t * m + e * om;
-            }
-        });
+    let update = |(t, e): (&mut [f32], &[f32])| {
+        for (t, &e) in t.iter_mut().zip(e) {
+            *t = *t * m + e * om;
+        }
+    };
+    if target.len() <= CHUNK {
+        update((target, online));
+    } else {
+        target
+            .par_chunks_mut(CHUNK)
+            .zip(online.par_chunks(CHUNK))
+            .for_each(update);
+    }
 }
 
 #[cfg(test)]
@@ -199,9 +210,15 @@ mod tests {
     #[test]
     fn ema_matches_f64() {
         let mut rg = rng(51);
-        let n = 50_003;
-        let mut t = uniform(&mut rg, n, 1.0);
-        let e = uniform(&mut rg, n, 1.0);
+        // on the pool, and below one chunk on the calling thread
+        for n in [50_003, 100] {
+            ema_matches_f64_at(&mut rg, n);
+        }
+    }
+
+    fn ema_matches_f64_at(rg: &mut rand_chacha::ChaCha8Rng, n: usize) {
+        let mut t = uniform(rg, n, 1.0);
+        let e = uniform(rg, n, 1.0);
         let mut t64 = to_f64(&t);
         for &mom in &[0.996f64, 0.9995, 1.0] {
             ema_update(&mut t, &e, mom);
