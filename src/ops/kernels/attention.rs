@@ -17,12 +17,12 @@
 //! `gemm` with `Parallelism::None` (already inside a parallel loop). (`Q Kᵀ` on the tiles with
 //! `Kᵀ` packed per head measured no faster.)
 
-use crate::ops::kernels::math::simd;
-use crate::ops::kernels::math::{self, exp2_f32};
+use crate::ops::kernels::math::{self, exp2_f32, simd_fn};
 use crate::ops::kernels::matmul::{PackedRhs, Parallelism, View, gemm_rows_strided, gemm_strided};
 use rayon::prelude::*;
 use std::cell::RefCell;
 use std::f32::consts::{LN_2, LOG2_E};
+use std::mem::MaybeUninit;
 
 thread_local! {
     static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
@@ -52,25 +52,79 @@ fn dims(len: usize, batch: usize, seq: usize, heads: usize) -> (usize, usize) {
 
 /// One head's scores `s [n, n] = scale2 · Q Kᵀ`, Q and K read in place from the qkv rows
 /// (stride `3d`; gemm takes `Kᵀ` as a transposed view). The forward and the backward's
-/// recomputation of P both call this, so they see the same values.
+/// recomputation of P both call this, so they see the same values. (On the register tiles,
+/// with `Kᵀ` packed per head, it measured no faster: the packing costs what the tiles save.)
 fn scores(q: &[f32], k: &[f32], d: usize, n: usize, hd: usize, scale2: f32, s: &mut [f32]) {
     let (q, kt) = (View::rows(q, 3 * d), View::t(k, 3 * d));
     gemm_strided(n, n, hd, s, n, false, q, kt, scale2, Parallelism::None);
 }
 
-/// Row-wise softmax numerators in place on log2-scaled scores `s [rows, n]` (`s = logits·log2 e`):
-/// `p = 2^(s - max)`, with `inv[i] = 1 / Σ_j p_ij` (the normalisation is applied to the rows of
-/// `P V`, `hd` wide, instead of to `P`, `n` wide) and `lse[i] = ln Σ_j e^{logit_ij}`.
-fn softmax_numerators(s: &mut [f32], n: usize, lse: &mut [f32], inv: &mut [f32]) {
-    for ((row, l), r) in s
-        .chunks_exact_mut(n)
-        .zip(lse.iter_mut())
-        .zip(inv.iter_mut())
-    {
-        let m = math::max(row);
-        let sum = math::exp2_in_place_sum(row, m);
-        *r = 1.0 / sum;
-        *l = (m + sum.log2()) * LN_2;
+simd_fn! {
+    /// Row-wise softmax numerators in place on log2-scaled scores `s [rows, n]`
+    /// (`s = logits·log2 e`): `p = 2^(s - max)`, with `inv[i] = 1 / Σ_j p_ij` (the
+    /// normalisation is applied to the rows of `P V`, `hd` wide, instead of to `P`, `n` wide)
+    /// and `lse[i] = ln Σ_j e^{logit_ij}`.
+    fn softmax_numerators(s: &mut [f32], n: usize, lse: &mut [f32], inv: &mut [f32]) {
+        for ((row, l), r) in s
+            .chunks_exact_mut(n)
+            .zip(lse.iter_mut())
+            .zip(inv.iter_mut())
+        {
+            let m = math::max(row);
+            let sum = math::exp2_in_place_sum(row, m);
+            *r = 1.0 / sum;
+            *l = (m + sum.log2()) * LN_2;
+        }
+    }
+}
+
+simd_fn! {
+    /// Row `i` of one head's output (`hd` columns at stride `d`, just written by `P V`) times
+    /// `inv[i]`.
+    fn scale_head_rows(out: &mut [MaybeUninit<f32>], inv: &[f32], d: usize, hd: usize) {
+        for (i, &r) in inv.iter().enumerate() {
+            for o in &mut out[i * d..i * d + hd] {
+                // SAFETY: the caller's product wrote this element.
+                o.write(unsafe { o.assume_init_read() } * r);
+            }
+        }
+    }
+}
+
+simd_fn! {
+    /// The backward's recomputation of `P` in place on log2-scaled scores: `2^(s - lse·log2 e)`.
+    fn probabilities(p: &mut [f32], lse: &[f32], n: usize) {
+        for (row, &l) in p.chunks_exact_mut(n).zip(lse) {
+            let l2 = l * LOG2_E;
+            for x in row.iter_mut() {
+                *x = exp2_f32(*x - l2);
+            }
+        }
+    }
+}
+
+simd_fn! {
+    /// `dp ← scale · P ∘ (dP - delta)` with `delta_i = dO_i · O_i` (rows of `g` and `o`: `hd`
+    /// floats at stride `d`), in place on `dp [n, n]`; `delta` is scratch of `n`.
+    fn scaled_score_grads(
+        dp: &mut [f32],
+        p: &[f32],
+        g: &[f32],
+        o: &[f32],
+        delta: &mut [f32],
+        n: usize,
+        d: usize,
+        hd: usize,
+        scale: f32,
+    ) {
+        for (i, di) in delta.iter_mut().enumerate() {
+            *di = math::dot(&g[i * d..i * d + hd], &o[i * d..i * d + hd]);
+        }
+        for ((dsr, pr), &di) in dp.chunks_exact_mut(n).zip(p.chunks_exact(n)).zip(delta.iter()) {
+            for (x, &pv) in dsr.iter_mut().zip(pr) {
+                *x = scale * (pv * (*x - di));
+            }
+        }
     }
 }
 
@@ -95,26 +149,19 @@ pub fn attention_forward(
         .zip(lse.par_chunks_mut(heads * n))
         .zip(qkv.par_chunks(n * 3 * d))
         .for_each(|((out_b, lse_b), qkv_b)| {
-            simd(|| {
-                with_scratch(n * n + n, |buf| {
-                    let (s, inv) = buf.split_at_mut(n * n);
-                    for h in 0..heads {
-                        let q = &qkv_b[h * hd..];
-                        let k = &qkv_b[d + h * hd..];
-                        let v = &qkv_b[2 * d + h * hd..];
-                        scores(q, k, d, n, hd, scale2, s);
-                        softmax_numerators(s, n, &mut lse_b[h * n..(h + 1) * n], inv);
-                        // O_h = (P V) / Σ, written into columns h·hd.. of out (V read in place)
-                        let vp = PackedRhs::in_place(View::rows(v, 3 * d), n, hd);
-                        gemm_rows_strided(n, s, n, &vp, None, &mut out_b[h * hd..], d);
-                        for (i, &r) in inv.iter().enumerate() {
-                            for o in &mut out_b[i * d + h * hd..i * d + (h + 1) * hd] {
-                                // SAFETY: the product just wrote this element.
-                                o.write(unsafe { o.assume_init_read() } * r);
-                            }
-                        }
-                    }
-                })
+            with_scratch(n * n + n, |buf| {
+                let (s, inv) = buf.split_at_mut(n * n);
+                for h in 0..heads {
+                    let q = &qkv_b[h * hd..];
+                    let k = &qkv_b[d + h * hd..];
+                    let v = &qkv_b[2 * d + h * hd..];
+                    scores(q, k, d, n, hd, scale2, s);
+                    softmax_numerators(s, n, &mut lse_b[h * n..(h + 1) * n], inv);
+                    // O_h = (P V) / Σ, written into columns h·hd.. of out (V read in place)
+                    let vp = PackedRhs::in_place(View::rows(v, 3 * d), n, hd);
+                    gemm_rows_strided(n, s, n, &vp, None, &mut out_b[h * hd..], d);
+                    scale_head_rows(&mut out_b[h * hd..], inv, d, hd);
+                }
             })
         });
     // SAFETY: the per-image pieces cover `out`, and in each the heads' products wrote every
@@ -149,85 +196,65 @@ pub fn attention_backward(
         .zip(lse.par_chunks(heads * n))
         .for_each(|(((dqkv_b, qkv_b), (out_b, dout_b)), lse_b)| {
             let dqkv_b = super::zeroed(dqkv_b);
-            simd(|| {
-                with_scratch(2 * n * n + n, |buf| {
-                    let (p, rest) = buf.split_at_mut(n * n);
-                    let (dp, delta) = rest.split_at_mut(n * n);
-                    for h in 0..heads {
-                        let q = &qkv_b[h * hd..];
-                        let k = &qkv_b[d + h * hd..];
-                        let v = &qkv_b[2 * d + h * hd..];
-                        let o = &out_b[h * hd..];
-                        let g = &dout_b[h * hd..];
-                        let lse_h = &lse_b[h * n..(h + 1) * n];
-                        // P = 2^(scale·log2(e) · Q Kᵀ - lse·log2(e)), scores as in the forward
-                        scores(q, k, d, n, hd, scale2, p);
-                        for (row, &l) in p.chunks_exact_mut(n).zip(lse_h) {
-                            let l2 = l * LOG2_E;
-                            for x in row.iter_mut() {
-                                *x = exp2_f32(*x - l2);
-                            }
-                        }
-                        // dV = Pᵀ dO
-                        gemm_strided(
-                            n,
-                            hd,
-                            n,
-                            &mut dqkv_b[2 * d + h * hd..],
-                            3 * d,
-                            false,
-                            View::t(p, n),
-                            View::rows(g, d),
-                            1.0,
-                            Parallelism::None,
-                        );
-                        // dP = dO Vᵀ
-                        gemm_strided(
-                            n,
-                            n,
-                            hd,
-                            dp,
-                            n,
-                            false,
-                            View::rows(g, d),
-                            View::t(v, 3 * d),
-                            1.0,
-                            Parallelism::None,
-                        );
-                        // delta_i = dO_i · O_i
-                        for (i, di) in delta.iter_mut().enumerate() {
-                            *di = math::dot(&g[i * d..i * d + hd], &o[i * d..i * d + hd]);
-                        }
-                        // scale · dS = scale · P ∘ (dP - delta)
-                        for ((dsr, pr), &di) in dp
-                            .chunks_exact_mut(n)
-                            .zip(p.chunks_exact(n))
-                            .zip(delta.iter())
-                        {
-                            for (x, &pv) in dsr.iter_mut().zip(pr) {
-                                *x = scale * (pv * (*x - di));
-                            }
-                        }
-                        // dQ = (scale · dS) K (K read in place)
-                        let kp = PackedRhs::in_place(View::rows(k, 3 * d), n, hd);
-                        // SAFETY: the product only writes floats.
-                        let dq = unsafe { super::as_uninit(&mut dqkv_b[h * hd..]) };
-                        gemm_rows_strided(n, dp, n, &kp, None, dq, 3 * d);
-                        // dK = (scale · dS)ᵀ Q
-                        gemm_strided(
-                            n,
-                            hd,
-                            n,
-                            &mut dqkv_b[d + h * hd..],
-                            3 * d,
-                            false,
-                            View::t(dp, n),
-                            View::rows(q, 3 * d),
-                            1.0,
-                            Parallelism::None,
-                        );
-                    }
-                })
+            with_scratch(2 * n * n + n, |buf| {
+                let (p, rest) = buf.split_at_mut(n * n);
+                let (dp, delta) = rest.split_at_mut(n * n);
+                for h in 0..heads {
+                    let q = &qkv_b[h * hd..];
+                    let k = &qkv_b[d + h * hd..];
+                    let v = &qkv_b[2 * d + h * hd..];
+                    let o = &out_b[h * hd..];
+                    let g = &dout_b[h * hd..];
+                    // P = 2^(scale·log2(e) · Q Kᵀ - lse·log2(e)), scores as in the forward
+                    scores(q, k, d, n, hd, scale2, p);
+                    probabilities(p, &lse_b[h * n..(h + 1) * n], n);
+                    // dV = Pᵀ dO
+                    gemm_strided(
+                        n,
+                        hd,
+                        n,
+                        &mut dqkv_b[2 * d + h * hd..],
+                        3 * d,
+                        false,
+                        View::t(p, n),
+                        View::rows(g, d),
+                        1.0,
+                        Parallelism::None,
+                    );
+                    // dP = dO Vᵀ
+                    gemm_strided(
+                        n,
+                        n,
+                        hd,
+                        dp,
+                        n,
+                        false,
+                        View::rows(g, d),
+                        View::t(v, 3 * d),
+                        1.0,
+                        Parallelism::None,
+                    );
+                    // scale · dS = scale · P ∘ (dP - delta), delta_i = dO_i · O_i
+                    scaled_score_grads(dp, p, g, o, delta, n, d, hd, scale);
+                    // dQ = (scale · dS) K (K read in place)
+                    let kp = PackedRhs::in_place(View::rows(k, 3 * d), n, hd);
+                    // SAFETY: the product only writes floats.
+                    let dq = unsafe { super::as_uninit(&mut dqkv_b[h * hd..]) };
+                    gemm_rows_strided(n, dp, n, &kp, None, dq, 3 * d);
+                    // dK = (scale · dS)ᵀ Q
+                    gemm_strided(
+                        n,
+                        hd,
+                        n,
+                        &mut dqkv_b[d + h * hd..],
+                        3 * d,
+                        false,
+                        View::t(dp, n),
+                        View::rows(q, 3 * d),
+                        1.0,
+                        Parallelism::None,
+                    );
+                }
             })
         });
     // SAFETY: the per-image pieces cover `dqkv` and each went through `zeroed`.

@@ -8,7 +8,8 @@
 //! so tails behave the same way.
 
 #[cfg(target_arch = "x86_64")]
-use crate::ops::kernels::math::Fused;
+#[cfg(target_arch = "x86_64")]
+use crate::ops::kernels::math::{Fused, avx2_fma};
 use crate::ops::kernels::math::{MulAdd, Separate, erf_with, exp2_core_with};
 use std::f32::consts::FRAC_1_SQRT_2;
 use std::mem::MaybeUninit;
@@ -71,6 +72,9 @@ pub fn gelu_in_place(v: &mut [f32], slope: Option<&mut [MaybeUninit<f32>]>) {
     gelu_in_place_body::<Separate>(v, slope)
 }
 
+// The loop is compute-bound (a rational erf per element): compiled a second time for AVX2 + FMA
+// and picked at run time, it runs twice as wide as the baseline x86-64 (SSE2) build, with one
+// instruction per multiply-add (unlike `simd_fn!`, which keeps separate multiplies and adds).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 fn gelu_in_place_avx2(v: &mut [f32], slope: Option<&mut [MaybeUninit<f32>]>) {
@@ -93,14 +97,6 @@ fn gelu_in_place_body<M: MulAdd>(v: &mut [f32], slope: Option<&mut [MaybeUninit<
             }
         }
     }
-}
-
-// The loop is compute-bound (a rational erf per element): compiled a second time for AVX2 + FMA
-// and picked at run time, it runs twice as wide as the baseline x86-64 (SSE2) build, with one
-// instruction per multiply-add.
-#[cfg(target_arch = "x86_64")]
-fn avx2_fma() -> bool {
-    std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
 }
 
 #[cfg(test)]

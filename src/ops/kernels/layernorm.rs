@@ -7,20 +7,51 @@
 //! pass per row that produces `dx` and accumulates `dweight`/`dbias` partials per
 //! fixed chunk of rows (added in chunk order → deterministic for any thread count).
 
-use crate::ops::kernels::math;
-use crate::ops::kernels::math::simd;
+use crate::ops::kernels::math::{self, simd_fn};
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 /// Rows per parallel task (fixed: the reduction order of dweight/dbias depends on it).
 const ROWS_PER_CHUNK: usize = 32;
 
 /// Per-row statistics: two-pass mean and biased variance, `rstd = 1/sqrt(var + eps)`.
-#[inline]
+#[inline(always)]
 fn row_stats(x: &[f32], eps: f32) -> (f32, f32) {
     let d = x.len() as f32;
     let mean = math::sum(x) / d;
     let var = math::sum_sq_dev(x, mean) / d;
     (mean, 1.0 / (var.max(0.0) + eps).sqrt())
+}
+
+simd_fn! {
+    /// LayerNorm of the rows of `x` into `y`, with each row's mean and rstd.
+    fn forward_rows(
+        y: &mut [MaybeUninit<f32>],
+        x: &[f32],
+        mean: &mut [f32],
+        rstd: &mut [f32],
+        affine: Option<(&[f32], &[f32])>,
+        dim: usize,
+        eps: f32,
+    ) {
+        for (r, (yr, xr)) in y.chunks_exact_mut(dim).zip(x.chunks_exact(dim)).enumerate() {
+            let (m, s) = row_stats(xr, eps);
+            mean[r] = m;
+            rstd[r] = s;
+            match affine {
+                Some((w, b)) => {
+                    for (((o, &xv), &wv), &bv) in yr.iter_mut().zip(xr).zip(w).zip(b) {
+                        o.write((xv - m) * s * wv + bv);
+                    }
+                }
+                None => {
+                    for (o, &xv) in yr.iter_mut().zip(xr) {
+                        o.write((xv - m) * s);
+                    }
+                }
+            }
+        }
+    }
 }
 
 fn forward_impl(
@@ -45,27 +76,7 @@ fn forward_impl(
         .zip(x.par_chunks(ROWS_PER_CHUNK * dim))
         .zip(mean.par_chunks_mut(ROWS_PER_CHUNK))
         .zip(rstd.par_chunks_mut(ROWS_PER_CHUNK))
-        .for_each(|(((y, x), mean), rstd)| {
-            simd(|| {
-                for (r, (yr, xr)) in y.chunks_exact_mut(dim).zip(x.chunks_exact(dim)).enumerate() {
-                    let (m, s) = row_stats(xr, eps);
-                    mean[r] = m;
-                    rstd[r] = s;
-                    match affine {
-                        Some((w, b)) => {
-                            for (((o, &xv), &wv), &bv) in yr.iter_mut().zip(xr).zip(w).zip(b) {
-                                o.write((xv - m) * s * wv + bv);
-                            }
-                        }
-                        None => {
-                            for (o, &xv) in yr.iter_mut().zip(xr) {
-                                o.write((xv - m) * s);
-                            }
-                        }
-                    }
-                }
-            })
-        });
+        .for_each(|(((y, x), mean), rstd)| forward_rows(y, x, mean, rstd, affine, dim, eps));
     // SAFETY: the chunks cover `y` and every element of each row was written above.
     (unsafe { super::assume_init(y) }, mean, rstd)
 }
@@ -89,15 +100,15 @@ pub fn layer_norm_forward(x: &[f32], dim: usize, eps: f32) -> (Vec<f32>, Vec<f32
 }
 
 /// One row of the backward. With `g = dy·w` (or `dy`), `x̂ = (x - mean)·rstd`:
-/// `dx = rstd·(g - mean(g) - x̂·mean(g·x̂))`.
-#[inline]
+/// `dx = rstd·(g - mean(g) - x̂·mean(g·x̂))`. Every element of `dx` is written.
+#[inline(always)]
 fn backward_row(
     x: &[f32],
     dy: &[f32],
     w: Option<&[f32]>,
     mean: f32,
     rstd: f32,
-    dx: &mut [f32],
+    dx: &mut [MaybeUninit<f32>],
     // (dweight, dbias) partial sums for this chunk
     partial: Option<(&mut [f32], &mut [f32])>,
 ) {
@@ -106,12 +117,18 @@ fn backward_row(
     // dx used as scratch for g = dy·w
     match w {
         Some(w) => {
-            for j in 0..dim {
-                dx[j] = dy[j] * w[j];
+            for ((o, &g), &wv) in dx.iter_mut().zip(dy).zip(w) {
+                o.write(g * wv);
             }
         }
-        None => dx.copy_from_slice(dy),
+        None => {
+            for (o, &g) in dx.iter_mut().zip(dy) {
+                o.write(g);
+            }
+        }
     }
+    // SAFETY: every element was written just above.
+    let dx = unsafe { &mut *(dx as *mut [MaybeUninit<f32>] as *mut [f32]) };
     let sum_g = math::sum(dx);
     // Σ g·x̂ = rstd·Σ g·(x - mean)
     let mut acc = [0.0f32; 16];
@@ -147,6 +164,32 @@ fn backward_row(
     }
 }
 
+simd_fn! {
+    /// [`backward_row`] over a chunk of rows; `part` holds the chunk's `[dweight | dbias]`
+    /// partial sums (affine only).
+    fn backward_rows(
+        x: &[f32],
+        dy: &[f32],
+        w: Option<&[f32]>,
+        mean: &[f32],
+        rstd: &[f32],
+        dx: &mut [MaybeUninit<f32>],
+        part: Option<&mut [f32]>,
+        dim: usize,
+    ) {
+        let mut part = part.map(|p| p.split_at_mut(dim));
+        for (r, ((dxr, xr), dyr)) in dx
+            .chunks_exact_mut(dim)
+            .zip(x.chunks_exact(dim))
+            .zip(dy.chunks_exact(dim))
+            .enumerate()
+        {
+            let partial = part.as_mut().map(|(dw, db)| (&mut **dw, &mut **db));
+            backward_row(xr, dyr, w, mean[r], rstd[r], dxr, partial);
+        }
+    }
+}
+
 /// Affine LayerNorm backward from the forward's `mean`/`rstd`.
 /// Returns `(dx, dweight, dbias)`; the parameter gradients are summed over rows in a
 /// fixed chunk order (bitwise independent of the thread count).
@@ -166,7 +209,7 @@ pub fn layer_norm_affine_backward(
     assert_eq!(rstd.len(), rows);
     let chunk = ROWS_PER_CHUNK * dim;
     let n_chunks = rows.div_ceil(ROWS_PER_CHUNK);
-    let mut dx = vec![0.0f32; x.len()];
+    let mut dx = super::uninit(x.len());
     // per chunk: [dweight partial (dim), dbias partial (dim)]
     let mut partials = vec![0.0f32; n_chunks * 2 * dim];
     dx.par_chunks_mut(chunk)
@@ -177,26 +220,10 @@ pub fn layer_norm_affine_backward(
         )
         .zip(partials.par_chunks_mut(2 * dim))
         .for_each(|(((dx, (x, dy)), (mean, rstd)), part)| {
-            simd(|| {
-                let (dw, db) = part.split_at_mut(dim);
-                for (r, ((dxr, xr), dyr)) in dx
-                    .chunks_exact_mut(dim)
-                    .zip(x.chunks_exact(dim))
-                    .zip(dy.chunks_exact(dim))
-                    .enumerate()
-                {
-                    backward_row(
-                        xr,
-                        dyr,
-                        Some(weight),
-                        mean[r],
-                        rstd[r],
-                        dxr,
-                        Some((&mut *dw, &mut *db)),
-                    );
-                }
-            })
+            backward_rows(x, dy, Some(weight), mean, rstd, dx, Some(part), dim)
         });
+    // SAFETY: the chunks cover `dx` and `backward_row` writes every element of each row.
+    let dx = unsafe { super::assume_init(dx) };
     let mut dweight = vec![0.0f32; dim];
     let mut dbias = vec![0.0f32; dim];
     for part in partials.chunks_exact(2 * dim) {
@@ -223,7 +250,7 @@ pub fn layer_norm_backward(
     assert_eq!(mean.len(), rows);
     assert_eq!(rstd.len(), rows);
     let chunk = ROWS_PER_CHUNK * dim;
-    let mut dx = vec![0.0f32; x.len()];
+    let mut dx = super::uninit(x.len());
     dx.par_chunks_mut(chunk)
         .zip(x.par_chunks(chunk).zip(dy.par_chunks(chunk)))
         .zip(
@@ -231,18 +258,10 @@ pub fn layer_norm_backward(
                 .zip(rstd.par_chunks(ROWS_PER_CHUNK)),
         )
         .for_each(|((dx, (x, dy)), (mean, rstd))| {
-            simd(|| {
-                for (r, ((dxr, xr), dyr)) in dx
-                    .chunks_exact_mut(dim)
-                    .zip(x.chunks_exact(dim))
-                    .zip(dy.chunks_exact(dim))
-                    .enumerate()
-                {
-                    backward_row(xr, dyr, None, mean[r], rstd[r], dxr, None);
-                }
-            })
+            backward_rows(x, dy, None, mean, rstd, dx, None, dim)
         });
-    dx
+    // SAFETY: the chunks cover `dx` and `backward_row` writes every element of each row.
+    unsafe { super::assume_init(dx) }
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@
 //! call on strided views (no transposed copies) and `db` as a chunked, ordered column sum.
 
 use crate::ops::kernels::gelu::gelu_in_place;
-use crate::ops::kernels::math::simd;
+use crate::ops::kernels::math::simd_fn;
 use crate::ops::kernels::matmul::{PackedRhs, View, gemm_rows, gemm_strided, par_all};
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
@@ -127,13 +127,7 @@ fn column_sum(g: &[f32], n: usize) -> Vec<f32> {
     partials
         .par_chunks_mut(n)
         .zip(g.par_chunks(SUM_ROWS * n))
-        .for_each(|(p, g)| {
-            for row in g.chunks_exact(n) {
-                for (a, &v) in p.iter_mut().zip(row) {
-                    *a += v;
-                }
-            }
-        });
+        .for_each(|(p, g)| add_rows(p, g, n));
     reduce_partials(&partials, n)
 }
 
@@ -196,6 +190,38 @@ pub fn linear_backward(
     (dx, dw, db)
 }
 
+simd_fn! {
+    /// `dpre = dact · slope` on a chunk of rows, and (with `part`) the chunk's column sums of
+    /// `dpre` for `db`.
+    fn gelu_grad_rows(
+        dp: &mut [MaybeUninit<f32>],
+        sl: &[f32],
+        da: &[f32],
+        part: Option<&mut [f32]>,
+        n: usize,
+    ) {
+        for ((o, &s), &g) in dp.iter_mut().zip(sl).zip(da) {
+            o.write(g * s);
+        }
+        // SAFETY: every element was written just above.
+        let dp = unsafe { &*(dp as *const [MaybeUninit<f32>] as *const [f32]) };
+        if let Some(part) = part {
+            add_rows(part, dp, n);
+        }
+    }
+}
+
+simd_fn! {
+    /// `acc += Σ rows of g` (`g [rows, n]`), rows in order.
+    fn add_rows(acc: &mut [f32], g: &[f32], n: usize) {
+        for row in g.chunks_exact(n) {
+            for (a, &v) in acc.iter_mut().zip(row) {
+                *a += v;
+            }
+        }
+    }
+}
+
 /// Backward of [`linear_gelu_forward`] from its `slope` (= gelu'(pre)) and `d act`:
 /// `dpre = dact · slope` (fused with the ordered `db` column sum), then the linear
 /// backward. Returns `(dx, dW, db if with_bias)`.
@@ -220,22 +246,7 @@ pub fn linear_gelu_backward(
     let mut dpre = super::uninit(m * n);
     let n_chunks = m.div_ceil(SUM_ROWS);
     let mut partials = vec![0.0f32; if with_bias { n_chunks * n } else { 0 }];
-    let work = |dp: &mut [MaybeUninit<f32>], sl: &[f32], da: &[f32], part: Option<&mut [f32]>| {
-        simd(|| {
-            for ((o, &s), &g) in dp.iter_mut().zip(sl).zip(da) {
-                o.write(g * s);
-            }
-            // SAFETY: every element was written just above.
-            let dp = unsafe { &*(dp as *const [MaybeUninit<f32>] as *const [f32]) };
-            if let Some(part) = part {
-                for row in dp.chunks_exact(n) {
-                    for (a, &v) in part.iter_mut().zip(row) {
-                        *a += v;
-                    }
-                }
-            }
-        })
-    };
+    let work = |dp, sl, da, part| gelu_grad_rows(dp, sl, da, part, n);
     let iter = dpre.par_chunks_mut(SUM_ROWS * n).zip(
         slope
             .par_chunks(SUM_ROWS * n)

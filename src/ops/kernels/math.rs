@@ -188,7 +188,7 @@ fn fold_lanes(acc: [f32; LANES]) -> f32 {
 }
 
 /// Sum of a slice (16 lane accumulators, then a pairwise fold, then the tail).
-#[inline]
+#[inline(always)]
 pub fn sum(x: &[f32]) -> f32 {
     let mut acc = [0.0f32; LANES];
     let chunks = x.chunks_exact(LANES);
@@ -207,7 +207,7 @@ pub fn sum(x: &[f32]) -> f32 {
 
 /// In place `x = 2^(x - shift)` ([`exp2_f32`]), returning the sum of the new values (summed in
 /// the order of [`sum`]): one pass instead of two.
-#[inline]
+#[inline(always)]
 pub fn exp2_in_place_sum(x: &mut [f32], shift: f32) -> f32 {
     let mut acc = [0.0f32; LANES];
     let mut chunks = x.chunks_exact_mut(LANES);
@@ -226,7 +226,7 @@ pub fn exp2_in_place_sum(x: &mut [f32], shift: f32) -> f32 {
 }
 
 /// Dot product of two equally long slices.
-#[inline]
+#[inline(always)]
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
     let mut acc = [0.0f32; LANES];
@@ -246,7 +246,7 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
 }
 
 /// Sum of squared deviations `Σ (x - mean)²`.
-#[inline]
+#[inline(always)]
 pub fn sum_sq_dev(x: &[f32], mean: f32) -> f32 {
     let mut acc = [0.0f32; LANES];
     let chunks = x.chunks_exact(LANES);
@@ -266,7 +266,7 @@ pub fn sum_sq_dev(x: &[f32], mean: f32) -> f32 {
 }
 
 /// Maximum of a non-empty slice (NaN-ignoring like `f32::max`; -inf for empty).
-#[inline]
+#[inline(always)]
 pub fn max(x: &[f32]) -> f32 {
     let mut acc = [f32::NEG_INFINITY; LANES];
     let chunks = x.chunks_exact(LANES);
@@ -283,25 +283,49 @@ pub fn max(x: &[f32]) -> f32 {
     m
 }
 
-/// Run `f` compiled for AVX2 + FMA when the CPU has them, else as built. The elementwise and
-/// small-matrix loops of the kernels (erf, exp, softmax, row statistics) inline into the
-/// wrapper and then run 8 lanes wide instead of the 4 of baseline x86-64; `gemm` does its own
-/// run-time dispatch.
-#[inline(always)]
-pub fn simd<R>(f: impl FnOnce() -> R) -> R {
-    #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-        // SAFETY: the CPU has the features `with_avx2` is compiled for.
-        return unsafe { with_avx2(f) };
-    }
-    f()
+/// Whether the CPU has AVX2 and FMA (checked once; `is_x86_feature_detected!` caches too).
+#[cfg(target_arch = "x86_64")]
+#[inline]
+pub fn avx2_fma() -> bool {
+    std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn with_avx2<R>(f: impl FnOnce() -> R) -> R {
-    f()
+/// `simd_fn! { fn name(arg: Type, ...) -> Ret { body } }` defines `name` with its body compiled
+/// twice: for AVX2 + FMA, picked at run time when the CPU has them, and for the build's
+/// baseline (SSE2 on x86-64). The elementwise and row loops of the kernels (exp, softmax,
+/// LayerNorm, the optimizer) then run 8 lanes wide instead of 4.
+///
+/// Why a macro and not a closure passed to a `#[target_feature]` wrapper: LLVM inlines the
+/// closure into the wrapper only when it is small, and compiles it for the baseline when it
+/// is not; the kernels' loop bodies were not (a disassembly showed no ymm register in any of
+/// them). Here the body is an `#[inline(always)]` function called from the wrapper, which
+/// is always inlined. Results are the same either way: Rust never contracts `a * b + c`
+/// into a fused multiply-add, and the reductions fix their lane order in the source.
+/// Helpers the body calls must be `#[inline(always)]` too, or they run in baseline code.
+macro_rules! simd_fn {
+    ($(#[$meta:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
+        $(#[$meta])*
+        #[allow(clippy::too_many_arguments)]
+        $vis fn $name($($arg: $ty),*) $(-> $ret)? {
+            #[inline(always)]
+            #[allow(clippy::too_many_arguments)]
+            fn body($($arg: $ty),*) $(-> $ret)? $body
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx2,fma")]
+            #[allow(clippy::too_many_arguments)]
+            fn avx2($($arg: $ty),*) $(-> $ret)? {
+                body($($arg),*)
+            }
+            #[cfg(target_arch = "x86_64")]
+            if $crate::ops::kernels::math::avx2_fma() {
+                // SAFETY: the CPU has the features `avx2` is compiled for.
+                return unsafe { avx2($($arg),*) };
+            }
+            body($($arg),*)
+        }
+    };
 }
+pub(crate) use simd_fn;
 
 #[cfg(test)]
 mod tests {

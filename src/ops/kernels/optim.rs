@@ -6,6 +6,7 @@
 //! AdamW restates torch's `_single_tensor_adam` with decoupled weight decay; scalar
 //! factors are computed in f64 (like the Python floats in torch) and rounded to f32.
 
+use crate::ops::kernels::math::simd_fn;
 use rayon::prelude::*;
 
 /// Elements per parallel task.
@@ -55,25 +56,9 @@ impl Scalars {
     }
 }
 
-/// One AdamW step, in place; `step` is the 1-based step count *after* increment.
-///
-/// Per element, in f32:
-/// `p *= 1 - lr·wd` (only when `wd != 0`); `m += (g - m)·(1 - β1)`;
-/// `v = β2·v + (1 - β2)·g·g`; `p -= (lr / (1 - β1^t)) · m / (sqrt(v)/sqrt(1 - β2^t) + eps)`.
-pub fn adamw_step(
-    param: &mut [f32],
-    grad: &[f32],
-    exp_avg: &mut [f32],
-    exp_avg_sq: &mut [f32],
-    hp: &AdamW,
-    step: u64,
-) {
-    let len = param.len();
-    assert_eq!(grad.len(), len);
-    assert_eq!(exp_avg.len(), len);
-    assert_eq!(exp_avg_sq.len(), len);
-    let s = Scalars::new(hp, step);
-    let update = |((p, g), (m, v)): ((&mut [f32], &[f32]), (&mut [f32], &mut [f32]))| {
+simd_fn! {
+    /// [`adamw_step`] on one chunk of the four buffers.
+    fn adamw_chunk(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], s: &Scalars) {
         let it = p.iter_mut().zip(g).zip(m.iter_mut().zip(v.iter_mut()));
         let moments = |g: f32, m: &mut f32, v: &mut f32| {
             let mn = *m + (g - *m) * s.w1;
@@ -92,7 +77,37 @@ pub fn adamw_step(
                 *p -= s.step_size * moments(g, m, v);
             }),
         }
-    };
+    }
+}
+
+simd_fn! {
+    /// `t = t·m + e·om` elementwise.
+    fn ema_chunk(t: &mut [f32], e: &[f32], m: f32, om: f32) {
+        for (t, &e) in t.iter_mut().zip(e) {
+            *t = *t * m + e * om;
+        }
+    }
+}
+
+/// One AdamW step, in place; `step` is the 1-based step count *after* increment.
+///
+/// Per element, in f32:
+/// `p *= 1 - lr·wd` (only when `wd != 0`); `m += (g - m)·(1 - β1)`;
+/// `v = β2·v + (1 - β2)·g·g`; `p -= (lr / (1 - β1^t)) · m / (sqrt(v)/sqrt(1 - β2^t) + eps)`.
+pub fn adamw_step(
+    param: &mut [f32],
+    grad: &[f32],
+    exp_avg: &mut [f32],
+    exp_avg_sq: &mut [f32],
+    hp: &AdamW,
+    step: u64,
+) {
+    let len = param.len();
+    assert_eq!(grad.len(), len);
+    assert_eq!(exp_avg.len(), len);
+    assert_eq!(exp_avg_sq.len(), len);
+    let s = Scalars::new(hp, step);
+    let update = |((p, g), (m, v))| adamw_chunk(p, g, m, v, &s);
     if len <= CHUNK {
         // most parameters (biases, norms): handing them to the pool costs more than the update
         update(((param, grad), (exp_avg, exp_avg_sq)));
@@ -119,11 +134,7 @@ pub fn ema_factors(momentum: f64) -> (f32, f32) {
 pub fn ema_update(target: &mut [f32], online: &[f32], momentum: f64) {
     assert_eq!(target.len(), online.len());
     let (m, om) = ema_factors(momentum);
-    let update = |(t, e): (&mut [f32], &[f32])| {
-        for (t, &e) in t.iter_mut().zip(e) {
-            *t = *t * m + e * om;
-        }
-    };
+    let update = |(t, e)| ema_chunk(t, e, m, om);
     if target.len() <= CHUNK {
         update((target, online));
     } else {
