@@ -203,17 +203,17 @@ impl<'a> PackedRhs<'a> {
                     });
                 }
             } else if rhs.rs == 1 {
-                // a transposed view: its columns are contiguous, read each once
-                for j in 0..cols {
-                    let src = &rhs.data[(c0 + j) * rhs.cs..(c0 + j) * rhs.cs + k];
-                    for (t, &x) in src.iter().enumerate() {
-                        panel[t * NR + j].write(x);
+                // a transposed view (its columns are contiguous): each panel row gathers one
+                // float from each of `cols` columns, written in order (writing down the
+                // columns instead, 16 floats apart, was twice as slow)
+                let srcs: [&[f32]; NR] = std::array::from_fn(|j| {
+                    let j = j.min(cols - 1);
+                    &rhs.data[(c0 + j) * rhs.cs..(c0 + j) * rhs.cs + k]
+                });
+                for (t, row) in panel.chunks_exact_mut(NR).enumerate() {
+                    for (j, (v, src)) in row.iter_mut().zip(&srcs).enumerate() {
+                        v.write(if j < cols { src[t] } else { 0.0 });
                     }
-                }
-                for row in panel.chunks_exact_mut(NR) {
-                    row[cols..].iter_mut().for_each(|v| {
-                        v.write(0.0);
-                    });
                 }
             } else {
                 for (t, row) in panel.chunks_exact_mut(NR).enumerate() {
