@@ -32,6 +32,25 @@ impl<B: IjepaBackend> Linear<B> {
         self.apply(x, ops::linear)
     }
 
+    /// `r + (x W + b)` in one fused op: a residual branch closed by this layer.
+    pub fn forward_residual<const D: usize>(
+        &self,
+        x: Tensor<B, D>,
+        r: Tensor<B, D>,
+    ) -> Tensor<B, D> {
+        let dims = r.dims();
+        let d_out = dims[D - 1];
+        let rows = r.shape().num_elements() / d_out.max(1);
+        let d_in = x.dims()[D - 1];
+        ops::linear_residual(
+            x.reshape([rows, d_in]),
+            self.weight.val(),
+            self.bias.as_ref().map(|b| b.val()),
+            r.reshape([rows, d_out]),
+        )
+        .reshape(dims)
+    }
+
     /// `gelu(x W + b)` in one fused op (the MLP's first half).
     pub fn forward_gelu<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
         self.apply(x, ops::linear_gelu)
@@ -148,6 +167,11 @@ impl<B: IjepaBackend> Mlp<B> {
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         self.fc2.forward(self.fc1.forward_gelu(x))
     }
+
+    /// `r + forward(x)`, the addition done by fc2's fused op.
+    pub fn forward_residual(&self, x: Tensor<B, 3>, r: Tensor<B, 3>) -> Tensor<B, 3> {
+        self.fc2.forward_residual(self.fc1.forward_gelu(x), r)
+    }
 }
 
 /// Pre-norm block: `x + attn(norm1(x))`, then `x + mlp(norm2(x))`.
@@ -180,9 +204,13 @@ impl<B: IjepaBackend> Block<B> {
         }
     }
 
+    /// The residual additions are done by the closing Linear of each branch (the attention's
+    /// output projection, the MLP's fc2): the same floats as adding afterwards, in the
+    /// products' parallel pass instead of one of their own.
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let x = x.clone() + self.attn.forward(self.norm1.forward(x));
-        x.clone() + self.mlp.forward(self.norm2.forward(x))
+        let mixed = self.attn.mix(self.norm1.forward(x.clone()));
+        let x = self.attn.proj.forward_residual(mixed, x);
+        self.mlp.forward_residual(self.norm2.forward(x.clone()), x)
     }
 
     /// `pick(forward(x))` for a `pick` that selects tokens (rows of the last axis stay whole),
@@ -196,7 +224,7 @@ impl<B: IjepaBackend> Block<B> {
         pick: impl Fn(Tensor<B, 3>) -> Tensor<B, 3>,
     ) -> Tensor<B, 3> {
         let mixed = pick(self.attn.mix(self.norm1.forward(x.clone())));
-        let x = pick(x) + self.attn.proj.forward(mixed);
-        x.clone() + self.mlp.forward(self.norm2.forward(x))
+        let x = self.attn.proj.forward_residual(mixed, pick(x));
+        self.mlp.forward_residual(self.norm2.forward(x.clone()), x)
     }
 }

@@ -9,7 +9,9 @@ use burn_autodiff::grads::Gradients;
 use burn_autodiff::ops::{Backward, Ops, OpsKind};
 use burn_flex::{Flex, FlexTensor};
 
-use super::flex::{attention_fwd, dims, f32s, layer_norm_fwd, linear_fwd, tensor};
+use super::flex::{
+    attention_fwd, dims, f32s, layer_norm_fwd, linear_fwd, linear_residual_fwd, tensor,
+};
 use super::kernels::{attention, layernorm, linear};
 use super::{IjepaBackend, composed, fused_kernels};
 
@@ -31,10 +33,10 @@ struct LinearState {
     with_bias: bool,
 }
 
-fn linear_grads(s: LinearState, dy: FlexTensor) -> (FlexTensor, FlexTensor, Option<FlexTensor>) {
+fn linear_grads(s: LinearState, dy: &FlexTensor) -> (FlexTensor, FlexTensor, Option<FlexTensor>) {
     let (m, k) = (dims(&s.x)[0], dims(&s.x)[1]);
     let n = dims(&s.w)[1];
-    let (x, w, dy) = (values(&s.x), values(&s.w), values(&dy));
+    let (x, w, dy) = (values(&s.x), values(&s.w), values(dy));
     let (dx, dw, db) = match &s.slope {
         Some(slope) => {
             linear::linear_gelu_backward(&x, &w, &values(slope), &dy, m, k, n, s.with_bias)
@@ -56,7 +58,7 @@ impl Backward<Flex, 3> for LinearBiasBackward {
     fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
         let [px, pw, pb] = ops.parents;
         let dy = grads.consume::<Flex>(&ops.node);
-        let (dx, dw, db) = linear_grads(ops.state, dy);
+        let (dx, dw, db) = linear_grads(ops.state, &dy);
         if let Some(p) = px {
             grads.register::<Flex>(p.id, dx);
         }
@@ -77,13 +79,93 @@ impl Backward<Flex, 2> for LinearBackward {
     fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
         let [px, pw] = ops.parents;
         let dy = grads.consume::<Flex>(&ops.node);
-        let (dx, dw, _) = linear_grads(ops.state, dy);
+        let (dx, dw, _) = linear_grads(ops.state, &dy);
         if let Some(p) = px {
             grads.register::<Flex>(p.id, dx);
         }
         if let Some(p) = pw {
             grads.register::<Flex>(p.id, dw);
         }
+    }
+}
+
+/// `r + (x W + b)`: the Linear's gradients, and `dy` itself for `r`.
+#[derive(Debug)]
+struct LinearResidualBiasBackward;
+
+impl Backward<Flex, 4> for LinearResidualBiasBackward {
+    type State = LinearState;
+    fn backward(self, ops: Ops<Self::State, 4>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [px, pw, pb, pr] = ops.parents;
+        let dy = grads.consume::<Flex>(&ops.node);
+        let (dx, dw, db) = linear_grads(ops.state, &dy);
+        for (p, g) in [(px, Some(dx)), (pw, Some(dw)), (pb, db), (pr, Some(dy))] {
+            if let (Some(p), Some(g)) = (p, g) {
+                grads.register::<Flex>(p.id, g);
+            }
+        }
+    }
+}
+
+#[derive(Debug)]
+struct LinearResidualBackward;
+
+impl Backward<Flex, 3> for LinearResidualBackward {
+    type State = LinearState;
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [px, pw, pr] = ops.parents;
+        let dy = grads.consume::<Flex>(&ops.node);
+        let (dx, dw, _) = linear_grads(ops.state, &dy);
+        for (p, g) in [(px, dx), (pw, dw), (pr, dy)] {
+            if let Some(p) = p {
+                grads.register::<Flex>(p.id, g);
+            }
+        }
+    }
+}
+
+fn linear_residual_node<C: CheckpointStrategy>(
+    x: FloatTensor<Ad<C>>,
+    w: FloatTensor<Ad<C>>,
+    b: Option<FloatTensor<Ad<C>>>,
+    r: FloatTensor<Ad<C>>,
+) -> FloatTensor<Ad<C>> {
+    let Some(y) = linear_residual_fwd(
+        &x.primitive,
+        &w.primitive,
+        b.as_ref().map(|b| &b.primitive),
+        &r.primitive,
+    ) else {
+        return composed::linear_residual::<Ad<C>>(x, w, b, r);
+    };
+    let state = LinearState {
+        x: x.primitive.clone(),
+        w: w.primitive.clone(),
+        slope: None,
+        with_bias: b.is_some(),
+    };
+    match b {
+        Some(b) => match LinearResidualBiasBackward
+            .prepare::<C>([
+                x.node.clone(),
+                w.node.clone(),
+                b.node.clone(),
+                r.node.clone(),
+            ])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => prep.finish(state, y),
+            OpsKind::UnTracked(prep) => prep.finish(y),
+        },
+        None => match LinearResidualBackward
+            .prepare::<C>([x.node.clone(), w.node.clone(), r.node.clone()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => prep.finish(state, y),
+            OpsKind::UnTracked(prep) => prep.finish(y),
+        },
     }
 }
 
@@ -233,6 +315,18 @@ impl<C: CheckpointStrategy> IjepaBackend for Ad<C> {
         linear_node::<C>(x, w, b, false)
     }
 
+    fn ijepa_linear_residual(
+        x: FloatTensor<Self>,
+        w: FloatTensor<Self>,
+        b: Option<FloatTensor<Self>>,
+        r: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        if !fused_kernels() {
+            return composed::linear_residual::<Self>(x, w, b, r);
+        }
+        linear_residual_node::<C>(x, w, b, r)
+    }
+
     fn ijepa_linear_gelu(
         x: FloatTensor<Self>,
         w: FloatTensor<Self>,
@@ -309,6 +403,85 @@ impl<C: CheckpointStrategy> IjepaBackend for Ad<C> {
                 OpsKind::Tracked(prep) => prep.finish(state, y),
                 OpsKind::UnTracked(prep) => prep.finish(y),
             },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::kernels::testutil::{bits, rng, uniform};
+    use burn::tensor::{Tensor, TensorData};
+
+    type B = Autodiff<Flex>;
+
+    fn param(v: Vec<f32>, shape: Vec<usize>) -> Tensor<B, 2> {
+        Tensor::<B, 2>::from_data(TensorData::new(v, shape), &Default::default()).require_grad()
+    }
+
+    fn floats(t: Tensor<Flex, 2>) -> Vec<f32> {
+        t.into_data().to_vec().expect("f32")
+    }
+
+    /// The fused `r + (x W + b)` node against the fused Linear followed by burn's addition (what
+    /// the blocks ran before): the same output floats and the same gradient floats (`dr` is
+    /// `dy` itself), with and without bias.
+    #[test]
+    fn residual_linear_node_is_bitwise_the_linear_then_the_addition() {
+        let mut rg = rng(61);
+        let (m, k, n) = (37, 24, 20);
+        let (x, w, b, r) = (
+            uniform(&mut rg, m * k, 1.0),
+            uniform(&mut rg, k * n, 1.0),
+            uniform(&mut rg, n, 1.0),
+            uniform(&mut rg, m * n, 1.0),
+        );
+        let probe = uniform(&mut rg, m * n, 1.0);
+        for with_bias in [true, false] {
+            let run = |fused: bool| {
+                let (xt, wt) = (param(x.clone(), vec![m, k]), param(w.clone(), vec![k, n]));
+                let bt = Tensor::<B, 1>::from_data(
+                    TensorData::new(b.clone(), vec![n]),
+                    &Default::default(),
+                )
+                .require_grad();
+                let rt = param(r.clone(), vec![m, n]);
+                let bias = with_bias.then(|| bt.clone().into_primitive().tensor());
+                let args = (
+                    xt.clone().into_primitive().tensor(),
+                    wt.clone().into_primitive().tensor(),
+                    bias,
+                    rt.clone().into_primitive().tensor(),
+                );
+                let y = if fused {
+                    B::ijepa_linear_residual(args.0, args.1, args.2, args.3)
+                } else {
+                    let y = B::ijepa_linear(args.0, args.1, args.2);
+                    <B as burn::tensor::ops::FloatTensorOps<B>>::float_add(args.3, y)
+                };
+                let y = Tensor::<B, 2>::from_primitive(burn::tensor::TensorPrimitive::Float(y));
+                let probe = Tensor::<B, 2>::from_data(
+                    TensorData::new(probe.clone(), vec![m, n]),
+                    &Default::default(),
+                );
+                let grads = (y.clone() * probe).sum().backward();
+                let mut out = vec![
+                    floats(y.inner()),
+                    floats(xt.grad(&grads).unwrap()),
+                    floats(wt.grad(&grads).unwrap()),
+                ];
+                out.push(floats(rt.grad(&grads).unwrap()));
+                if with_bias {
+                    out.push(bt.grad(&grads).unwrap().into_data().to_vec().unwrap());
+                }
+                out
+            };
+            let (fused, composed) = (run(true), run(false));
+            assert_eq!(fused.len(), composed.len());
+            for (i, (f, c)) in fused.iter().zip(&composed).enumerate() {
+                let what = ["y", "dx", "dW", "dr", "db"][i];
+                assert_eq!(bits(f), bits(c), "{what}, bias {with_bias}");
+            }
         }
     }
 }

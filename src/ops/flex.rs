@@ -74,6 +74,27 @@ pub(super) fn linear_fwd(
     }
 }
 
+/// `r + (x W + b)` on flex tensors; `None` when a dtype is not f32.
+pub(super) fn linear_residual_fwd(
+    x: &FlexTensor,
+    w: &FlexTensor,
+    b: Option<&FlexTensor>,
+    r: &FlexTensor,
+) -> Option<FlexTensor> {
+    let (xs, ws, rs) = (f32s(x)?, f32s(w)?, f32s(r)?);
+    let bs = match b {
+        Some(b) => Some(f32s(b)?),
+        None => None,
+    };
+    let (m, k) = (dims(x)[0], dims(x)[1]);
+    let n = dims(w)[1];
+    if dims(r) != [m, n] {
+        return None;
+    }
+    let y = linear::linear_residual_forward(&xs, &ws, bs.as_deref(), &rs, m, k, n);
+    Some(tensor(y, vec![m, n]))
+}
+
 /// Attention forward: `(out, lse)`.
 pub(super) fn attention_fwd(qkv: &FlexTensor, heads: usize) -> Option<(FlexTensor, Vec<f32>)> {
     let q = f32s(qkv)?;
@@ -109,6 +130,21 @@ impl IjepaBackend for Flex {
         match linear_fwd(&x, &w, b.as_ref(), false, false) {
             Some((y, _)) => y,
             None => composed::linear::<Self>(x, w, b),
+        }
+    }
+
+    fn ijepa_linear_residual(
+        x: FlexTensor,
+        w: FlexTensor,
+        b: Option<FlexTensor>,
+        r: FlexTensor,
+    ) -> FlexTensor {
+        if !fused_kernels() {
+            return composed::linear_residual::<Self>(x, w, b, r);
+        }
+        match linear_residual_fwd(&x, &w, b.as_ref(), &r) {
+            Some(y) => y,
+            None => composed::linear_residual::<Self>(x, w, b, r),
         }
     }
 

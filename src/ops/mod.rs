@@ -67,6 +67,17 @@ pub mod composed {
         unwrap(gelu_erf(wrap::<B, 2>(linear::<B>(x, w, b))))
     }
 
+    /// `r + (x w + b)`, the addition after the product (the fused kernels give the same
+    /// floats).
+    pub fn linear_residual<B: Backend>(
+        x: FloatTensor<B>,
+        w: FloatTensor<B>,
+        b: Option<FloatTensor<B>>,
+        r: FloatTensor<B>,
+    ) -> FloatTensor<B> {
+        unwrap(wrap::<B, 2>(r) + wrap::<B, 2>(linear::<B>(x, w, b)))
+    }
+
     pub fn attention<B: Backend>(qkv: FloatTensor<B>, heads: usize) -> FloatTensor<B> {
         let qkv = wrap::<B, 3>(qkv);
         let [b, n, d3] = qkv.dims();
@@ -142,6 +153,18 @@ pub trait IjepaBackend: Backend {
         composed::linear::<Self>(x, w, b)
     }
 
+    /// `r + (x @ w + b)` with `r [M, N]`: a residual branch closed by a Linear (the
+    /// transformer block's attention projection and MLP output), the sum computed with the
+    /// product instead of in a pass of its own.
+    fn ijepa_linear_residual(
+        x: FloatTensor<Self>,
+        w: FloatTensor<Self>,
+        b: Option<FloatTensor<Self>>,
+        r: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        composed::linear_residual::<Self>(x, w, b, r)
+    }
+
     /// `gelu(x @ w + b)` with the exact (erf) GELU.
     fn ijepa_linear_gelu(
         x: FloatTensor<Self>,
@@ -202,6 +225,24 @@ pub fn linear<B: IjepaBackend>(
     match autocast::active() {
         Precision::F32 => wrap(B::ijepa_linear(unwrap(x), unwrap(w), b.map(unwrap))),
         Precision::Bf16 => autocast::linear(x, w, b),
+    }
+}
+
+/// `r + linear(x, w, b)`.
+pub fn linear_residual<B: IjepaBackend>(
+    x: Tensor<B, 2>,
+    w: Tensor<B, 2>,
+    b: Option<Tensor<B, 1>>,
+    r: Tensor<B, 2>,
+) -> Tensor<B, 2> {
+    match autocast::active() {
+        Precision::F32 => wrap(B::ijepa_linear_residual(
+            unwrap(x),
+            unwrap(w),
+            b.map(unwrap),
+            unwrap(r),
+        )),
+        Precision::Bf16 => r + autocast::linear(x, w, b),
     }
 }
 

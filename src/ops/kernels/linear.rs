@@ -11,7 +11,9 @@
 
 use crate::ops::kernels::gelu::gelu_in_place;
 use crate::ops::kernels::math::simd_fn;
-use crate::ops::kernels::matmul::{PackedRhs, View, gemm_rows, gemm_strided, par_all};
+use crate::ops::kernels::matmul::{
+    PackedRhs, View, gemm_rows, gemm_rows_plus, gemm_strided, par_all,
+};
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
 
@@ -55,20 +57,54 @@ pub fn linear_forward(
     if m == 0 || n == 0 {
         return vec![0.0; m * n];
     }
-    product_in_blocks(x, k, &PackedRhs::new(View::rows(w, n), k, n), b)
+    product_in_blocks(x, k, &PackedRhs::new(View::rows(w, n), k, n), b, None)
 }
 
-/// `lhs [M, K] · rhs (+ bias)` in fixed blocks of rows on the pool (`K, N > 0`).
-fn product_in_blocks(lhs: &[f32], k: usize, rhs: &PackedRhs<'_>, bias: Option<&[f32]>) -> Vec<f32> {
+/// `y = r + (x W + b)`, the residual branch of a transformer block closed by its projection:
+/// `r [M, N]` is added to each tile as it is stored, the same floats as `linear_forward`
+/// followed by the addition, without the addition's own pass over `y` (a serial one, on the
+/// calling thread, in burn-flex).
+pub fn linear_residual_forward(
+    x: &[f32],
+    w: &[f32],
+    b: Option<&[f32]>,
+    r: &[f32],
+    m: usize,
+    k: usize,
+    n: usize,
+) -> Vec<f32> {
+    check(x, w, b, m, k, n);
+    assert_eq!(r.len(), m * n, "the residual must be [M, N]");
+    if m == 0 || n == 0 {
+        return vec![0.0; m * n];
+    }
+    product_in_blocks(x, k, &PackedRhs::new(View::rows(w, n), k, n), b, Some(r))
+}
+
+/// `lhs [M, K] · rhs (+ bias) (+ residual [M, N])` in fixed blocks of rows on the pool
+/// (`K, N > 0`).
+fn product_in_blocks(
+    lhs: &[f32],
+    k: usize,
+    rhs: &PackedRhs<'_>,
+    bias: Option<&[f32]>,
+    residual: Option<&[f32]>,
+) -> Vec<f32> {
     let (m, n) = (lhs.len() / k, rhs.cols());
     let mut y = super::uninit(m * n);
     let br = rows_per_block(m);
-    y.par_chunks_mut(br * n)
-        .zip(lhs.par_chunks(br * k))
-        .for_each(|(y_blk, x_blk)| {
+    let blocks = y.par_chunks_mut(br * n).zip(lhs.par_chunks(br * k));
+    match residual {
+        Some(r) => blocks
+            .zip(r.par_chunks(br * n))
+            .for_each(|((y_blk, x_blk), r_blk)| {
+                gemm_rows_plus(y_blk.len() / n, x_blk, k, rhs, bias, r_blk, y_blk);
+            }),
+        None => blocks.for_each(|(y_blk, x_blk)| {
             gemm_rows(y_blk.len() / n, x_blk, k, rhs, bias, y_blk);
-        });
-    // SAFETY: the blocks cover `y` and `gemm_rows` writes all of each.
+        }),
+    }
+    // SAFETY: the blocks cover `y` and `gemm_rows(_plus)` writes all of each.
     unsafe { super::assume_init(y) }
 }
 
@@ -154,7 +190,7 @@ fn input_and_weight_grads(
     let dx = if k == 0 || n == 0 {
         vec![0.0; m * k]
     } else {
-        product_in_blocks(dy, n, &PackedRhs::new(View::t(w, n), n, k), None)
+        product_in_blocks(dy, n, &PackedRhs::new(View::t(w, n), n, k), None, None)
     };
     let mut dw = vec![0.0f32; k * n];
     let par = par_all();
@@ -442,6 +478,26 @@ mod tests {
             assert_close(&format!("linear db {tag}"), &db.unwrap(), &want_db, 1e-6);
             let (_, _, none) = linear_backward(&x, &w, &dy, m, k, n, false);
             assert!(none.is_none());
+        }
+    }
+
+    #[test]
+    fn residual_forward_is_bitwise_the_sum_done_apart() {
+        let mut rg = rng(45);
+        for &(m, k, n) in SHAPES {
+            let x = uniform(&mut rg, m * k, 1.0);
+            let w = uniform(&mut rg, k * n, 1.0);
+            let b = uniform(&mut rg, n, 1.0);
+            let r = uniform(&mut rg, m * n, 3.0);
+            for bias in [Some(&b[..]), None] {
+                let apart: Vec<f32> = linear_forward(&x, &w, bias, m, k, n)
+                    .iter()
+                    .zip(&r)
+                    .map(|(&y, &r)| r + y)
+                    .collect();
+                let fused = linear_residual_forward(&x, &w, bias, &r, m, k, n);
+                assert_eq!(fused, apart, "{m}x{k}x{n}, bias {}", bias.is_some());
+            }
         }
     }
 

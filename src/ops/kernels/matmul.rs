@@ -277,6 +277,25 @@ pub fn gemm_rows<'d>(
     unsafe { &mut *(dst as *mut [std::mem::MaybeUninit<f32>] as *mut [f32]) }
 }
 
+/// `dst = residual + (lhs · rhs + bias)`, as [`gemm_rows`] with `residual [rows, n]` added to
+/// each tile as it is stored: the same floats as the sum of the two done apart (the product
+/// and bias are rounded first, then the addition), without a pass of its own over `dst`.
+pub fn gemm_rows_plus<'d>(
+    rows: usize,
+    lhs: &[f32],
+    lda: usize,
+    rhs: &PackedRhs<'_>,
+    bias: Option<&[f32]>,
+    residual: &[f32],
+    dst: &'d mut [std::mem::MaybeUninit<f32>],
+) -> &'d mut [f32] {
+    assert_eq!(dst.len(), rows * rhs.n, "dst must be [rows, n]");
+    assert_eq!(residual.len(), rows * rhs.n, "residual must be [rows, n]");
+    product(rows, lhs, lda, rhs, bias, Some(residual), dst, rhs.n);
+    // SAFETY: `product` wrote every (row, column) of dst, which has no gaps.
+    unsafe { &mut *(dst as *mut [std::mem::MaybeUninit<f32>] as *mut [f32]) }
+}
+
 /// As [`gemm_rows`] into the `[rows, n]` sub-matrix of `dst` with row stride `ldc`: every
 /// element of the sub-matrix is written, none is read; elements between its rows are left
 /// untouched.
@@ -286,6 +305,22 @@ pub fn gemm_rows_strided(
     lda: usize,
     rhs: &PackedRhs<'_>,
     bias: Option<&[f32]>,
+    dst: &mut [std::mem::MaybeUninit<f32>],
+    ldc: usize,
+) {
+    product(rows, lhs, lda, rhs, bias, None, dst, ldc)
+}
+
+/// The products of [`gemm_rows_strided`] and [`gemm_rows_plus`]; `residual`, when given, is
+/// `[rows, n]` contiguous.
+#[allow(clippy::too_many_arguments)]
+fn product(
+    rows: usize,
+    lhs: &[f32],
+    lda: usize,
+    rhs: &PackedRhs<'_>,
+    bias: Option<&[f32]>,
+    residual: Option<&[f32]>,
     dst: &mut [std::mem::MaybeUninit<f32>],
     ldc: usize,
 ) {
@@ -320,14 +355,32 @@ pub fn gemm_rows_strided(
             );
         }
         for (i, row) in tmp.chunks_exact(n).enumerate() {
-            for (d, &v) in dst[i * ldc..i * ldc + n].iter_mut().zip(row) {
-                d.write(v);
+            let out = dst[i * ldc..i * ldc + n].iter_mut().zip(row);
+            match residual {
+                Some(r) => out.zip(&r[i * n..(i + 1) * n]).for_each(|((d, &v), &r)| {
+                    d.write(r + v);
+                }),
+                None => out.for_each(|(d, &v)| {
+                    d.write(v);
+                }),
             }
         }
         return;
     }
-    // SAFETY: tile path available; operands checked; dst bounds asserted above.
-    unsafe { tiles(rows, lhs, lda, rhs, bias, dst.as_mut_ptr().cast(), ldc) };
+    // SAFETY: tile path available; operands checked; dst bounds asserted above; the residual
+    // (asserted [rows, n] by the caller) is read at the same offsets as a contiguous dst.
+    unsafe {
+        tiles(
+            rows,
+            lhs,
+            lda,
+            rhs,
+            bias,
+            residual.map_or(std::ptr::null(), |r| r.as_ptr()),
+            dst.as_mut_ptr().cast(),
+            ldc,
+        )
+    };
 }
 
 fn check_operands(rows: usize, lhs: &[f32], lda: usize, rhs: &PackedRhs<'_>, bias: Option<&[f32]>) {
@@ -341,18 +394,20 @@ fn check_operands(rows: usize, lhs: &[f32], lda: usize, rhs: &PackedRhs<'_>, bia
     );
 }
 
-/// The register-tile sweep: writes `c[i * ldc + j]` for every `i < rows`, `j < n`.
+/// The register-tile sweep: writes `c[i * ldc + j]` for every `i < rows`, `j < n`, plus
+/// `res[i * n + j]` when `res` is not null.
 ///
 /// # Safety
 /// `rhs` packed (not fallback, k > 0); `lhs` checked by `check_operands`; `c` writable for
-/// `rows` rows of `n` at stride `ldc`.
-#[allow(unused_variables)]
+/// `rows` rows of `n` at stride `ldc`; `res` null or readable for `rows * n` floats.
+#[allow(unused_variables, clippy::too_many_arguments)]
 unsafe fn tiles(
     rows: usize,
     lhs: &[f32],
     lda: usize,
     rhs: &PackedRhs<'_>,
     bias: Option<&[f32]>,
+    res: *const f32,
     c: *mut f32,
     ldc: usize,
 ) {
@@ -384,13 +439,25 @@ unsafe fn tiles(
                     // of NR at stride ldb;
                     // the destination is inside `c`'s extent (caller) or the local tile.
                     unsafe {
-                        if cols == NR {
-                            tile_avx2(mr, a, lda, panel, ldb, k, bias, c.add(i0 * ldc + c0), ldc);
+                        let res = if res.is_null() {
+                            res
                         } else {
-                            tile_avx2(mr, a, lda, panel, ldb, k, bias, tile.as_mut_ptr(), NR);
+                            res.add(i0 * n + c0)
+                        };
+                        if cols == NR {
+                            let c = c.add(i0 * ldc + c0);
+                            tile_avx2(mr, a, lda, panel, ldb, k, bias, res, n, c, ldc);
+                        } else {
+                            let t = tile.as_mut_ptr();
+                            tile_avx2(mr, a, lda, panel, ldb, k, bias, std::ptr::null(), 0, t, NR);
                             for i in 0..mr {
                                 for j in 0..cols {
-                                    *c.add((i0 + i) * ldc + c0 + j) = tile[i * NR + j];
+                                    let v = tile[i * NR + j];
+                                    *c.add((i0 + i) * ldc + c0 + j) = if res.is_null() {
+                                        v
+                                    } else {
+                                        *res.add(i * n + j) + v
+                                    };
                                 }
                             }
                         }
@@ -403,11 +470,13 @@ unsafe fn tiles(
     unreachable!("register tiles are x86-64 only")
 }
 
-/// One `mr x 16` tile (`mr <= 6`): `c = a · panel (+ bias)`, accumulated in registers over `k`.
+/// One `mr x 16` tile (`mr <= 6`): `c = a · panel (+ bias)`, accumulated in registers over `k`,
+/// then `res` (its rows at stride `ldr`) added when not null.
 ///
 /// # Safety
 /// AVX2 and FMA available; `a` readable for `mr` rows of `k` at stride `lda`; `panel` holds
-/// `k` rows of 16 floats at stride `ldb`; `c` writable for `mr` rows of 16 at stride `ldc`.
+/// `k` rows of 16 floats at stride `ldb`; `res` null or readable for `mr` rows of 16 at stride
+/// `ldr`; `c` writable for `mr` rows of 16 at stride `ldc`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 #[allow(clippy::too_many_arguments)]
@@ -419,18 +488,21 @@ unsafe fn tile_avx2(
     ldb: usize,
     k: usize,
     bias: Option<&[f32; NR]>,
+    res: *const f32,
+    ldr: usize,
     c: *mut f32,
     ldc: usize,
 ) {
+    let (a, b) = (a.as_ptr(), panel.as_ptr());
     // SAFETY: forwarded from the caller.
     unsafe {
         match mr {
-            6 => tile_n::<6>(a.as_ptr(), lda, panel.as_ptr(), ldb, k, bias, c, ldc),
-            5 => tile_n::<5>(a.as_ptr(), lda, panel.as_ptr(), ldb, k, bias, c, ldc),
-            4 => tile_n::<4>(a.as_ptr(), lda, panel.as_ptr(), ldb, k, bias, c, ldc),
-            3 => tile_n::<3>(a.as_ptr(), lda, panel.as_ptr(), ldb, k, bias, c, ldc),
-            2 => tile_n::<2>(a.as_ptr(), lda, panel.as_ptr(), ldb, k, bias, c, ldc),
-            _ => tile_n::<1>(a.as_ptr(), lda, panel.as_ptr(), ldb, k, bias, c, ldc),
+            6 => tile_n::<6>(a, lda, b, ldb, k, bias, res, ldr, c, ldc),
+            5 => tile_n::<5>(a, lda, b, ldb, k, bias, res, ldr, c, ldc),
+            4 => tile_n::<4>(a, lda, b, ldb, k, bias, res, ldr, c, ldc),
+            3 => tile_n::<3>(a, lda, b, ldb, k, bias, res, ldr, c, ldc),
+            2 => tile_n::<2>(a, lda, b, ldb, k, bias, res, ldr, c, ldc),
+            _ => tile_n::<1>(a, lda, b, ldb, k, bias, res, ldr, c, ldc),
         }
     }
 }
@@ -446,6 +518,8 @@ unsafe fn tile_n<const ROWS: usize>(
     ldb: usize,
     k: usize,
     bias: Option<&[f32; NR]>,
+    res: *const f32,
+    ldr: usize,
     c: *mut f32,
     ldc: usize,
 ) {
@@ -490,9 +564,20 @@ unsafe fn tile_n<const ROWS: usize>(
                 acc[1] = _mm256_fmadd_ps(x, w1, acc[1]);
             }
         }
-        for (i, acc) in acc.iter().enumerate() {
-            _mm256_storeu_ps(c.add(i * ldc), acc[0]);
-            _mm256_storeu_ps(c.add(i * ldc + 8), acc[1]);
+        if res.is_null() {
+            for (i, acc) in acc.iter().enumerate() {
+                _mm256_storeu_ps(c.add(i * ldc), acc[0]);
+                _mm256_storeu_ps(c.add(i * ldc + 8), acc[1]);
+            }
+        } else {
+            for (i, acc) in acc.iter().enumerate() {
+                let r = res.add(i * ldr);
+                _mm256_storeu_ps(c.add(i * ldc), _mm256_add_ps(_mm256_loadu_ps(r), acc[0]));
+                _mm256_storeu_ps(
+                    c.add(i * ldc + 8),
+                    _mm256_add_ps(_mm256_loadu_ps(r.add(8)), acc[1]),
+                );
+            }
         }
     }
 }
@@ -551,6 +636,14 @@ mod tests {
                             &want,
                             1e-6,
                         );
+                        // with a residual: the product's floats plus the residual, bitwise
+                        let got = got.to_vec();
+                        let res = uniform(&mut rg, m * n, 2.0);
+                        let mut dst = crate::ops::kernels::uninit(m * n);
+                        let b = with_bias.then_some(&bias[..]);
+                        let plus = gemm_rows_plus(m, &a, lda, &rhs, b, &res, &mut dst);
+                        let apart: Vec<f32> = got.iter().zip(&res).map(|(&y, &r)| r + y).collect();
+                        assert_eq!(plus, &apart[..], "{m}x{k}x{n} residual tiles={tiles}");
                         // strided destination: the gaps between rows keep their values;
                         // returns (the product's rows, the whole destination)
                         let ldc = n + 2;
