@@ -69,8 +69,10 @@ impl<B: crate::ops::IjepaBackend> Predictor<B> {
         let k_pred = masks.k();
         let pos = self.predictor_pos_embed.clone();
 
-        // Context tokens, each with the position of its own patch.
-        let x = self.predictor_embed.forward(z) + gather_table(pos.clone(), masks_x, 1);
+        // Context tokens, each with the position of its own patch (added by the fused op).
+        let x = self
+            .predictor_embed
+            .forward_residual(z, gather_table(pos.clone(), masks_x, 1));
         // One query per target patch: mask token + the target's position, rows (j, i, b).
         let queries = self.mask_token.val() + gather_table(pos, masks, nenc);
         // Context tiled once per target mask (`x.repeat(npred, 1, 1)`), queries appended.

@@ -194,38 +194,48 @@ const SPLIT_MIN_ROWS: usize = 256;
 /// which measured faster there. The chunks depend on the shape only, never on the thread
 /// count, so neither do the results.
 fn weight_grad(x: &[f32], dy: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
-    let mut dw = vec![0.0f32; k * n];
     let chunks = (m / SPLIT_MIN_ROWS).min(SPLIT_CHUNKS);
     if k * n > SPLIT_MAX_OUTPUTS || chunks < 2 {
+        let mut dw = vec![0.0f32; k * n];
         let (xt, dyv) = (View::t(x, k), View::rows(dy, n));
         gemm_strided(k, n, m, &mut dw, n, false, xt, dyv, 1.0, par_all());
         return dw;
     }
     let rows = m.div_ceil(chunks).next_multiple_of(8);
-    let mut partials = vec![0.0f32; m.div_ceil(rows) * k * n];
+    let (kn, chunks) = (k * n, m.div_ceil(rows));
+    // each partial zeroed by its own task (gemm writes into zeroed memory), not serially here
+    let mut partials = super::uninit(chunks * kn);
     partials
-        .par_chunks_mut(k * n)
+        .par_chunks_mut(kn)
         .zip(x.par_chunks(rows * k).zip(dy.par_chunks(rows * n)))
         .for_each(|(p, (xc, dyc))| {
             let (xt, dyv) = (View::t(xc, k), View::rows(dyc, n));
-            gemm_strided(
-                k,
-                n,
-                xc.len() / k,
-                p,
-                n,
-                false,
-                xt,
-                dyv,
-                1.0,
-                Parallelism::None,
-            );
+            let (p, r) = (super::zeroed(p), xc.len() / k);
+            gemm_strided(k, n, r, p, n, false, xt, dyv, 1.0, Parallelism::None);
         });
-    for p in partials.chunks_exact(k * n) {
-        add_rows(&mut dw, p, k * n);
-    }
-    dw
+    // SAFETY: every partial went through `zeroed`.
+    let partials = unsafe { super::assume_init(partials) };
+    // the partials added in chunk order, in parallel over pieces of dW
+    let mut dw = super::uninit(kn);
+    dw.par_chunks_mut(SUM_PIECE)
+        .enumerate()
+        .for_each(|(i, piece)| {
+            let at = i * SUM_PIECE;
+            for (d, &v) in piece.iter_mut().zip(&partials[at..]) {
+                d.write(v);
+            }
+            // SAFETY: written just above.
+            let piece = unsafe { &mut *(piece as *mut [MaybeUninit<f32>] as *mut [f32]) };
+            for p in partials[kn..].chunks_exact(kn) {
+                add_rows(piece, &p[at..at + piece.len()], piece.len());
+            }
+        });
+    // SAFETY: the pieces cover `dw` and each was written whole.
+    unsafe { super::assume_init(dw) }
 }
+
+/// Floats of `dW` per task of the partials' summation.
+const SUM_PIECE: usize = 4096;
 
 /// `dx = dy Wᵀ` (register tiles) and `dW = xᵀ dy` ([`weight_grad`]).
 fn input_and_weight_grads(
