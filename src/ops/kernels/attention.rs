@@ -79,13 +79,12 @@ simd_fn! {
 }
 
 simd_fn! {
-    /// Row `i` of one head's output (`hd` columns at stride `d`, just written by `P V`) times
-    /// `inv[i]`.
-    fn scale_head_rows(out: &mut [MaybeUninit<f32>], inv: &[f32], d: usize, hd: usize) {
-        for (i, &r) in inv.iter().enumerate() {
-            for o in &mut out[i * d..i * d + hd] {
-                // SAFETY: the caller's product wrote this element.
-                o.write(unsafe { o.assume_init_read() } * r);
+    /// One head's output rows: row `i` of `pv [n, hd]` times `inv[i]`, written into `hd`
+    /// columns of `out` at stride `d`.
+    fn scale_head_rows(out: &mut [MaybeUninit<f32>], pv: &[f32], inv: &[f32], d: usize, hd: usize) {
+        for ((i, &r), row) in inv.iter().enumerate().zip(pv.chunks_exact(hd)) {
+            for (o, &v) in out[i * d..i * d + hd].iter_mut().zip(row) {
+                o.write(v * r);
             }
         }
     }
@@ -149,8 +148,9 @@ pub fn attention_forward(
         .zip(lse.par_chunks_mut(heads * n))
         .zip(qkv.par_chunks(n * 3 * d))
         .for_each(|((out_b, lse_b), qkv_b)| {
-            with_scratch(n * n + n, |buf| {
-                let (s, inv) = buf.split_at_mut(n * n);
+            with_scratch(n * n + n + n * hd, |buf| {
+                let (s, rest) = buf.split_at_mut(n * n);
+                let (inv, pv) = rest.split_at_mut(n);
                 for h in 0..heads {
                     let q = &qkv_b[h * hd..];
                     let k = &qkv_b[d + h * hd..];
@@ -159,8 +159,10 @@ pub fn attention_forward(
                     softmax_numerators(s, n, &mut lse_b[h * n..(h + 1) * n], inv);
                     // O_h = (P V) / Σ, written into columns h·hd.. of out (V read in place)
                     let vp = PackedRhs::in_place(View::rows(v, 3 * d), n, hd);
-                    gemm_rows_strided(n, s, n, &vp, None, &mut out_b[h * hd..], d);
-                    scale_head_rows(&mut out_b[h * hd..], inv, d, hd);
+                    // SAFETY: the product only writes floats.
+                    let pv_out = unsafe { super::as_uninit(pv) };
+                    gemm_rows_strided(n, s, n, &vp, None, pv_out, hd);
+                    scale_head_rows(&mut out_b[h * hd..], pv, inv, d, hd);
                 }
             })
         });
