@@ -40,6 +40,35 @@ pub(super) fn tensor(values: Vec<f32>, shape: Vec<usize>) -> FlexTensor {
     FlexTensor::from_data(TensorData::new(values, shape))
 }
 
+/// A Linear's operands as f32 slices with `x [m, k]`, `w [k, n]`; `None` when a dtype is not f32.
+struct LinearOperands<'a> {
+    xs: std::borrow::Cow<'a, [f32]>,
+    ws: std::borrow::Cow<'a, [f32]>,
+    bs: Option<std::borrow::Cow<'a, [f32]>>,
+    m: usize,
+    k: usize,
+    n: usize,
+}
+
+fn linear_operands<'a>(
+    x: &'a FlexTensor,
+    w: &'a FlexTensor,
+    b: Option<&'a FlexTensor>,
+) -> Option<LinearOperands<'a>> {
+    let bs = match b {
+        Some(b) => Some(f32s(b)?),
+        None => None,
+    };
+    Some(LinearOperands {
+        xs: f32s(x)?,
+        ws: f32s(w)?,
+        bs,
+        m: dims(x)[0],
+        k: dims(x)[1],
+        n: dims(w)[1],
+    })
+}
+
 /// Linear forward on flex tensors; `None` when a dtype is not f32. With `gelu`, the second
 /// value is GELU's slope at the pre-activation when `with_slope` (what the backward needs).
 pub(super) fn linear_fwd(
@@ -49,13 +78,14 @@ pub(super) fn linear_fwd(
     gelu: bool,
     with_slope: bool,
 ) -> Option<(FlexTensor, Option<FlexTensor>)> {
-    let (xs, ws) = (f32s(x)?, f32s(w)?);
-    let bs = match b {
-        Some(b) => Some(f32s(b)?),
-        None => None,
-    };
-    let (m, k) = (dims(x)[0], dims(x)[1]);
-    let n = dims(w)[1];
+    let LinearOperands {
+        xs,
+        ws,
+        bs,
+        m,
+        k,
+        n,
+    } = linear_operands(x, w, b)?;
     if gelu {
         let (act, slope) =
             linear::linear_gelu_forward(&xs, &ws, bs.as_deref(), m, k, n, with_slope);
@@ -81,16 +111,18 @@ pub(super) fn linear_residual_fwd(
     b: Option<&FlexTensor>,
     r: &FlexTensor,
 ) -> Option<FlexTensor> {
-    let (xs, ws, rs) = (f32s(x)?, f32s(w)?, f32s(r)?);
-    let bs = match b {
-        Some(b) => Some(f32s(b)?),
-        None => None,
-    };
-    let (m, k) = (dims(x)[0], dims(x)[1]);
-    let n = dims(w)[1];
+    let LinearOperands {
+        xs,
+        ws,
+        bs,
+        m,
+        k,
+        n,
+    } = linear_operands(x, w, b)?;
     if dims(r) != [m, n] {
         return None;
     }
+    let rs = f32s(r)?;
     let y = linear::linear_residual_forward(&xs, &ws, bs.as_deref(), &rs, m, k, n);
     Some(tensor(y, vec![m, n]))
 }

@@ -6,8 +6,9 @@
 //! packed once per call, each tile starting from the bias in registers and written once),
 //! and — for `linear_gelu` — the activation (and in training its slope, all the backward
 //! needs) is computed in place while the block is still in cache. The backward computes
-//! `dx = dy Wᵀ` on the same tiles (`Wᵀ` packed once), `dW = xᵀ dy` as one all-pool gemm
-//! call on strided views (no transposed copies) and `db` as a chunked, ordered column sum.
+//! `dx = dy Wᵀ` on the same tiles (`Wᵀ` packed once), `dW = xᵀ dy` on gemm with strided
+//! views (no transposed copies; see [`weight_grad`]) and `db` as a chunked, ordered column sum.
+//! `linear_residual_forward` adds a residual `r` to each tile as it is stored.
 
 use crate::ops::kernels::gelu::gelu_in_place;
 use crate::ops::kernels::math::simd_fn;
@@ -169,11 +170,7 @@ fn column_sum(g: &[f32], n: usize) -> Vec<f32> {
 
 fn reduce_partials(partials: &[f32], n: usize) -> Vec<f32> {
     let mut out = vec![0.0f32; n];
-    for p in partials.chunks_exact(n) {
-        for (a, &v) in out.iter_mut().zip(p) {
-            *a += v;
-        }
-    }
+    add_rows(&mut out, partials, n);
     out
 }
 

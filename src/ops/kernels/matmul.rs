@@ -250,10 +250,7 @@ impl<'a> PackedRhs<'a> {
 fn register_tiles() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        static OK: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        *OK.get_or_init(|| {
-            std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
-        })
+        super::math::avx2_fma()
     }
     #[cfg(not(target_arch = "x86_64"))]
     false
