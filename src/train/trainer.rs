@@ -219,6 +219,7 @@ pub fn pretrain_peer<B: crate::ops::TrainBackend>(
     device: &B::Device,
     reducer: &dyn GradReducer<B::InnerBackend>,
 ) -> Result<PretrainSummary> {
+    crate::ops::kernels::cpu::check()?;
     let out = &opts.output;
     let writer = reducer.rank() == 0;
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;

@@ -132,6 +132,9 @@ pub fn run_cli(a: Args) -> Result<()> {
         spec.encoder.num_patches(),
         spec.batch_size
     );
+    if device == DeviceSpec::Cpu {
+        println!("{}", ijepa::ops::kernels::cpu::describe());
+    }
     let r = match device {
         DeviceSpec::Cpu => run::<ijepa::CpuAutodiff>(&spec, &Default::default())?,
         DeviceSpec::Cuda(i) => run_cuda(&spec, i)?,

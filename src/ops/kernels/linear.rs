@@ -13,7 +13,7 @@
 use crate::ops::kernels::gelu::gelu_in_place;
 use crate::ops::kernels::math::simd_fn;
 use crate::ops::kernels::matmul::{
-    PackedRhs, Parallelism, View, gemm_rows, gemm_rows_plus, gemm_strided, par_all,
+    PackedRhs, Parallelism, View, gemm_rows, gemm_rows_plus, gemm_strided, par_all, tile_rows,
 };
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
@@ -24,14 +24,16 @@ const ROWS_PER_BLOCK: usize = 256;
 
 /// Rows per output block for an `m`-row product: at most [`ROWS_PER_BLOCK`], and as many
 /// blocks as a multiple of the pool's threads, all of the same size (a multiple of the
-/// 6-row register tile) bar the last. Why: blocks are the unit of work the threads share, and
+/// register tile's rows, [`tile_rows`]) bar the last. Why: blocks are the unit of work the threads share, and
 /// 1,248 rows (ViT-S's context encoder) in blocks of 256 make 5 blocks, 3 on one of two
-/// threads while the other idles for one; 6 blocks of 208 keep both busy. Every output row
+/// threads while the other idles for one; 6 blocks of 208 (216 with 12-row tiles) keep both
+/// busy. Every output row
 /// is computed the same way in any block, so the result does not depend on the split.
 fn rows_per_block(m: usize) -> usize {
     let threads = rayon::current_num_threads().max(1);
     let rounds = m.div_ceil(threads * ROWS_PER_BLOCK).max(1);
-    m.div_ceil(threads * rounds).next_multiple_of(6).max(6)
+    let mr = tile_rows();
+    m.div_ceil(threads * rounds).next_multiple_of(mr).max(mr)
 }
 /// Rows per chunk of the ordered column sums.
 const SUM_ROWS: usize = 64;
