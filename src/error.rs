@@ -27,6 +27,11 @@ pub enum Error {
     Shape(String),
     #[error("{0}")]
     Mask(#[from] crate::masks::MaskError),
+    /// The loss became NaN or infinite: nothing was updated.
+    #[error(
+        "diverged at step {step}: the loss is {loss}; no update was applied (lower optimization.lr, raise the EMA momentum or check the data)"
+    )]
+    Diverged { step: u64, loss: f64 },
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

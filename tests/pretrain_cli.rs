@@ -85,11 +85,10 @@ fn losses(dir: &Path) -> Vec<(u64, f64)> {
             "log.csv lacks column {col}: {header}"
         );
     }
-    lines
-        .map(|l| {
-            let f: Vec<&str> = l.split(',').collect();
-            (f[2].parse().unwrap(), f[3].parse().unwrap())
-        })
+    ijepa::train::log::read(&dir.join("log.csv"))
+        .unwrap()
+        .iter()
+        .map(|r| (r.step, r.loss))
         .collect()
 }
 

@@ -67,10 +67,10 @@ pub fn assert_close_rel(name: &str, got: &HostTensor, want: &HostTensor, rel: f3
 
 /// The loss column of a run's `log.csv`, one value per logged step.
 pub fn logged_losses(dir: &Path) -> Vec<f64> {
-    let log = std::fs::read_to_string(dir.join("log.csv")).unwrap();
-    log.lines()
-        .skip(1)
-        .map(|l| l.split(',').nth(3).unwrap().parse().unwrap())
+    ijepa::train::log::read(&dir.join("log.csv"))
+        .unwrap()
+        .iter()
+        .map(|r| r.loss)
         .collect()
 }
 
