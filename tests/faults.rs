@@ -229,7 +229,9 @@ fn a_fortran_order_npy_gives_the_same_embedding() {
 fn training_step(dir: &Path) -> u64 {
     let desc: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("latest.json")).unwrap()).unwrap();
-    desc["training"]["progress"]["global_step"].as_u64().unwrap()
+    desc["training"]["progress"]["global_step"]
+        .as_u64()
+        .unwrap()
 }
 
 #[test]
@@ -245,7 +247,10 @@ fn a_folder_holding_a_run_is_not_overwritten_by_accident() {
     ok(pretrain(&out, &sets, &["--max-steps", "1", "--overwrite"]));
     assert_eq!(training_step(&out), 1);
     assert!(!out.join("ep1.safetensors").exists() && !out.join("ep2.safetensors").exists());
-    assert_eq!(ijepa::train::log::read(&out.join("log.csv")).unwrap().len(), 1);
+    assert_eq!(
+        ijepa::train::log::read(&out.join("log.csv")).unwrap().len(),
+        1
+    );
 }
 
 #[test]
@@ -328,7 +333,10 @@ fn sigterm_writes_a_last_checkpoint_and_leaves_no_temp_files() {
     assert!(kill.success());
     let o = child.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(!o.status.success(), "an interrupted run does not report success");
+    assert!(
+        !o.status.success(),
+        "an interrupted run does not report success"
+    );
     assert!(err.contains("SIGTERM") && err.contains("--resume"), "{err}");
     let logged = ijepa::train::log::read(&out.join("log.csv")).unwrap();
     assert_eq!(training_step(&out), logged.last().unwrap().step);
@@ -485,4 +493,3 @@ fn messages_say_what_went_wrong() {
     ]));
     assert!(e.contains("last4") && e.contains('2'), "{e}");
 }
-

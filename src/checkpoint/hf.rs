@@ -248,6 +248,14 @@ pub fn hf_to_official(hf: &NamedTensors, depth: usize) -> Result<NamedTensors> {
     let mut missing = vec![];
     for ((i, field), parts) in &qkv {
         match parts {
+            [Some(q), Some(k), Some(v)]
+                if q.shape.is_empty() || q.shape != k.shape || q.shape != v.shape =>
+            {
+                missing.push(format!(
+                    "encoder.layer.{i}.attention.attention.{{query,key,value}}.{field} of shapes {:?}, {:?}, {:?} (query, key and value must have one shape)",
+                    q.shape, k.shape, v.shape
+                ))
+            }
             [Some(q), Some(k), Some(v)] => {
                 let mut shape = q.shape.clone();
                 shape[0] *= 3;
@@ -270,7 +278,7 @@ pub fn hf_to_official(hf: &NamedTensors, depth: usize) -> Result<NamedTensors> {
     }
     if !unexpected.is_empty() || !missing.is_empty() {
         return Err(Error::Checkpoint(format!(
-            "not an IJepaModel state dict: unexpected keys {unexpected:?}, incomplete q/k/v {missing:?}"
+            "not an IJepaModel state dict: unexpected keys {unexpected:?}, incomplete or mismatched q/k/v {missing:?}"
         )));
     }
     Ok(out)

@@ -83,10 +83,10 @@ pub fn detect(path: &Path) -> Result<(Format, PathBuf)> {
             "folder holds neither config.json + model.safetensors (Hugging Face) nor latest.safetensors (ijepa run)",
         ));
     }
-    Err(Error::io(
-        path,
-        std::io::Error::new(std::io::ErrorKind::NotFound, "no such file or folder"),
-    ))
+    Err(match std::fs::metadata(path) {
+        Err(e) => Error::io(path, e),
+        Ok(_) => Error::format(path, "neither a file nor a folder"),
+    })
 }
 
 fn heads_for_width(width: usize, given: Option<usize>, what: &str) -> Result<usize> {

@@ -102,6 +102,9 @@ pub fn read(path: &Path) -> Result<(Description, NamedTensors)> {
     desc.encoder
         .validate()
         .map_err(|e| Error::format(path, e.to_string()))?;
+    desc.preprocess
+        .validate()
+        .map_err(|e| Error::format(path, e.to_string()))?;
     Ok((desc, tensors))
 }
 

@@ -84,7 +84,8 @@ impl Checkpoints {
         Ok(())
     }
 
-    /// At the end of an epoch: `latest` and the epoch's kept copy.
+    /// At the end of an epoch: `latest`, then the epoch's kept copy (a kill between the two
+    /// is repaired by [`Self::restore_epoch_copy`] when the run resumes).
     pub fn after_epoch<B: crate::ops::TrainBackend>(
         &self,
         nets: &Networks<B>,
@@ -95,6 +96,24 @@ impl Checkpoints {
         if self.keep_epochs {
             let path = epoch_path(&self.out, meta.progress.epoch);
             self.save(&path, nets, adam, meta)?;
+        }
+        Ok(())
+    }
+
+    /// On resuming at the end of an epoch: its kept copy, when a kill after `latest` was
+    /// written lost it (the resumed state is exactly that epoch's end).
+    pub fn restore_epoch_copy<B: crate::ops::TrainBackend>(
+        &self,
+        nets: &Networks<B>,
+        adam: &AdamW<B::InnerBackend>,
+        meta: &TrainingMeta,
+    ) -> Result<()> {
+        let epoch = meta.progress.epoch;
+        if self.keep_epochs && epoch > 0 && meta.progress.step_in_epoch == 0 {
+            let path = epoch_path(&self.out, epoch);
+            if !path.is_file() {
+                self.save(&path, nets, adam, meta)?;
+            }
         }
         Ok(())
     }

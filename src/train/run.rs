@@ -10,7 +10,7 @@ use crate::checkpoint::native::Description;
 use crate::data::augment::TrainTransform;
 use crate::data::loader::{Loader, LoaderConfig};
 use crate::data::transform::{Preprocess, Resize};
-use crate::data::{Dataset, Split, open_source, with_max_images};
+use crate::data::{DataSpec, Dataset, Split, with_max_images};
 use crate::error::{Error, Result};
 use crate::masks::MaskSampler;
 use crate::model::{EncoderConfig, PredictorConfig};
@@ -42,7 +42,8 @@ impl Run {
         let d = &cfg.data;
         let accum = cfg.optimization.accum_steps;
         let replicas = accum * world;
-        let dataset = open_train_set(cfg)?;
+        let spec = cfg.dataset_spec()?;
+        let dataset = open_train_set(cfg, &spec)?;
         let n_images = dataset.len();
         let loader_cfg = LoaderConfig {
             batch_size: d.batch_size,
@@ -51,8 +52,7 @@ impl Run {
             prefetch: d.prefetch.max(1),
             strict,
         };
-        let loader = Loader::new(dataset, train_transform(cfg), loader_cfg)
-            .map_err(|e| Error::Config(e.to_string()))?;
+        let loader = Loader::new(dataset, train_transform(cfg), loader_cfg)?;
         let ipe = loader.ipe();
         if ipe == 0 {
             return Err(Error::Config(format!(
@@ -73,7 +73,7 @@ impl Run {
         let description = Description::new(
             encoder.clone(),
             Some(predictor.clone()),
-            inference_preprocess(cfg),
+            inference_preprocess(cfg, &spec),
             "pretrain",
         );
         Ok(Run {
@@ -117,15 +117,11 @@ fn train_transform(cfg: &TrainConfig) -> TrainTransform {
     }
 }
 
-/// How a model trained with `cfg` wants its inputs at inference time.
-pub fn inference_preprocess(cfg: &TrainConfig) -> Preprocess {
+/// How a model trained with `cfg` on `spec` wants its inputs at inference time.
+pub fn inference_preprocess(cfg: &TrainConfig, spec: &DataSpec) -> Preprocess {
     let (mean, std) = cfg.normalisation();
     let d = &cfg.data;
-    let source = cfg.dataset_source().unwrap_or_default();
-    let is_idx = ["fmnist:", "mnist:", "idx:"]
-        .iter()
-        .any(|p| source.starts_with(p));
-    if is_idx {
+    if spec.is_idx() {
         // Small fixed-size images: pad as in training, resize only if needed, no crop.
         Preprocess {
             size: d.crop_size,
@@ -151,11 +147,9 @@ pub fn inference_preprocess(cfg: &TrainConfig) -> Preprocess {
     }
 }
 
-/// Open the training split named by the config.
-pub fn open_train_set(cfg: &TrainConfig) -> Result<Box<dyn Dataset>> {
-    let source = cfg.dataset_source()?;
-    let ds = open_source(&source, Split::Train, cfg.data.in_chans)
-        .map_err(|e| Error::Config(e.to_string()))?;
+/// Open the training split of `spec` as the config says.
+pub fn open_train_set(cfg: &TrainConfig, spec: &DataSpec) -> Result<Box<dyn Dataset>> {
+    let ds = spec.open(Split::Train, cfg.data.in_chans)?;
     Ok(match cfg.data.max_images {
         Some(n) => with_max_images(ds, n),
         None => ds,

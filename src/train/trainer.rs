@@ -20,7 +20,7 @@ use super::step::{Batch, StepSettings, UpdateHyper, train_step};
 use crate::data::Dataset;
 use crate::data::transform::Preprocess;
 use crate::error::{Error, Result};
-use crate::fsutil::write_bytes_atomic;
+use crate::fsutil::{self, write_bytes_atomic};
 use crate::model::MaskIndices;
 
 pub use super::checkpoints::LATEST;
@@ -33,6 +33,8 @@ pub struct PretrainOptions {
     pub output: PathBuf,
     /// Continue from `output/latest.safetensors`.
     pub resume: bool,
+    /// Start afresh in a folder that holds a run, removing that run's files.
+    pub overwrite: bool,
     /// Stop (with a checkpoint) once this many optimizer steps of the run are done.
     pub max_steps: Option<u64>,
     /// Unreadable images are fatal instead of replaced and counted.
@@ -112,10 +114,11 @@ pub fn pretrain_peer<B: crate::ops::TrainBackend>(
 ) -> Result<PretrainSummary> {
     let out = &opts.output;
     let writer = reducer.rank() == 0;
+    let resume = opts.resume || cfg.meta.load_checkpoint;
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
-    // Written first: a read-only or full output folder fails here, before any work.
     if writer {
-        write_bytes_atomic(&out.join(PARAMS), cfg.to_yaml().as_bytes())?;
+        fsutil::remove_stale_temps(out)?;
+        prepare_folder(out, resume, opts.overwrite)?;
     }
     let run = Run::build(cfg, reducer.rank(), reducer.world(), opts.strict)?;
     let checkpoints = Checkpoints::new(
@@ -125,9 +128,23 @@ pub fn pretrain_peer<B: crate::ops::TrainBackend>(
         cfg.logging.keep_epochs,
         cfg.logging.checkpoint_every,
     );
-    let resume = opts.resume || cfg.meta.load_checkpoint;
     let start = super::resume::resume_or_init::<B>(cfg, &run, &checkpoints.latest, resume, device)?;
     let (mut nets, mut adam, mut meta) = (start.nets, start.adam, start.meta);
+    let fixed_batch = monitor_batch(run.loader.dataset().as_ref(), &run.description.preprocess);
+    // Written once the run is known to start: a refused resume or bad data leaves the
+    // folder's settings alone; a read-only or full folder still fails before any step.
+    if writer {
+        write_bytes_atomic(&out.join(PARAMS), cfg.to_yaml().as_bytes())?;
+        if resume {
+            checkpoints.restore_epoch_copy(&nets, &adam, &meta)?;
+            let epoch = meta.progress.epoch;
+            monitor::keep_epochs_up_to(out, epoch)?;
+            if epoch > 0 && !monitor::logged_epochs(out).contains(&epoch) {
+                monitor::check::<B::InnerBackend>(&nets.target, &fixed_batch, device, out, epoch)?;
+            }
+        }
+    }
+    let signals = Signals::register(out)?;
     let mut log = match writer {
         true => Some(LogWriter::start(
             &out.join(LOG),
@@ -140,7 +157,6 @@ pub fn pretrain_peer<B: crate::ops::TrainBackend>(
         run.total_steps(),
         meta.progress.global_step,
     );
-    let fixed_batch = monitor_batch(run.loader.dataset().as_ref(), &run.description.preprocess);
     let summary =
         |meta: &TrainingMeta, last_loss: f64, img_per_s: f64, data: f64| PretrainSummary {
             steps: meta.progress.global_step,
@@ -174,7 +190,7 @@ pub fn pretrain_peer<B: crate::ops::TrainBackend>(
             run.loader
                 .epoch_replicas(epoch as u64, meta.progress.step_in_epoch, run.mine.clone());
         while let Some(step_batches) = batches.next() {
-            let step_batches = step_batches.map_err(|e| Error::Config(e.to_string()))?;
+            let step_batches = step_batches?;
             let t0 = Instant::now();
             let global = meta.progress.global_step + 1;
             let itr = meta.progress.step_in_epoch;
@@ -260,6 +276,15 @@ pub fn pretrain_peer<B: crate::ops::TrainBackend>(
             bar.inc(1);
 
             let stop = opts.max_steps.is_some_and(|m| global >= m);
+            if let Some(signal) = signals.received() {
+                checkpoints.save_latest(&nets, &adam, &meta)?;
+                bar.abandon();
+                return Err(Error::Interrupted {
+                    signal,
+                    step: global,
+                    checkpoint: checkpoints.latest.clone(),
+                });
+            }
             if stop {
                 checkpoints.save_latest(&nets, &adam, &meta)?;
                 bar.abandon_with_message(format!(
@@ -308,4 +333,79 @@ pub fn pretrain_peer<B: crate::ops::TrainBackend>(
         images_done as f64 / elapsed.max(1e-9),
         data_rate,
     ))
+}
+
+/// Files of a run in its folder (besides the `epN` copies).
+const RUN_FILES: [&str; 6] = [
+    LATEST,
+    "latest.json",
+    LOG,
+    monitor::MONITOR,
+    "loss.png",
+    PARAMS,
+];
+
+/// A folder that holds a run is only trained in with `--resume` (continue it) or
+/// `--overwrite` (remove its files first): never a new run over an old one's files.
+fn prepare_folder(out: &std::path::Path, resume: bool, overwrite: bool) -> Result<()> {
+    let holds_run = out.join(LATEST).is_file() || out.join(LOG).is_file();
+    if resume || !holds_run {
+        return Ok(());
+    }
+    if !overwrite {
+        return Err(Error::Config(format!(
+            "{} holds a run already: pass --resume to continue it or --overwrite to start afresh (its checkpoints and log are removed)",
+            out.display()
+        )));
+    }
+    let entries = std::fs::read_dir(out).map_err(|e| Error::io(out, e))?;
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let epoch_copy = name.starts_with("ep")
+            && (name.ends_with(".safetensors") || name.ends_with(".json"))
+            && name[2..]
+                .split('.')
+                .next()
+                .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+        if epoch_copy || RUN_FILES.contains(&name.as_str()) {
+            let path = entry.path();
+            std::fs::remove_file(&path).map_err(|e| Error::io(&path, e))?;
+        }
+    }
+    Ok(())
+}
+
+/// SIGTERM and SIGINT (SLURM's requeue, Ctrl-C): noted, and acted on after the current step
+/// (which ends with a checkpoint), so no write is cut short. A second SIGINT ends the
+/// process at once.
+struct Signals {
+    term: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    int: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Signals {
+    fn register(out: &std::path::Path) -> Result<Self> {
+        use signal_hook::consts::{SIGINT, SIGTERM};
+        let signals = Signals {
+            term: Default::default(),
+            int: Default::default(),
+        };
+        let io = |e| Error::io(out, e);
+        signal_hook::flag::register_conditional_shutdown(SIGINT, 130, signals.int.clone())
+            .map_err(io)?;
+        signal_hook::flag::register(SIGTERM, signals.term.clone()).map_err(io)?;
+        signal_hook::flag::register(SIGINT, signals.int.clone()).map_err(io)?;
+        Ok(signals)
+    }
+
+    fn received(&self) -> Option<&'static str> {
+        use std::sync::atomic::Ordering::Relaxed;
+        if self.term.load(Relaxed) {
+            Some("SIGTERM")
+        } else if self.int.load(Relaxed) {
+            Some("SIGINT")
+        } else {
+            None
+        }
+    }
 }
