@@ -30,6 +30,12 @@ pub enum Error {
         /// Said in the message, not chained as a source: said once.
         error: std::io::Error,
     },
+    /// An error about the contents of a named file (the error kept whole, not flattened).
+    #[error("{}: {inner}", path.display())]
+    InFile { path: PathBuf, inner: Box<Error> },
+    /// Writing or reading JSON of this program's own structures.
+    #[error(transparent)]
+    Json(#[from] serde_json::Error),
     /// A file that exists but whose contents are not what they should be.
     #[error("{}: {msg}", path.display())]
     Format { path: PathBuf, msg: String },
@@ -58,6 +64,14 @@ impl Error {
         Error::Io {
             path: path.as_ref().to_path_buf(),
             error: source,
+        }
+    }
+
+    /// `inner`, said of the file at `path`.
+    pub fn in_file(path: impl AsRef<Path>, inner: Error) -> Self {
+        Error::InFile {
+            path: path.as_ref().to_path_buf(),
+            inner: Box::new(inner),
         }
     }
 

@@ -8,10 +8,29 @@ use crate::checkpoint::HostTensor;
 use crate::error::{Error, Result};
 use crate::fsutil::write_atomic;
 
+/// Opens an array, refusing one whose header announces more data than the file holds
+/// (before anything the size of the data is allocated).
 fn open(path: &Path) -> Result<NpyFile<std::io::BufReader<std::fs::File>>> {
     let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    NpyFile::new(std::io::BufReader::new(file))
-        .map_err(|e| Error::format(path, format!("not a valid .npy file: {e}")))
+    let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
+    let npy = NpyFile::new(std::io::BufReader::new(file))
+        .map_err(|e| Error::format(path, format!("not a valid .npy file: {e}")))?;
+    let bytes = npy
+        .shape()
+        .iter()
+        .try_fold(npy.dtype().num_bytes().unwrap_or(1) as u64, |a, &d| {
+            a.checked_mul(d)
+        });
+    if bytes.is_none_or(|b| b > len) {
+        return Err(Error::format(
+            path,
+            format!(
+                "array of shape {:?} needs more data than the file's {len} bytes (truncated file?)",
+                npy.shape()
+            ),
+        ));
+    }
+    Ok(npy)
 }
 
 fn shape_of<R: std::io::Read>(npy: &NpyFile<R>) -> Vec<usize> {

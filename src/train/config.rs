@@ -268,8 +268,7 @@ impl TrainConfig {
                 format!("{key}: {}", plain_words(&e.inner().to_string())),
             )
         })?;
-        cfg.validate()
-            .map_err(|e| Error::format(origin, e.to_string()))?;
+        cfg.validate().map_err(|e| Error::in_file(origin, e))?;
         Ok(cfg)
     }
 
