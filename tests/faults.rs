@@ -11,10 +11,6 @@ use ijepa::checkpoint::{HostTensor, safetensors_io};
 
 const FMNIST: &str = "/usr/share/datasets/fashion-mnist";
 
-fn recipe() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("configs/fmnist_vit.yaml")
-}
-
 fn ijepa(args: &[&str]) -> Output {
     Command::new(ijepa_bin()).args(args).output().unwrap()
 }
@@ -44,35 +40,18 @@ fn s(p: &Path) -> &str {
 
 /// Settings of a tiny model on `images` images (batch 16).
 fn tiny(images: usize, epochs: usize) -> Vec<String> {
-    [
-        "meta.embed_dim=32",
-        "meta.depth=2",
-        "meta.num_heads=2",
-        "meta.pred_emb_dim=16",
-        "meta.pred_depth=1",
-        "meta.pred_num_heads=2",
-        "data.batch_size=16",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .chain([
-        format!("data.max_images={images}"),
-        format!("optimization.epochs={epochs}"),
-    ])
-    .collect()
+    common::tiny_model()
+        .into_iter()
+        .chain(["data.batch_size=16".to_string()])
+        .chain([
+            format!("data.max_images={images}"),
+            format!("optimization.epochs={epochs}"),
+        ])
+        .collect()
 }
 
 fn pretrain_cmd(out: &Path, sets: &[String], extra: &[&str]) -> Command {
-    let mut cmd = Command::new(ijepa_bin());
-    cmd.args(["pretrain", "--quiet", "--config"])
-        .arg(recipe())
-        .arg("--output")
-        .arg(out);
-    for s in sets {
-        cmd.args(["--set", s]);
-    }
-    cmd.args(extra);
-    cmd
+    common::pretrain_command(out, sets, extra)
 }
 
 fn pretrain(out: &Path, sets: &[String], extra: &[&str]) -> Output {

@@ -105,3 +105,37 @@ pub fn tmp(tag: &str) -> TestDir {
             .expect("a temporary folder"),
     )
 }
+
+/// `--set` values of a tiny model (a run takes seconds).
+pub fn tiny_model() -> Vec<String> {
+    [
+        "meta.embed_dim=32",
+        "meta.depth=2",
+        "meta.num_heads=2",
+        "meta.pred_emb_dim=16",
+        "meta.pred_depth=1",
+        "meta.pred_num_heads=2",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+/// The Fashion-MNIST recipe's config file.
+pub fn recipe() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("configs/fmnist_vit.yaml")
+}
+
+/// `ijepa pretrain --quiet --config RECIPE --output OUT --set ... EXTRA...`.
+pub fn pretrain_command(out: &Path, sets: &[String], extra: &[&str]) -> std::process::Command {
+    let mut cmd = std::process::Command::new(ijepa_bin());
+    cmd.args(["pretrain", "--quiet", "--config"])
+        .arg(recipe())
+        .arg("--output")
+        .arg(out);
+    for s in sets {
+        cmd.args(["--set", s]);
+    }
+    cmd.args(extra);
+    cmd
+}
