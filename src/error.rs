@@ -2,11 +2,16 @@
 
 use std::path::{Path, PathBuf};
 
+mod config;
+
+pub use crate::checkpoint::error::{CheckpointError, ShapeMismatch, TensorReadError};
+pub use config::{ConfigError, OverrideProblem};
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// A setting that cannot work (model shapes, mask settings, training config).
-    #[error("invalid configuration: {0}")]
-    Config(String),
+    /// A setting that cannot work (model shapes, training config, flags).
+    #[error(transparent)]
+    Config(#[from] ConfigError),
     /// A data source, image or data file that cannot be read as asked.
     #[error(transparent)]
     Data(#[from] crate::data::DataError),
@@ -39,12 +44,41 @@ pub enum Error {
     /// A file that exists but whose contents are not what they should be.
     #[error("{}: {msg}", path.display())]
     Format { path: PathBuf, msg: String },
-    /// Tensors that do not fit the model (missing / unexpected keys, wrong shapes).
-    #[error("{0}")]
-    Checkpoint(String),
+    /// A checkpoint that cannot be read or does not fit the model.
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
     /// A data-parallel peer died, the network failed, or the peers disagree.
-    #[error("data-parallel run stopped: {0}")]
-    Peer(String),
+    #[error(transparent)]
+    Peer(#[from] crate::train::distributed::PeerError),
+    /// A device that cannot be used (no driver, no GPU support in this build).
+    #[error("{device}: {why}")]
+    Device { device: String, why: String },
+    /// A `.npy` file that NumPy's format reader rejects.
+    #[error("{}: {what}: {error}", path.display())]
+    Npy {
+        path: PathBuf,
+        what: &'static str,
+        error: std::io::Error,
+    },
+    /// A `log.csv` that cannot be read or appended to.
+    #[error(
+        "{}: {}{error}",
+        path.display(),
+        if error.is_io_error() { "" } else { "not a training log: " }
+    )]
+    Log { path: PathBuf, error: csv::Error },
+    /// The loss curve could not be drawn.
+    #[error("{}: cannot draw the loss curve: {error}", path.display())]
+    Plot {
+        path: PathBuf,
+        error: crate::train::monitor::PlotError,
+    },
+    /// A helper thread or runtime the program needs could not be started.
+    #[error("cannot start {what}: {error}")]
+    Thread {
+        what: &'static str,
+        error: std::io::Error,
+    },
     /// Inputs of the wrong shape or with out-of-range values.
     #[error("{0}")]
     Shape(String),

@@ -13,8 +13,11 @@ use crate::fsutil::write_atomic;
 fn open(path: &Path) -> Result<NpyFile<std::io::BufReader<std::fs::File>>> {
     let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
     let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
-    let npy = NpyFile::new(std::io::BufReader::new(file))
-        .map_err(|e| Error::format(path, format!("not a valid .npy file: {e}")))?;
+    let npy = NpyFile::new(std::io::BufReader::new(file)).map_err(|error| Error::Npy {
+        path: path.to_path_buf(),
+        what: "not a valid .npy file",
+        error,
+    })?;
     let bytes = npy
         .shape()
         .iter()
@@ -68,7 +71,11 @@ pub fn read_f32(path: &Path) -> Result<HostTensor> {
     let shape = shape_of(&npy);
     let order = npy.order();
     let dtype = npy.dtype().descr().trim_matches('\'').to_string();
-    let bad = |e: std::io::Error| Error::format(path, format!("cannot read the array data: {e}"));
+    let bad = |error| Error::Npy {
+        path: path.to_path_buf(),
+        what: "cannot read the array data",
+        error,
+    };
     let data: Vec<f32> = match dtype.as_str() {
         "<f4" => npy.into_vec::<f32>().map_err(bad)?,
         "<f8" => npy
@@ -100,7 +107,11 @@ pub fn read_i64(path: &Path) -> Result<(Vec<usize>, Vec<i64>)> {
     let shape = shape_of(&npy);
     let order = npy.order();
     let dtype = npy.dtype().descr().trim_matches('\'').to_string();
-    let bad = |e: std::io::Error| Error::format(path, format!("cannot read the array data: {e}"));
+    let bad = |error| Error::Npy {
+        path: path.to_path_buf(),
+        what: "cannot read the array data",
+        error,
+    };
     let data: Vec<i64> = match dtype.as_str() {
         "<i8" => npy.into_vec::<i64>().map_err(bad)?,
         "<i4" => npy

@@ -41,7 +41,11 @@ pub fn read_idx(path: &Path, magic: u32) -> Result<IdxArray, DataError> {
         if e.kind() == std::io::ErrorKind::UnexpectedEof {
             DataError::format(path, format!("truncated {what} (IDX header incomplete)"))
         } else if gz {
-            DataError::format(path, format!("corrupt gzip stream: {e}"))
+            DataError::Gzip {
+                path: path.to_path_buf(),
+                error: e,
+                announced: None,
+            }
         } else {
             DataError::io(path, e)
         }
@@ -81,10 +85,11 @@ pub fn read_idx(path: &Path, magic: u32) -> Result<IdxArray, DataError> {
         .read_to_end(&mut data)
         .map_err(|e| {
             if gz {
-                DataError::format(
-                    path,
-                    format!("truncated or corrupt gzip stream ({e}); header announces {dims:?}"),
-                )
+                DataError::Gzip {
+                    path: path.to_path_buf(),
+                    error: e,
+                    announced: Some(dims.clone()),
+                }
             } else {
                 DataError::io(path, e)
             }

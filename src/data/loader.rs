@@ -171,9 +171,7 @@ impl<T: Send + 'static> Prefetch<T> {
                 remaining,
                 pending_error: None,
             },
-            Err(e) => Self::failed(DataError::Config(format!(
-                "cannot start the data loader thread: {e}"
-            ))),
+            Err(e) => Self::failed(DataError::Thread(e)),
         }
     }
 }

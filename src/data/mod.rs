@@ -101,6 +101,21 @@ pub enum DataError {
         path: PathBuf,
         error: image::ImageError,
     },
+    /// A gzip stream that ends early or does not decompress.
+    #[error(
+        "{}: truncated or corrupt gzip stream: {error}{}",
+        path.display(),
+        announced.as_ref().map(|d| format!("; the header announces {d:?}")).unwrap_or_default()
+    )]
+    Gzip {
+        path: PathBuf,
+        error: std::io::Error,
+        /// The IDX dimensions, when the header was read.
+        announced: Option<Vec<usize>>,
+    },
+    /// The loader's background thread could not be started.
+    #[error("cannot start the data loader thread: {0}")]
+    Thread(std::io::Error),
     /// A data source string that cannot be opened as asked.
     #[error("data source `{spec}`: {msg}")]
     Source { spec: String, msg: String },
@@ -117,6 +132,14 @@ pub enum DataError {
     /// Non-strict loading found nothing readable to substitute for a broken image.
     #[error("no readable image left in the dataset; the last failure was: {last}")]
     NothingReadable { last: Box<DataError> },
+    /// Inputs that hold no image file.
+    #[error("no image files found in {inputs:?}")]
+    NoImages { inputs: Vec<PathBuf> },
+    /// An image without the class label evaluation needs.
+    #[error(
+        "{image} has no class label (use a folder with one sub-folder per class, or an IDX set with labels)"
+    )]
+    Unlabelled { image: String },
     /// The loader's background thread ended without a result (it panicked).
     #[error("data loader thread stopped unexpectedly")]
     ProducerDied,

@@ -38,17 +38,18 @@ pub struct LogRow {
 
 /// Every row of a run's log.
 pub fn read(path: &Path) -> Result<Vec<LogRow>> {
-    let mut reader = csv::Reader::from_path(path).map_err(|e| csv_error(path, e))?;
+    let file = File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut reader = csv::Reader::from_reader(file);
     reader
         .deserialize()
         .map(|row| row.map_err(|e| csv_error(path, e)))
         .collect()
 }
 
-fn csv_error(path: &Path, e: csv::Error) -> Error {
-    match e.into_kind() {
-        csv::ErrorKind::Io(io) => Error::io(path, io),
-        other => Error::format(path, format!("not a training log: {other:?}")),
+fn csv_error(path: &Path, error: csv::Error) -> Error {
+    Error::Log {
+        path: path.to_path_buf(),
+        error,
     }
 }
 
@@ -98,8 +99,9 @@ impl LogWriter {
     }
 }
 
-/// The column names (what `serialize` writes as the header of the first row).
-const HEADER: [&str; 10] = [
+/// The column names (what `serialize` writes as the header of the first row: checked by
+/// the tests below).
+pub const HEADER: [&str; 10] = [
     "epoch",
     "itr",
     "step",
