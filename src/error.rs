@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 mod config;
 
 pub use crate::checkpoint::error::{CheckpointError, ShapeMismatch, TensorReadError};
-pub use config::{ConfigError, OverrideProblem};
+pub use config::{ConfigError, OverrideProblem, Setting};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -41,9 +41,17 @@ pub enum Error {
     /// Writing or reading JSON of this program's own structures.
     #[error(transparent)]
     Json(#[from] serde_json::Error),
-    /// A file that exists but whose contents are not what they should be.
-    #[error("{}: {msg}", path.display())]
-    Format { path: PathBuf, msg: String },
+    /// An array of pixels that does not fit the encoder: `[N, C, H, W]` with its C and size.
+    #[error(
+        "{}: array has shape {found:?}; the model expects [N, {channels}, {size}, {size}] float32 pixels",
+        path.display()
+    )]
+    Pixels {
+        path: PathBuf,
+        found: Vec<usize>,
+        channels: usize,
+        size: usize,
+    },
     /// A checkpoint that cannot be read or does not fit the model.
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
@@ -53,13 +61,9 @@ pub enum Error {
     /// A device that cannot be used (no driver, no GPU support in this build).
     #[error("{device}: {why}")]
     Device { device: String, why: String },
-    /// A `.npy` file that NumPy's format reader rejects.
-    #[error("{}: {what}: {error}", path.display())]
-    Npy {
-        path: PathBuf,
-        what: &'static str,
-        error: std::io::Error,
-    },
+    /// A `.npy` file that cannot be read as the array asked for.
+    #[error(transparent)]
+    Npy(#[from] crate::npy::NpyError),
     /// A `log.csv` that cannot be read or appended to.
     #[error(
         "{}: {}{error}",
@@ -106,13 +110,6 @@ impl Error {
         Error::InFile {
             path: path.as_ref().to_path_buf(),
             inner: Box::new(inner),
-        }
-    }
-
-    pub fn format(path: impl AsRef<Path>, msg: impl Into<String>) -> Self {
-        Error::Format {
-            path: path.as_ref().to_path_buf(),
-            msg: msg.into(),
         }
     }
 }

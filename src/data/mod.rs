@@ -16,6 +16,8 @@ pub use spec::DataSpec;
 
 use std::path::{Path, PathBuf};
 
+use crate::error::Setting;
+
 /// One decoded image: 8-bit, interleaved HWC (row-major, channels innermost).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RawImage {
@@ -121,7 +123,25 @@ pub enum DataError {
     Source { spec: String, msg: String },
     /// Loader or transform settings that cannot work.
     #[error("invalid data settings: {0}")]
-    Config(String),
+    Config(Setting),
+    /// A dataset smaller than one optimizer step.
+    #[error(
+        "invalid data settings: the dataset ({dataset}: {len} images) cannot fill one step of batch_size {batch_size} x replicas {replicas}"
+    )]
+    TooSmall {
+        dataset: String,
+        len: usize,
+        batch_size: usize,
+        replicas: usize,
+    },
+    /// A step past the end of the epoch asked of the loader.
+    #[error("invalid data settings: step {step} is past the end of the epoch ({ipe} steps)")]
+    PastEpoch { step: usize, ipe: usize },
+    /// A replica the loader does not have.
+    #[error(
+        "invalid data settings: replica {replica} requested but the loader has {replicas} replicas"
+    )]
+    NoReplica { replica: usize, replicas: usize },
     /// An index past the end of a dataset.
     #[error("{dataset}: index {index} out of range (dataset has {len} images)")]
     OutOfRange {

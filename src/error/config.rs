@@ -6,12 +6,8 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// A setting with a value it cannot have: `optimization.lr: expected a number, found "lots"`.
-    #[error("invalid configuration: {key}: expected {expected}, found {found}")]
-    Value {
-        key: String,
-        expected: String,
-        found: String,
-    },
+    #[error("invalid configuration: {0}")]
+    Value(Setting),
     /// A key the layout does not have, or a required key that is missing (serde's words).
     #[error("invalid configuration: {key}: {error}")]
     Layout {
@@ -66,11 +62,7 @@ impl ConfigError {
         expected: impl Into<String>,
         found: impl std::fmt::Display,
     ) -> Self {
-        ConfigError::Value {
-            key: key.into(),
-            expected: expected.into(),
-            found: found.to_string(),
-        }
+        ConfigError::Value(Setting::new(key, expected, found))
     }
 
     /// `key needs ...`.
@@ -79,5 +71,38 @@ impl ConfigError {
             key: key.into(),
             needs: needs.into(),
         }
+    }
+}
+
+/// One setting with a value it cannot have: `key: expected ..., found ...`. Said by
+/// configuration errors and by the data and evaluation code's setting errors.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Setting {
+    pub key: String,
+    pub expected: String,
+    pub found: String,
+}
+
+impl Setting {
+    pub fn new(
+        key: impl Into<String>,
+        expected: impl Into<String>,
+        found: impl std::fmt::Display,
+    ) -> Self {
+        Setting {
+            key: key.into(),
+            expected: expected.into(),
+            found: found.to_string(),
+        }
+    }
+}
+
+impl std::fmt::Display for Setting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}: expected {}, found {}",
+            self.key, self.expected, self.found
+        )
     }
 }

@@ -111,13 +111,12 @@ pub fn load_image(path: &Path, pre: &Preprocess) -> Result<Vec<f32>> {
 pub fn check_pixels(path: &Path, shape: &[usize], cfg: &crate::model::EncoderConfig) -> Result<()> {
     let ok = matches!(shape, [_, c, h, w] if *c == cfg.in_chans && *h == cfg.image_size && *w == cfg.image_size);
     if !ok {
-        return Err(Error::format(
-            path,
-            format!(
-                "array has shape {shape:?}; the model expects [N, {}, {}, {}] float32 pixels",
-                cfg.in_chans, cfg.image_size, cfg.image_size
-            ),
-        ));
+        return Err(Error::Pixels {
+            path: path.to_path_buf(),
+            found: shape.to_vec(),
+            channels: cfg.in_chans,
+            size: cfg.image_size,
+        });
     }
     Ok(())
 }
