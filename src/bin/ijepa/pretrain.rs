@@ -23,6 +23,9 @@ pub struct Args {
     /// Continue from OUTPUT/latest.safetensors exactly where it stopped.
     #[arg(long)]
     pub resume: bool,
+    /// Start afresh in a folder that holds a run, removing that run's checkpoints and log.
+    #[arg(long, conflicts_with = "resume")]
+    pub overwrite: bool,
     /// Stop (with a checkpoint) once the run has taken this many optimizer steps.
     #[arg(long)]
     pub max_steps: Option<u64>,
@@ -98,6 +101,7 @@ pub fn run(a: Args) -> Result<()> {
     let opts = PretrainOptions {
         output: a.output.clone(),
         resume: a.resume,
+        overwrite: a.overwrite,
         max_steps: a.max_steps,
         strict: a.strict,
         progress: !a.quiet,
