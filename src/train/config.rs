@@ -127,7 +127,8 @@ pub struct MetaSection {
     pub pred_emb_dim: usize,
     #[serde(default)]
     pub read_checkpoint: Option<String>,
-    /// bf16 compute on GPUs; on the CPU training runs in f32.
+    /// bf16 autocast of the matrix products on GPUs and on CPUs with AVX-512 BF16; other CPUs
+    /// train in f32 (and say so).
     #[serde(default)]
     pub use_bfloat16: bool,
     // ---- extensions ----

@@ -116,6 +116,13 @@ pub fn run_cli(a: Args) -> Result<()> {
     };
     ijepa::device::allow_tf32(a.tf32);
     let device: DeviceSpec = a.device.parse()?;
+    let mut spec = spec;
+    if device == DeviceSpec::Cpu && spec.precision == Precision::Bf16 {
+        spec.precision = ijepa::ops::cpu_bf16().unwrap_or_else(|note| {
+            eprintln!("note: --bf16: {note}");
+            Precision::F32
+        });
+    }
     println!(
         "ijepa {} backend {} {} threads {} tokens {} batch {}",
         env!("CARGO_PKG_VERSION"),

@@ -87,15 +87,14 @@ pub fn run(a: Args) -> Result<()> {
         timeout: Duration::from_secs(a.peer_timeout.max(1)),
     };
     cluster.validate()?;
-    // As the official code (torch.cuda.amp.autocast), bf16 autocast applies on GPUs only.
+    // bf16 autocast on GPUs (as torch.cuda.amp in the official code), and on CPUs with bf16
+    // products (AVX-512 BF16); other CPUs train in f32, and say so.
     let precision = match (cfg.meta.use_bfloat16, devices[0]) {
         (true, DeviceSpec::Cuda(_)) => Precision::Bf16,
-        (true, DeviceSpec::Cpu) => {
-            eprintln!(
-                "note: meta.use_bfloat16 applies on GPUs only (as torch.cuda.amp in the official code); this CPU run trains in f32"
-            );
+        (true, DeviceSpec::Cpu) => ijepa::ops::cpu_bf16().unwrap_or_else(|note| {
+            eprintln!("note: meta.use_bfloat16: {note}");
             Precision::F32
-        }
+        }),
         (false, _) => Precision::F32,
     };
     ijepa::device::allow_tf32(a.tf32);

@@ -17,6 +17,8 @@ use super::cpu::{KernelPath, path};
 mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
+#[cfg(target_arch = "x86_64")]
+pub mod bf16;
 
 /// A read-only strided matrix view: element `(i, j)` is `data[i * rs + j * cs]` (f32 unless
 /// said otherwise; the evaluation code multiplies f64 matrices too).
@@ -190,6 +192,8 @@ pub struct PackedRhs<'a> {
     path: KernelPath,
     /// Panels read in place from `view` (row stride `view.rs`) instead of `panels`.
     borrowed: bool,
+    /// bf16 panels of pairs ([`bf16::pack`]) when the products take bf16 operands.
+    pairs: Option<Vec<u32>>,
 }
 
 impl<'a> PackedRhs<'a> {
@@ -197,6 +201,22 @@ impl<'a> PackedRhs<'a> {
     /// products go through `gemm`.
     pub fn new(rhs: View<'a>, k: usize, n: usize) -> Self {
         Self::build(rhs, k, n, path())
+    }
+
+    /// Pack `rhs` for products with bf16 operands and f32 accumulation ([`bf16`]): the left
+    /// operand's rows are rounded to bf16 as the products read them.
+    ///
+    /// # Panics
+    /// Where the CPU has no bf16 products ([`super::cpu::bf16_products`]).
+    pub fn new_bf16(rhs: View<'a>, k: usize, n: usize) -> Self {
+        assert!(super::cpu::bf16_products(), "no bf16 products on this CPU");
+        let mut packed = Self::build(rhs, k, n, KernelPath::Portable);
+        #[cfg(target_arch = "x86_64")]
+        if k > 0 && n > 0 {
+            packed.pairs = Some(bf16::pack(rhs, k, n));
+            packed.path = KernelPath::Avx512;
+        }
+        packed
     }
 
     /// Like [`PackedRhs::new`], but when the rows of `rhs` are contiguous and `n` is a multiple
@@ -216,6 +236,7 @@ impl<'a> PackedRhs<'a> {
                 view: rhs,
                 path,
                 borrowed: true,
+                pairs: None,
             };
         }
         Self::build(rhs, k, n, path)
@@ -235,6 +256,7 @@ impl<'a> PackedRhs<'a> {
                 view: rhs,
                 path: KernelPath::Portable,
                 borrowed: false,
+                pairs: None,
             };
         }
         assert!(
@@ -298,6 +320,7 @@ impl<'a> PackedRhs<'a> {
             view: rhs,
             path,
             borrowed: false,
+            pairs: None,
         }
     }
 
@@ -351,7 +374,7 @@ pub fn gemm_rows_plus<'d>(
 ) -> &'d mut [f32] {
     assert_eq!(dst.len(), rows * rhs.n, "dst must be [rows, n]");
     assert_eq!(residual.len(), rows * rhs.n, "residual must be [rows, n]");
-    product(rows, lhs, lda, rhs, bias, Some(residual), dst, rhs.n);
+    product(rows, lhs, lda, rhs, bias, Some(residual), dst, rhs.n, None);
     // SAFETY: `product` wrote every (row, column) of dst, which has no gaps.
     unsafe { &mut *(dst as *mut [std::mem::MaybeUninit<f32>] as *mut [f32]) }
 }
@@ -368,11 +391,48 @@ pub fn gemm_rows_strided(
     dst: &mut [std::mem::MaybeUninit<f32>],
     ldc: usize,
 ) {
-    product(rows, lhs, lda, rhs, bias, None, dst, ldc)
+    product(rows, lhs, lda, rhs, bias, None, dst, ldc, None)
 }
 
-/// The products of [`gemm_rows_strided`] and [`gemm_rows_plus`]; `residual`, when given, is
-/// `[rows, n]` contiguous.
+/// As [`gemm_rows`] with bf16 operands (`rhs` from [`PackedRhs::new_bf16`], no bias), also
+/// writing the left operand's rows as bf16 pairs across rows into `pairs`
+/// (`[rows.div_ceil(2)][ldp]`, zero-padded; [`bf16::pairs_across_into`]): the layout the
+/// weight gradient reads `dy` in, made while `dy`'s rows are in cache for this product.
+#[cfg(target_arch = "x86_64")]
+pub fn gemm_rows_keeping_pairs<'d>(
+    rows: usize,
+    lhs: &[f32],
+    lda: usize,
+    rhs: &PackedRhs<'_>,
+    dst: &'d mut [std::mem::MaybeUninit<f32>],
+    pairs: &mut [std::mem::MaybeUninit<u32>],
+    ldp: usize,
+) -> &'d mut [f32] {
+    assert!(rhs.pairs.is_some(), "bf16 operands only");
+    assert_eq!(dst.len(), rows * rhs.n, "dst must be [rows, n]");
+    assert!(ldp >= rhs.k, "pair rows must hold k columns");
+    assert!(pairs.len() >= rows.div_ceil(2) * ldp, "pairs too short");
+    product(
+        rows,
+        lhs,
+        lda,
+        rhs,
+        None,
+        None,
+        dst,
+        rhs.n,
+        Some((pairs, ldp)),
+    );
+    // SAFETY: `product` wrote every (row, column) of dst, which has no gaps.
+    unsafe { &mut *(dst as *mut [std::mem::MaybeUninit<f32>] as *mut [f32]) }
+}
+
+/// The left operand's rows as bf16 pairs across rows, to fill during a bf16 product: the
+/// buffer and its row stride.
+type KeepPairs<'p> = Option<(&'p mut [std::mem::MaybeUninit<u32>], usize)>;
+
+/// The products of [`gemm_rows_strided`], [`gemm_rows_plus`] and [`gemm_rows_keeping_pairs`];
+/// `residual`, when given, is `[rows, n]` contiguous.
 #[allow(clippy::too_many_arguments)]
 fn product(
     rows: usize,
@@ -383,6 +443,7 @@ fn product(
     residual: Option<&[f32]>,
     dst: &mut [std::mem::MaybeUninit<f32>],
     ldc: usize,
+    keep: KeepPairs<'_>,
 ) {
     let (k, n) = (rhs.k, rhs.n);
     if rows == 0 || n == 0 {
@@ -430,6 +491,12 @@ fn product(
     let (a, c) = (lhs.as_ptr(), dst.as_mut_ptr().cast::<f32>());
     let bias = bias.map_or(std::ptr::null(), <[f32]>::as_ptr);
     let res = residual.map_or(std::ptr::null(), <[f32]>::as_ptr);
+    #[cfg(target_arch = "x86_64")]
+    if let Some(pairs) = &rhs.pairs {
+        // SAFETY: as below; `new_bf16` checked the bf16 products.
+        unsafe { bf16_product(rows, lhs, lda, k, n, pairs, bias, res, c, ldc, keep) };
+        return;
+    }
     let b = rhs.panels();
     // SAFETY: the path's features are present (`path()` and `build` choose only supported
     // ones); the operands were checked above (lhs rows, bias length, dst extent; the residual
@@ -442,6 +509,77 @@ fn product(
         KernelPath::Avx2 => unsafe { avx2::sweep(rows, k, n, a, lda, b, bias, res, c, ldc) },
         _ => unreachable!("the portable path has no tiles"),
     }
+}
+
+thread_local! {
+    /// The left operand's rows as bf16 pairs, per sweep.
+    static PAIRS: std::cell::RefCell<Vec<u32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// The bf16 product of [`product`]: the left operand converted to pairs one sweep of rows at a
+/// time (into a per-thread buffer, in cache), then the bf16 tiles.
+///
+/// # Safety
+/// bf16 products available; `pairs` packed by [`bf16::pack`] for `k x n` (`k, n > 0`); the
+/// other operands as the f32 sweeps take them (checked by [`product`]).
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn bf16_product(
+    rows: usize,
+    lhs: &[f32],
+    lda: usize,
+    k: usize,
+    n: usize,
+    pairs: &[u32],
+    bias: *const f32,
+    res: *const f32,
+    c: *mut f32,
+    ldc: usize,
+    mut keep: KeepPairs<'_>,
+) {
+    let kp = k.div_ceil(2);
+    let b = bf16::PairPanels {
+        base: pairs.as_ptr(),
+        ldb: NR,
+        pstride: kp * NR,
+    };
+    PAIRS.with_borrow_mut(|buf| {
+        let sweep = bf16::ROWS_PER_SWEEP;
+        if buf.len() < sweep * kp {
+            buf.resize(sweep * kp, 0);
+        }
+        for r0 in (0..rows).step_by(sweep) {
+            let r = (rows - r0).min(sweep);
+            bf16::pairs_along(&lhs[r0 * lda..], r, k, lda, buf);
+            if let Some((keep, ldp)) = keep.as_mut() {
+                // the sweep's rows again, from cache (r0 is even: sweeps are whole pairs)
+                let at = r0 / 2 * *ldp;
+                bf16::pairs_across_into(&lhs[r0 * lda..], r, k, lda, &mut keep[at..], *ldp);
+            }
+            // the next sweep's rows fetched into cache while this one computes: converted right
+            // before their sweep, they would stall on memory with nothing to overlap
+            let next = (r0 + sweep).min(rows);
+            let ahead = &lhs[next * lda..((next + sweep).min(rows) * lda).min(lhs.len())];
+            for line in ahead.chunks(16) {
+                // SAFETY: a prefetch of an address inside `lhs`; it reads nothing.
+                unsafe {
+                    std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T1 }>(
+                        line.as_ptr().cast(),
+                    )
+                };
+            }
+            let a = bf16::PairRows {
+                base: buf.as_ptr(),
+                row: kp,
+                step: 1,
+            };
+            // SAFETY: forwarded (rows r0.. of the destination and residual).
+            unsafe {
+                let res = if res.is_null() { res } else { res.add(r0 * n) };
+                bf16::sweep(r, kp, n, a, b, bias, false, res, c.add(r0 * ldc), ldc);
+            }
+        }
+    });
 }
 
 fn check_operands(rows: usize, lhs: &[f32], lda: usize, rhs: &PackedRhs<'_>, bias: Option<&[f32]>) {
