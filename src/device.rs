@@ -39,10 +39,12 @@ pub fn parse_devices(list: &str) -> Result<Vec<DeviceSpec>> {
 }
 
 /// The CUDA device `index`, checked to exist (a binary built with `cuda` still runs on
-/// machines without a GPU, and says so clearly instead of crashing).
+/// machines without a GPU, and says so clearly instead of crashing). Also points cubecl's
+/// kernel caches at [`crate::kernel_cache::dir`] first.
 #[cfg(feature = "cuda")]
 pub fn cuda_device(index: usize) -> Result<burn_cuda::CudaDevice> {
     use burn::tensor::Tensor;
+    crate::kernel_cache::configure()?;
     let device = burn_cuda::CudaDevice::new(index);
     // The CUDA runtime panics when no driver or GPU is found: catch it, quietly.
     let hook = std::panic::take_hook();

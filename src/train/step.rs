@@ -62,7 +62,12 @@ fn forward_backward<B: crate::ops::TrainBackend>(
     let pred = nets
         .predictor
         .forward(z, &batch.masks_enc, &batch.masks_pred);
-    let loss = loss::loss(kind, pred, Tensor::from_inner(targets));
+    let loss = loss::loss_valid(
+        kind,
+        pred,
+        Tensor::from_inner(targets),
+        batch.masks_pred.valid(),
+    );
     let value: f64 = loss.clone().into_scalar().elem();
     let grads = loss.backward();
     let mut map = collect_grads(&nets.encoder, &grads, "encoder");

@@ -25,6 +25,7 @@ use crate::data::{Dataset, Split, open_source, with_max_images};
 use crate::error::{Error, Result};
 use crate::fsutil::write_bytes_atomic;
 use crate::masks::MaskSampler;
+use crate::model::padding::pad_batch;
 use crate::model::{Init, MaskIndices, Predictor, VisionTransformer};
 
 /// Run options that are not part of the experiment's configuration.
@@ -44,6 +45,12 @@ pub struct PretrainOptions {
     /// Arithmetic of the forward passes' matrix products (bf16 autocast for
     /// `meta.use_bfloat16` on a GPU).
     pub precision: crate::ops::Precision,
+    /// Pad the batches' token counts to bucket sizes (`meta.static_shapes` resolved for the
+    /// device: see [`crate::model::padding`]).
+    pub static_shapes: bool,
+    /// On a GPU, the kernel cache folder ([`crate::kernel_cache`]): the progress line then
+    /// says when a step compiles and autotunes kernels for a shape it has not seen.
+    pub gpu_kernel_cache: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug)]
@@ -383,6 +390,7 @@ pub fn pretrain_peer<B: crate::ops::TrainBackend>(
     let run_start = Instant::now();
     let mut images_done = 0u64;
     let mut data_rate = 0.0;
+    let mut shapes_seen = std::collections::HashSet::new();
     let start_epoch = meta.progress.epoch;
     if opts
         .max_steps
@@ -420,9 +428,24 @@ pub fn pretrain_peer<B: crate::ops::TrainBackend>(
                     meta.skipped_images += 1;
                 }
                 let masks = sampler.sample(global - 1, replica as u64, b)?;
-                let masks_enc = MaskIndices::new(&masks.enc, n)?;
-                let masks_pred = MaskIndices::new(&masks.pred, n)?;
+                let mut masks_enc = MaskIndices::new(&masks.enc, n)?;
+                let mut masks_pred = MaskIndices::new(&masks.pred, n)?;
                 (k_enc, k_pred) = (masks_enc.k(), masks_pred.k());
+                if opts.static_shapes {
+                    (masks_enc, masks_pred) = pad_batch(&masks_enc, &masks_pred, n)?;
+                }
+                let shape = (masks_enc.k(), masks_pred.k());
+                if let Some(cache) = &opts.gpu_kernel_cache
+                    && shapes_seen.insert(shape)
+                {
+                    bar.set_message(format!(
+                        "compiling / autotuning GPU kernels for {} + {} tokens (new shape; cached in {})",
+                        shape.0,
+                        shape.1,
+                        cache.display()
+                    ));
+                    bar.tick();
+                }
                 let batch = Batch::<B> {
                     images: to_images::<B>(batch.pixels, b, c, s, device),
                     masks_enc,

@@ -104,6 +104,14 @@ pub fn run(a: Args) -> Result<()> {
         progress: !a.quiet,
         inject_nan_at: a.inject_nan_at,
         precision,
+        static_shapes: cfg
+            .meta
+            .static_shapes
+            .enabled(matches!(devices[0], DeviceSpec::Cuda(_))),
+        gpu_kernel_cache: match devices[0] {
+            DeviceSpec::Cuda(_) => ijepa::kernel_cache::dir().ok(),
+            DeviceSpec::Cpu => None,
+        },
     };
     let summary = match devices[0] {
         DeviceSpec::Cpu => {
