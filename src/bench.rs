@@ -7,9 +7,7 @@ use std::time::Instant;
 
 use burn::module::AutodiffModule;
 use burn::tensor::{Distribution, Tensor};
-use rand::SeedableRng;
 use rand::seq::index::sample;
-use rand_chacha::ChaCha8Rng;
 
 use crate::error::Result;
 use crate::masks::MaskSampler;
@@ -74,7 +72,7 @@ pub fn peak_rss_mb() -> f64 {
 }
 
 fn random_masks(
-    rng: &mut ChaCha8Rng,
+    rng: &mut crate::rng::Rng,
     n_masks: usize,
     batch: usize,
     k: usize,
@@ -123,7 +121,7 @@ pub fn run<B: crate::ops::TrainBackend>(
         device,
     );
 
-    let mut rng = ChaCha8Rng::seed_from_u64(spec.seed);
+    let mut rng = crate::rng::seeded(spec.seed);
     let mut mask_sets = Vec::new();
     for step in 0..4u64 {
         mask_sets.push(match &spec.sampler {

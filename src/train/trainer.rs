@@ -201,7 +201,7 @@ fn monitor_batch(ds: &dyn Dataset, pre: &Preprocess) -> Result<(Vec<f32>, [usize
         }
         // Unreadable images are simply left out of the monitor batch.
         if let Ok(img) = ds.get(i) {
-            pixels.extend(pre.apply_raw(&img.pixels, img.width, img.height, img.channels));
+            pixels.extend(pre.apply_raw(&img));
             used += 1;
         }
     }
