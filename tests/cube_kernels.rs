@@ -61,15 +61,12 @@ fn check(what: &str, a: &[f32], b: &[f32], tol: f32) {
 
 /// Output and input gradients of `f` on the GPU backend and of `reference` (composed) on the
 /// CPU, for inputs `xs` with their shapes, under the probe loss `sum(y * probe)`.
-fn grads_of<B: Backend, const D: usize>(
+fn grads_of<B: burn::tensor::backend::AutodiffBackend, const D: usize>(
     dev: &B::Device,
     xs: &[(Vec<f32>, [usize; D])],
     probe: &[f32],
     f: impl Fn(Vec<Tensor<B, D>>) -> Tensor<B, D>,
-) -> Vec<Vec<f32>>
-where
-    B: burn::tensor::backend::AutodiffBackend,
-{
+) -> Vec<Vec<f32>> {
     let inputs: Vec<Tensor<B, D>> = xs
         .iter()
         .map(|(v, s)| tensor::<B, D>(v, *s, dev).require_grad())
