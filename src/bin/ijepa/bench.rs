@@ -175,6 +175,5 @@ fn run_cuda(spec: &BenchSpec, index: usize) -> Result<BenchResult> {
 
 #[cfg(not(feature = "cuda"))]
 fn run_cuda(_: &BenchSpec, index: usize) -> Result<BenchResult> {
-    ijepa::device::cuda_device(index)?;
-    anyhow::bail!("no CUDA support in this build")
+    match ijepa::device::cuda_device(index)? {}
 }

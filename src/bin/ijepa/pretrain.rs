@@ -161,9 +161,9 @@ fn run_cuda(
         }
     }
     if opts.progress {
-        // Measured on an H100: 70-105 s before the first ViT-S/ViT-B step, longer with bf16.
         eprintln!(
-            "note: the first steps on a GPU compile (NVRTC) and autotune every kernel: expect a minute or two before the first step completes"
+            "note: the first step of each new shape on a GPU compiles (NVRTC) and autotunes its kernels; the results are kept in {} for later runs",
+            ijepa::kernel_cache::dir()?.display()
         );
     }
     run_on::<burn::backend::Autodiff<burn::backend::Cuda>>(cfg, opts, cluster, cuda, a)
@@ -180,8 +180,7 @@ fn run_cuda(
     let DeviceSpec::Cuda(i) = devices[0] else {
         anyhow::bail!("no CUDA device given")
     };
-    ijepa::device::cuda_device(i)?;
-    anyhow::bail!("no CUDA support in this build")
+    match ijepa::device::cuda_device(i)? {}
 }
 
 /// One process, one device: the plain trainer. Otherwise one peer per local device, joined
