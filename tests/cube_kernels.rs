@@ -435,6 +435,71 @@ mod wgpu {
     fn official_reference_outputs_and_gradients_match_on_wgpu() {
         official_reference_matches::<G>(&device(), 1e-5);
     }
+
+    /// Sizes of every file under `dir`, by path.
+    fn files(dir: &std::path::Path) -> std::collections::BTreeMap<std::path::PathBuf, u64> {
+        let mut out = std::collections::BTreeMap::new();
+        let mut todo = vec![dir.to_path_buf()];
+        while let Some(d) = todo.pop() {
+            for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    todo.push(p);
+                } else {
+                    out.insert(p.clone(), e.metadata().map_or(0, |m| m.len()));
+                }
+            }
+        }
+        out
+    }
+
+    /// `IJEPA_KERNEL_CACHE` is where cubecl keeps its autotune results: a first process (this
+    /// test binary in a child process) writes them there, a second one finds them and tunes
+    /// nothing more (the files stay as they were).
+    #[test]
+    fn kernel_cache_is_written_and_reused_on_wgpu() {
+        const CHILD: &str = "IJEPA_TEST_KERNEL_CACHE_CHILD";
+        if let Some(dir) = std::env::var_os(CHILD) {
+            let used = ijepa::kernel_cache::configure().unwrap();
+            assert_eq!(used, std::path::PathBuf::from(dir));
+            let a = Tensor::<ijepa::Wgpu, 2>::ones([48, 40], &device());
+            let s: f32 = a.clone().matmul(a.transpose()).sum().into_scalar().elem();
+            assert_eq!(s, 48.0 * 48.0 * 40.0);
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let cache = dir.path().join("kernels");
+        let child = || {
+            let t0 = std::time::Instant::now();
+            let out = std::process::Command::new(std::env::current_exe().unwrap())
+                .args([
+                    "wgpu::kernel_cache_is_written_and_reused_on_wgpu",
+                    "--exact",
+                ])
+                .env(CHILD, &cache)
+                .env(ijepa::kernel_cache::ENV, &cache)
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                out.status.success() && text.contains("1 passed"),
+                "child: {text}"
+            );
+            t0.elapsed().as_secs_f64()
+        };
+        let first = child();
+        let written = files(&cache);
+        assert!(
+            written
+                .keys()
+                .any(|p| p.to_string_lossy().contains("autotune")),
+            "no autotune results under {}: {written:?}",
+            cache.display()
+        );
+        let second = child();
+        assert_eq!(files(&cache), written, "the second process tuned again");
+        eprintln!("first process {first:.1} s, second {second:.1} s");
+    }
 }
 
 #[cfg(feature = "cuda")]
