@@ -203,3 +203,86 @@ fn padded_batches_match_unpadded_on_wgpu() {
 fn padded_batches_match_unpadded_on_cuda() {
     padded_batches_match::<ijepa::CudaAutodiff>(&ijepa::device::cuda_device(0).unwrap(), 1e-5);
 }
+
+/// What `pretrain` runs: `train_step` with `static_shapes` pads each micro-batch itself and
+/// takes the step the unpadded batches would take (same loss, same updated encoder and
+/// EMA target, within 1e-6).
+#[test]
+fn train_step_with_static_shapes_takes_the_unpadded_step() {
+    use ijepa::train::distributed::Single;
+    use ijepa::train::optim::AdamW;
+    use ijepa::train::step::{StepSettings, UpdateHyper, train_step};
+    type B = ijepa::CpuAutodiff;
+    let device = Default::default();
+    let (enc_cfg, pred_cfg) = config();
+    let mut rng = ChaCha8Rng::seed_from_u64(11);
+    // Two micro-batches (accumulation), token counts off the buckets: 13/5 and 21/7.
+    let micro: Vec<(MaskIndices, MaskIndices, Vec<f32>)> = [(13, 5), (21, 7)]
+        .into_iter()
+        .map(|(ke, kp)| {
+            let me = random_masks(&mut rng, 2, 2, ke);
+            let mp = random_masks(&mut rng, 3, 2, kp);
+            let px = (0..2 * 2 * 32 * 32)
+                .map(|_| rng.random_range(-1.0..1.0))
+                .collect();
+            (me, mp, px)
+        })
+        .collect();
+    let probe = Tensor::<B, 4>::from_data(
+        TensorData::new(
+            (0..2 * 32 * 32).map(|i| (i as f32 * 0.37).sin()).collect(),
+            [1, 2, 32, 32],
+        ),
+        &device,
+    );
+    let step = |static_shapes: bool| {
+        let mut init = Init::new(5);
+        let encoder = VisionTransformer::<B>::new(&enc_cfg, &mut init, &device);
+        let predictor = Predictor::<B>::new(&pred_cfg, &mut init, &device);
+        let nets = Networks {
+            target: encoder.valid(),
+            encoder,
+            predictor,
+        };
+        let batches: Vec<Batch<B>> = micro
+            .iter()
+            .map(|(me, mp, px)| Batch {
+                images: Tensor::from_data(TensorData::new(px.clone(), [2, 2, 32, 32]), &device),
+                masks_enc: me.clone(),
+                masks_pred: mp.clone(),
+            })
+            .collect();
+        let settings = StepSettings {
+            step: 1,
+            loss: LossKind::SmoothL1,
+            precision: Precision::F32,
+            hyper: UpdateHyper {
+                lr: 1e-3,
+                weight_decay: 0.04,
+                momentum: 0.9,
+                grad_clip: None,
+            },
+            static_shapes,
+        };
+        let mut adam = AdamW::default();
+        let (nets, loss) = train_step(nets, &mut adam, &batches, &Single, settings).unwrap();
+        let enc = floats(nets.encoder.forward(probe.clone(), None));
+        let target = floats(nets.target.forward(probe.clone().inner(), None));
+        (loss, enc, target)
+    };
+    let (loss, enc, target) = step(false);
+    let (loss_p, enc_p, target_p) = step(true);
+    assert!(
+        (loss - loss_p).abs() <= 1e-6 * loss.abs().max(1.0),
+        "loss {loss_p} vs {loss}"
+    );
+    let d = max_diff(&enc, &enc_p, "encoder");
+    assert!(d <= 1e-6, "updated encoder outputs differ by {d}");
+    let d = max_diff(&target, &target_p, "target");
+    assert!(d <= 1e-6, "updated target outputs differ by {d}");
+    // The step changed the weights (the comparison is not of two untouched networks).
+    let mut init = Init::new(5);
+    let fresh = VisionTransformer::<B>::new(&enc_cfg, &mut init, &device);
+    let d = max_diff(&floats(fresh.forward(probe, None)), &enc, "fresh");
+    assert!(d > 1e-4, "the step left the encoder as it was ({d})");
+}

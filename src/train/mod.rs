@@ -1,12 +1,18 @@
 //! Training: the objective, the schedules, AdamW with the official parameter groups, the EMA
-//! target, and one iteration in the official order.
+//! target, and one iteration in the official order ([`step::train_step`]); around it the run
+//! built from the config ([`run`]), resume-or-start ([`resume`]), the log ([`log`]), the
+//! checkpoint policy ([`checkpoints`]) and the loop ([`trainer`]).
 
+pub mod checkpoints;
 pub mod config;
 pub mod distributed;
 pub mod ema;
+pub mod log;
 pub mod loss;
 pub mod monitor;
 pub mod optim;
+pub mod resume;
+pub mod run;
 pub mod schedule;
 pub mod state;
 pub mod step;

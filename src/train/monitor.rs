@@ -61,6 +61,41 @@ pub fn feature_health(features: &[f32], n: usize, d: usize) -> Health {
     }
 }
 
+/// The monitor's file in a run folder, and its header line.
+pub const MONITOR: &str = "monitor.csv";
+const HEADER: &str = "epoch,feature_std,effective_rank\n";
+
+/// The epochs `monitor.csv` in `out` has a row for.
+pub fn logged_epochs(out: &Path) -> Vec<usize> {
+    std::fs::read_to_string(out.join(MONITOR))
+        .unwrap_or_default()
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split(',').next()?.parse().ok())
+        .collect()
+}
+
+/// Drops the rows of epochs after `epoch` (they will be redone by a resumed run).
+pub fn keep_epochs_up_to(out: &Path, epoch: usize) -> Result<()> {
+    let path = out.join(MONITOR);
+    let Ok(text) = std::fs::read_to_string(&path) else {
+        return Ok(());
+    };
+    let mut kept = String::from(HEADER);
+    for line in text.lines().skip(1) {
+        if line
+            .split(',')
+            .next()
+            .and_then(|e| e.parse::<usize>().ok())
+            .is_some_and(|e| e <= epoch)
+        {
+            kept.push_str(line);
+            kept.push('\n');
+        }
+    }
+    crate::fsutil::write_bytes_atomic(&path, kept.as_bytes())
+}
+
 /// Run the target encoder on the fixed batch, append to `monitor.csv`, warn on collapse.
 pub fn check<B: crate::ops::IjepaBackend>(
     target: &VisionTransformer<B>,
@@ -79,9 +114,8 @@ pub fn check<B: crate::ops::IjepaBackend>(
         .into_vec::<f32>()
         .unwrap_or_default();
     let h = feature_health(&feats, n, d);
-    let path = out.join("monitor.csv");
-    let mut text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|_| "epoch,feature_std,effective_rank\n".into());
+    let path = out.join(MONITOR);
+    let mut text = std::fs::read_to_string(&path).unwrap_or_else(|_| HEADER.into());
     text.push_str(&format!("{epoch},{:.6},{:.3}\n", h.std, h.effective_rank));
     crate::fsutil::write_bytes_atomic(&path, text.as_bytes())?;
     if h.std < 1e-3 || h.effective_rank < 2.0 {
@@ -98,16 +132,10 @@ static FONT: &[u8] = include_bytes!("../../assets/DejaVuSansMono.ttf");
 /// Draw `loss` against `step` from the CSV log (a raw and a smoothed line).
 pub fn plot_losses(csv: &Path, png: &Path) -> Result<()> {
     use plotters::prelude::*;
-    let text = std::fs::read_to_string(csv).map_err(|e| Error::io(csv, e))?;
-    let points: Vec<(f64, f64)> = text
-        .lines()
-        .skip(1)
-        .filter_map(|l| {
-            let mut f = l.split(',');
-            let step = f.nth(2)?.parse::<f64>().ok()?;
-            let loss = f.next()?.parse::<f64>().ok()?;
-            loss.is_finite().then_some((step, loss))
-        })
+    let points: Vec<(f64, f64)> = super::log::read(csv)?
+        .into_iter()
+        .filter(|r| r.loss.is_finite())
+        .map(|r| (r.step as f64, r.loss))
         .collect();
     if points.is_empty() {
         return Ok(());

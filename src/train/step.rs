@@ -5,9 +5,11 @@
 use burn::module::AutodiffModule;
 use burn::tensor::{ElementConversion, Tensor};
 
+use super::distributed::GradReducer;
 use super::loss::{self, LossKind};
 use super::optim::{AdamW, StepHyper, TensorMap, collect_grads, grad_norm};
 use crate::error::{Error, Result};
+use crate::model::padding::pad_batch;
 use crate::model::{MaskIndices, Predictor, VisionTransformer};
 use crate::ops::{Precision, with_precision};
 
@@ -125,26 +127,72 @@ pub fn apply_update<B: crate::ops::TrainBackend>(
     )
 }
 
-/// A full step: gradients, a finite-loss check (nothing is updated on NaN / inf), update.
+/// How the step computes: the objective, the arithmetic of the forward passes, the update.
+#[derive(Clone, Copy, Debug)]
+pub struct StepSettings {
+    /// The step's number in the run (1-based), for messages.
+    pub step: u64,
+    pub loss: LossKind,
+    pub precision: Precision,
+    pub hyper: UpdateHyper,
+    /// Pad every micro-batch's context and target token counts to their buckets
+    /// ([`crate::model::padding`]): the same loss and gradients, a few shapes per run.
+    pub static_shapes: bool,
+}
+
+/// The training step `ijepa pretrain` runs: loss and gradients of each of this peer's
+/// micro-batches, summed and averaged over them, averaged over all peers by `reducer` (the
+/// official AllReduce of the loss, DDP's gradient average), a finite-loss check (nothing is
+/// updated on NaN / inf), then AdamW and the EMA. Returns the networks and the mean loss.
 pub fn train_step<B: crate::ops::TrainBackend>(
     nets: Networks<B>,
     adam: &mut AdamW<B::InnerBackend>,
-    batch: &Batch<B>,
-    kind: LossKind,
-    precision: Precision,
-    h: UpdateHyper,
+    micro_batches: &[Batch<B>],
+    reducer: &dyn GradReducer<B::InnerBackend>,
+    s: StepSettings,
 ) -> Result<(Networks<B>, f64)> {
-    let g = loss_and_grads(&nets, batch, kind, precision);
-    check_finite(g.loss)?;
-    let (nets, _) = apply_update(nets, adam, g.grads, h);
-    Ok((nets, g.loss))
-}
-
-pub fn check_finite(loss: f64) -> Result<()> {
-    if !loss.is_finite() {
-        return Err(Error::Config(format!(
-            "loss is {loss}: training diverged (lower optimization.lr, raise the EMA momentum or check the data); no update was applied"
-        )));
+    let mut grads: Option<TensorMap<B::InnerBackend>> = None;
+    let mut loss_sum = 0.0;
+    let num_patches = nets.encoder.num_patches();
+    for batch in micro_batches {
+        let padded;
+        let batch = if s.static_shapes {
+            let (masks_enc, masks_pred) =
+                pad_batch(&batch.masks_enc, &batch.masks_pred, num_patches)?;
+            padded = Batch::<B> {
+                images: batch.images.clone(),
+                masks_enc,
+                masks_pred,
+            };
+            &padded
+        } else {
+            batch
+        };
+        let g = loss_and_grads(&nets, batch, s.loss, s.precision);
+        loss_sum += g.loss;
+        grads = Some(match grads {
+            None => g.grads,
+            Some(mut acc) => {
+                for (k, v) in g.grads {
+                    if let Some(a) = acc.remove(&k) {
+                        acc.insert(k, a + v);
+                    }
+                }
+                acc
+            }
+        });
     }
-    Ok(())
+    let accum = micro_batches.len().max(1);
+    let mut grads = grads.unwrap_or_default();
+    if accum > 1 {
+        for v in grads.values_mut() {
+            *v = v.clone().div_scalar(accum as f32);
+        }
+    }
+    let (grads, loss) = reducer.all_reduce_mean(grads, loss_sum / accum as f64)?;
+    if !loss.is_finite() {
+        return Err(Error::Diverged { step: s.step, loss });
+    }
+    let (nets, _) = apply_update(nets, adam, grads, s.hyper);
+    Ok((nets, loss))
 }

@@ -14,7 +14,7 @@ use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElemen
 
 use super::attention::{self, AttentionSaved};
 use super::norm::{self, NormSaved};
-use super::{all_f32, contiguous, pointwise, product};
+use super::{all_f32, contiguous, fused_products, pointwise, product};
 use crate::ops::{IjepaBackend, composed, fused_kernels};
 
 type Cube<R, F, I, BT> = CubeBackend<R, F, I, BT>;
@@ -158,7 +158,7 @@ where
         b: Option<FloatTensor<Self>>,
     ) -> FloatTensor<Self> {
         let bias_ok = b.as_ref().is_none_or(|b| all_f32([&b.primitive]));
-        if !fused_kernels() || !all_f32([&x.primitive, &w.primitive]) || !bias_ok {
+        if !fused_products() || !all_f32([&x.primitive, &w.primitive]) || !bias_ok {
             return composed::linear_gelu::<Self>(x, w, b);
         }
         let p = product::<R, F, I, BT>(x.primitive.clone(), w.primitive.clone());
@@ -201,7 +201,7 @@ where
     ) -> FloatTensor<Self> {
         let dims = qkv.primitive.meta.shape().to_vec();
         let ok = attention::supported(&dims, heads, keys) && all_f32([&qkv.primitive]);
-        if !fused_kernels() || !ok {
+        if !fused_products() || !ok {
             return composed::attention_masked::<Self>(qkv, heads, keys);
         }
         let input = contiguous(qkv.primitive.clone());

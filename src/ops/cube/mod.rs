@@ -68,6 +68,12 @@ fn product<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(
     contiguous(<Cube<R, F, I, BT> as FloatTensorOps<Cube<R, F, I, BT>>>::float_matmul(x, w))
 }
 
+/// Whether the fused products run: the kernels are on and no bf16 autocast is in force (under
+/// it, the composed ops run the products with bf16 operands, [`super::autocast`]).
+fn fused_products() -> bool {
+    fused_kernels() && super::autocast::active() == super::Precision::F32
+}
+
 /// Whether all of `ts` are f32 (the kernels' type; others take the composed path).
 fn all_f32<R: CubeRuntime, const K: usize>(ts: [&CubeTensor<R>; K]) -> bool {
     ts.iter().all(|t| t.dtype == DType::F32)
@@ -87,7 +93,7 @@ where
         r: FloatTensor<Self>,
     ) -> FloatTensor<Self> {
         let bias_ok = b.as_ref().is_none_or(|b| b.dtype == DType::F32);
-        if !fused_kernels() || !all_f32([&x, &w, &r]) || !bias_ok {
+        if !fused_products() || !all_f32([&x, &w, &r]) || !bias_ok {
             return composed::linear_residual::<Self>(x, w, b, r);
         }
         let p = product::<R, F, I, BT>(x, w);
@@ -101,7 +107,7 @@ where
         b: Option<FloatTensor<Self>>,
     ) -> FloatTensor<Self> {
         let bias_ok = b.as_ref().is_none_or(|b| b.dtype == DType::F32);
-        if !fused_kernels() || !all_f32([&x, &w]) || !bias_ok {
+        if !fused_products() || !all_f32([&x, &w]) || !bias_ok {
             return composed::linear_gelu::<Self>(x, w, b);
         }
         let p = product::<R, F, I, BT>(x, w);
@@ -120,7 +126,7 @@ where
         keys: usize,
     ) -> FloatTensor<Self> {
         let dims = qkv.meta.shape().to_vec();
-        if !fused_kernels() || !attention::supported(&dims, heads, keys) || !all_f32([&qkv]) {
+        if !fused_products() || !attention::supported(&dims, heads, keys) || !all_f32([&qkv]) {
             return composed::attention_masked::<Self>(qkv, heads, keys);
         }
         attention::forward(&contiguous(qkv), heads, keys).0
