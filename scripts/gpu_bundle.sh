@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build everything the GPU checks need (scripts/gpu_checks.sh) into target/gpu/bundle.tar.xz:
-# the `ijepa` binary and the parity test binaries built with `--features cuda` (stripped), the
-# reference outputs, PyTorch's benchmark script and 4,096 Fashion-MNIST images.
+# the `ijepa` binary and the test binaries with cuda variants, built with `--features cuda`
+# (stripped), the reference outputs, PyTorch's benchmark script and 4,096 Fashion-MNIST images.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 T=${CARGO_TARGET_DIR:-target}
@@ -10,7 +10,7 @@ cargo build --release --features cuda
 cargo test --release --features cuda --no-run 2>&1 | tee /tmp/gpu-bundle-tests.log
 G=target/gpu; rm -rf "$G/stage"; mkdir -p "$G/stage/bin"
 strip -o "$G/stage/bin/ijepa" "$T/release/ijepa"
-for t in parity_official parity_hf train_steps_reference mixed_precision; do
+for t in cube_kernels static_shapes parity_official parity_hf train_steps_reference mixed_precision; do
   exe=$(grep -o "$T/release/deps/$t-[0-9a-f]*" /tmp/gpu-bundle-tests.log | tail -1)
   strip -o "$G/stage/bin/$t" "$exe"
 done

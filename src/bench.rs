@@ -11,6 +11,7 @@ use rand::seq::index::sample;
 
 use crate::error::Result;
 use crate::masks::MaskSampler;
+use crate::model::padding::pad_batch;
 use crate::model::{
     EncoderConfig, Init, MaskIndices, Predictor, PredictorConfig, VisionTransformer,
 };
@@ -39,6 +40,9 @@ pub struct BenchSpec {
     /// Print every iteration's time to stderr (warm-up included: on a GPU the first
     /// iterations compile and autotune kernels).
     pub verbose: bool,
+    /// Pad the masks' token counts to bucket sizes, as `pretrain` does on a GPU
+    /// ([`crate::model::padding`]).
+    pub static_shapes: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -133,6 +137,11 @@ pub fn run<B: crate::ops::TrainBackend>(
                 random_masks(&mut rng, spec.npred, b, spec.k_pred, n)?,
             ),
         });
+    }
+    if spec.static_shapes {
+        for (me, mp) in &mut mask_sets {
+            (*me, *mp) = pad_batch(me, mp, n)?;
+        }
     }
 
     let h = UpdateHyper {

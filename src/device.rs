@@ -42,10 +42,12 @@ pub fn parse_devices(list: &str) -> Result<Vec<DeviceSpec>> {
 }
 
 /// The CUDA device `index`, checked to exist (a binary built with `cuda` still runs on
-/// machines without a GPU, and says so clearly instead of crashing).
+/// machines without a GPU, and says so clearly instead of crashing). Also points cubecl's
+/// kernel caches at [`crate::kernel_cache::dir`] first.
 #[cfg(feature = "cuda")]
 pub fn cuda_device(index: usize) -> Result<burn_cuda::CudaDevice> {
     use burn::tensor::Tensor;
+    crate::kernel_cache::configure()?;
     let device = burn_cuda::CudaDevice::new(index);
     // The CUDA runtime panics when no driver or GPU is found: catch it, quietly.
     let hook = std::panic::take_hook();
@@ -89,10 +91,43 @@ pub fn allow_tf32(allowed: bool) {
     let _ = allowed;
 }
 
+/// Without the `cuda` feature there is no CUDA device: always the error saying how to get one.
 #[cfg(not(feature = "cuda"))]
-pub fn cuda_device(index: usize) -> Result<()> {
+pub fn cuda_device(index: usize) -> Result<std::convert::Infallible> {
     Err(Error::Device {
         device: format!("cuda:{index}"),
         why: "this binary was built without GPU support: rebuild with `cargo build --release --features cuda`".into(),
     })
 }
+
+/// The default device of backend `B` (the CPU backend has one device).
+pub fn default_device<B: burn::tensor::backend::Backend>() -> B::Device {
+    Default::default()
+}
+
+/// Run `$body` with the backend type `$B` and the device `$dev: &$B::Device` that `$spec`
+/// (a [`DeviceSpec`]) names: the CPU backend, or CUDA device N (checked to exist first, with
+/// [`cuda_device`]'s clear error when it does not or the binary has no GPU support). The
+/// enclosing function must return a [`Result`] of this crate.
+macro_rules! on_device {
+    ($spec:expr, $B:ident, $dev:ident => $body:expr) => {
+        match $spec {
+            $crate::device::DeviceSpec::Cpu => {
+                type $B = $crate::Cpu;
+                let device = $crate::device::default_device::<$B>();
+                let $dev = &device;
+                $body
+            }
+            #[cfg(feature = "cuda")]
+            $crate::device::DeviceSpec::Cuda(index) => {
+                type $B = $crate::Cuda;
+                let device = $crate::device::cuda_device(index)?;
+                let $dev = &device;
+                $body
+            }
+            #[cfg(not(feature = "cuda"))]
+            $crate::device::DeviceSpec::Cuda(index) => match $crate::device::cuda_device(index)? {},
+        }
+    };
+}
+pub(crate) use on_device;

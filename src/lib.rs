@@ -11,6 +11,7 @@ pub mod device;
 pub mod error;
 pub mod eval;
 pub mod fsutil;
+pub mod kernel_cache;
 pub mod masks;
 pub mod model;
 pub mod npy;
@@ -31,3 +32,11 @@ pub type Cuda = burn::backend::Cuda;
 /// burn's CUDA backend with autodiff, for training.
 #[cfg(feature = "cuda")]
 pub type CudaAutodiff = burn::backend::Autodiff<Cuda>;
+
+/// burn's wgpu backend without its fusion (the `wgpu` cargo feature): Vulkan, Metal, DX12, or
+/// Mesa's software Vulkan on a CPU, which is how CI runs the GPU kernels.
+#[cfg(feature = "wgpu")]
+pub type Wgpu = burn_wgpu::Wgpu;
+/// The wgpu backend with autodiff.
+#[cfg(feature = "wgpu")]
+pub type WgpuAutodiff = burn::backend::Autodiff<Wgpu>;

@@ -5,13 +5,14 @@ use std::path::{Path, PathBuf};
 use burn::tensor::Tensor;
 use rayon::prelude::*;
 
-use crate::Cpu;
 use crate::checkpoint::{Checkpoint, EncoderChoice, Format, HostTensor};
 use crate::data::DataError;
 use crate::data::transform::Preprocess;
+use crate::device::{DeviceSpec, on_device};
 use crate::error::{CheckpointError, Error, Result};
 use crate::eval::EvalError;
 use crate::model::VisionTransformer;
+use crate::ops::IjepaBackend;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Pool {
@@ -26,6 +27,8 @@ pub struct EmbedRequest {
     pub encoder: Option<EncoderChoice>,
     pub pool: Pool,
     pub batch_size: usize,
+    /// Where the encoder runs.
+    pub device: DeviceSpec,
 }
 
 pub struct Embedding {
@@ -122,13 +125,13 @@ pub fn check_pixels(path: &Path, shape: &[usize], cfg: &crate::model::EncoderCon
 }
 
 /// Forward `[N, C, H, W]` pixels in batches and pool.
-pub fn embed_pixels(
-    model: &VisionTransformer<Cpu>,
+pub fn embed_pixels<B: IjepaBackend>(
+    model: &VisionTransformer<B>,
     pixels: &HostTensor,
     pool: Pool,
     batch_size: usize,
+    dev: &B::Device,
 ) -> HostTensor {
-    let dev = Default::default();
     let n = pixels.shape[0];
     let per_image: usize = pixels.shape[1..].iter().product();
     let (tokens, d) = (model.num_patches(), model.embed_dim());
@@ -141,7 +144,7 @@ pub fn embed_pixels(
             shape,
             pixels.data[start * per_image..(start + b) * per_image].to_vec(),
         );
-        let x: Tensor<Cpu, 4> = chunk.to_tensor(&dev);
+        let x: Tensor<B, 4> = chunk.to_tensor(dev);
         let y = model.forward(x, None);
         let y = match pool {
             Pool::Mean => HostTensor::from_tensor(y.mean_dim(1)),
@@ -160,7 +163,6 @@ pub fn embed_pixels(
 pub fn embed_paths(ck: &Checkpoint, inputs: &[PathBuf], req: &EmbedRequest) -> Result<Embedding> {
     let which = choose_encoder(ck, req.encoder);
     let cfg = &ck.description.encoder;
-    let model = ck.build_encoder::<Cpu>(which, &Default::default())?;
     let pixels = match inputs {
         [one] if one.extension().is_some_and(|e| e == "npy") => {
             let t = crate::npy::read_f32(one)?;
@@ -191,8 +193,12 @@ pub fn embed_paths(ck: &Checkpoint, inputs: &[PathBuf], req: &EmbedRequest) -> R
             )
         }
     };
+    let features = on_device!(req.device, B, dev => {
+        let model = ck.build_encoder::<B>(which, dev)?;
+        embed_pixels(&model, &pixels, req.pool, req.batch_size, dev)
+    });
     Ok(Embedding {
-        features: embed_pixels(&model, &pixels, req.pool, req.batch_size),
+        features,
         encoder: which,
     })
 }
@@ -262,13 +268,14 @@ pub fn dataset_pixels(
 
 /// Frozen features of the first `max` images of `ds` (every image when `None`), preprocessed
 /// the way the model expects, in dataset order. Images are decoded in parallel per batch.
-pub fn dataset_features(
-    model: &VisionTransformer<Cpu>,
+pub fn dataset_features<B: IjepaBackend>(
+    model: &VisionTransformer<B>,
     ds: &dyn crate::data::Dataset,
     pre: &Preprocess,
     layers: Layers,
     batch_size: usize,
     max: Option<usize>,
+    dev: &B::Device,
 ) -> Result<LabeledFeatures> {
     let n = max.map_or(ds.len(), |m| m.min(ds.len()));
     if n == 0 {
@@ -278,7 +285,6 @@ pub fn dataset_features(
     let labels: Vec<usize> = (0..n)
         .map(|i| ds.label(i).ok_or_else(|| unlabelled(ds, i)))
         .collect::<Result<_>>()?;
-    let dev = Default::default();
     let per = pre.channels * pre.size * pre.size;
     let mut data = Vec::new();
     let mut dim = 0;
@@ -292,9 +298,9 @@ pub fn dataset_features(
             })
             .collect::<Result<_>>()?;
         let b = end - start;
-        let x: Tensor<Cpu, 4> =
+        let x: Tensor<B, 4> =
             HostTensor::new(vec![b, pre.channels, pre.size, pre.size], pixels.concat())
-                .to_tensor(&dev);
+                .to_tensor(dev);
         debug_assert_eq!(x.shape().num_elements(), b * per);
         let f = HostTensor::from_tensor(model.pooled(x, layers.count()));
         dim = f.shape[1];

@@ -1,12 +1,13 @@
 //! What the predictor predicts for chosen blocks: one forward pass of the training objective
 //! with every intermediate kept (the arrays of the official reference).
 
-use burn::tensor::Tensor;
+use burn::tensor::{ElementConversion, Tensor};
 
-use crate::Cpu;
 use crate::checkpoint::{Checkpoint, EncoderChoice, HostTensor};
+use crate::device::{DeviceSpec, on_device};
 use crate::error::{Error, Result};
 use crate::model::MaskIndices;
+use crate::ops::IjepaBackend;
 use crate::train::loss;
 
 pub struct Prediction {
@@ -24,17 +25,14 @@ pub struct Prediction {
     pub l2: f64,
 }
 
-/// Run the objective on `x [B, C, H, W]` with the given context and target masks.
+/// Run the objective on `x [B, C, H, W]` with the given context and target masks, on `device`.
 pub fn predict(
     ck: &Checkpoint,
     x: &HostTensor,
     masks_enc: &MaskIndices,
     masks_pred: &MaskIndices,
+    device: DeviceSpec,
 ) -> Result<Prediction> {
-    let dev = Default::default();
-    let context = ck.build_encoder::<Cpu>(EncoderChoice::Context, &dev)?;
-    let target = ck.build_encoder::<Cpu>(EncoderChoice::Target, &dev)?;
-    let predictor = ck.build_predictor::<Cpu>(&dev)?;
     let batch = x.shape[0];
     for (name, m) in [("masks-enc", masks_enc), ("masks-pred", masks_pred)] {
         if m.batch() != batch {
@@ -44,14 +42,29 @@ pub fn predict(
             )));
         }
     }
-    let x: Tensor<Cpu, 4> = x.to_tensor(&dev);
+    on_device!(device, B, dev => predict_on::<B>(ck, x, masks_enc, masks_pred, dev))
+}
+
+fn predict_on<B: IjepaBackend>(
+    ck: &Checkpoint,
+    x: &HostTensor,
+    masks_enc: &MaskIndices,
+    masks_pred: &MaskIndices,
+    dev: &B::Device,
+) -> Result<Prediction> {
+    let context = ck.build_encoder::<B>(EncoderChoice::Context, dev)?;
+    let target = ck.build_encoder::<B>(EncoderChoice::Target, dev)?;
+    let predictor = ck.build_predictor::<B>(dev)?;
+    let x: Tensor<B, 4> = x.to_tensor(dev);
     let raw = target.forward(x.clone(), None);
     let h = loss::normalize_targets(raw.clone());
     let targets = loss::gather_targets(h.clone(), masks_pred, masks_enc.n_masks());
     let z = context.forward(x, Some(masks_enc));
     let pred = predictor.forward(z.clone(), masks_enc, masks_pred);
-    let smooth_l1 = loss::smooth_l1(pred.clone(), targets.clone()).into_scalar() as f64;
-    let l2 = loss::l2(pred.clone(), targets.clone()).into_scalar() as f64;
+    let smooth_l1: f64 = loss::smooth_l1(pred.clone(), targets.clone())
+        .into_scalar()
+        .elem();
+    let l2: f64 = loss::l2(pred.clone(), targets.clone()).into_scalar().elem();
     Ok(Prediction {
         target_raw: HostTensor::from_tensor(raw),
         target_h: HostTensor::from_tensor(h),

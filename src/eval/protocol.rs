@@ -9,6 +9,7 @@ use super::features::{LabeledFeatures, Layers, choose_encoder, dataset_features,
 use super::{knn, probe};
 use crate::checkpoint::{Checkpoint, EncoderChoice};
 use crate::data::{Split, open_source};
+use crate::device::{DeviceSpec, on_device};
 use crate::error::{Error, Result, Setting};
 
 /// Which data and features to evaluate on.
@@ -24,6 +25,8 @@ pub struct EvalData {
     pub batch_size: usize,
     /// Evaluate the preprocessed pixels instead of the encoder (the raw-pixel baseline).
     pub pixels: bool,
+    /// Where the encoder runs.
+    pub device: DeviceSpec,
 }
 
 /// Features of both splits, plus the encoder used.
@@ -32,7 +35,6 @@ pub fn extract(
     data: &EvalData,
 ) -> Result<(LabeledFeatures, LabeledFeatures, EncoderChoice)> {
     let which = choose_encoder(ck, data.encoder);
-    let model = ck.build_encoder::<crate::Cpu>(which, &Default::default())?;
     let pre = &ck.description.preprocess;
     let open = |spec: &str, split| Ok::<_, Error>(open_source(spec, split, pre.channels)?);
     let depth = ck.description.encoder.depth;
@@ -55,11 +57,14 @@ pub fn extract(
         (train, dataset_pixels(test_ds.as_ref(), pre, data.max_test)?)
     } else {
         let (l, b) = (data.layers, data.batch_size);
-        let train = dataset_features(&model, train_ds.as_ref(), pre, l, b, data.max_train)?;
-        (
-            train,
-            dataset_features(&model, test_ds.as_ref(), pre, l, b, data.max_test)?,
-        )
+        on_device!(data.device, B, dev => {
+            let model = ck.build_encoder::<B>(which, dev)?;
+            let train = dataset_features(&model, train_ds.as_ref(), pre, l, b, data.max_train, dev)?;
+            (
+                train,
+                dataset_features(&model, test_ds.as_ref(), pre, l, b, data.max_test, dev)?,
+            )
+        })
     };
     let test = LabeledFeatures {
         labels: by_train_class(&train.class_names, &test, &data.test)?,

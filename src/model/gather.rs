@@ -8,11 +8,18 @@ use crate::error::{Error, Result};
 
 /// Patch-index sets of one batch, `[n_masks][batch][k]`, every list of the same length `k`
 /// (the collator truncates them to the batch minimum) and every index below `num_patches`.
+///
+/// A set may be *padded* ([`MaskIndices::padded`], static shapes): each list then holds `k`
+/// indices of which only the first [`MaskIndices::valid`] are real; the rest repeat the last
+/// real index, so that the tokens they gather are finite, and the networks keep them out of
+/// attention (as keys) and out of the loss.
 #[derive(Clone, Debug, PartialEq)]
 pub struct MaskIndices {
     n_masks: usize,
     batch: usize,
     k: usize,
+    /// The real indices at the front of every list (`k` when not padded).
+    valid: usize,
     /// Row-major `[n_masks, batch, k]`.
     flat: Vec<usize>,
 }
@@ -54,7 +61,31 @@ impl MaskIndices {
             n_masks,
             batch,
             k,
+            valid: k,
             flat,
+        })
+    }
+
+    /// The same sets padded to `k` indices per list (see the type's documentation); `k` below
+    /// the current length is an error, equal to it gives the set unchanged.
+    pub fn padded(&self, k: usize) -> Result<Self> {
+        if k < self.k {
+            return Err(Error::Shape(format!(
+                "cannot pad masks of {} indices to {k}",
+                self.k
+            )));
+        }
+        let mut flat = Vec::with_capacity(self.n_masks * self.batch * k);
+        for list in self.flat.chunks(self.k) {
+            let real = &list[..self.valid];
+            flat.extend_from_slice(real);
+            let last = real[real.len() - 1];
+            flat.resize(flat.len() + k - self.valid, last);
+        }
+        Ok(Self {
+            k,
+            flat,
+            ..self.clone()
         })
     }
 
@@ -98,8 +129,16 @@ impl MaskIndices {
     pub fn batch(&self) -> usize {
         self.batch
     }
+    /// Indices per list, padding included (the token axis of the gathered tensors).
     pub fn k(&self) -> usize {
         self.k
+    }
+    /// Real indices per list (equal to [`MaskIndices::k`] unless padded).
+    pub fn valid(&self) -> usize {
+        self.valid
+    }
+    pub fn is_padded(&self) -> bool {
+        self.valid < self.k
     }
     pub fn as_flat(&self) -> &[usize] {
         &self.flat

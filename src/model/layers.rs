@@ -140,12 +140,13 @@ impl<B: IjepaBackend> Attention<B> {
     /// `proj(softmax(q k^T / sqrt(hd)) v)` with heads split from and merged back into the
     /// fused qkv output (see [`ops::attention`]).
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        self.proj.forward(self.mix(x))
+        self.proj.forward(self.mix(x, None))
     }
 
-    /// The heads' outputs, merged, before the output projection: `[B, N, D]`.
-    pub fn mix(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        ops::attention(self.qkv.forward(x), self.num_heads)
+    /// The heads' outputs, merged, before the output projection: `[B, N, D]`. With
+    /// `keys: Some(k)` only the first `k` tokens are attended to (the rest is padding).
+    pub fn mix(&self, x: Tensor<B, 3>, keys: Option<usize>) -> Tensor<B, 3> {
+        ops::attention(self.qkv.forward(x), self.num_heads, keys)
     }
 }
 
@@ -208,12 +209,19 @@ impl<B: IjepaBackend> Block<B> {
     /// output projection, the MLP's fc2): the same floats as adding afterwards, in the
     /// products' parallel pass instead of one of their own.
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let mixed = self.attn.mix(self.norm1.forward(x.clone()));
+        self.forward_keys(x, None)
+    }
+
+    /// [`Block::forward`] with only the first `keys` tokens as the attention's keys and
+    /// values (`None`: all). Every other step is row-wise, so the outputs of those tokens are
+    /// what the block gives on them alone, whatever the remaining (padding) rows hold.
+    pub fn forward_keys(&self, x: Tensor<B, 3>, keys: Option<usize>) -> Tensor<B, 3> {
+        let mixed = self.attn.mix(self.norm1.forward(x.clone()), keys);
         let x = self.attn.proj.forward_residual(mixed, x);
         self.mlp.forward_residual(self.norm2.forward(x.clone()), x)
     }
 
-    /// `pick(forward(x))` for a `pick` that selects tokens (rows of the last axis stay whole),
+    /// `pick(forward_keys(x, keys))` for a `pick` that selects tokens (rows of the last axis stay whole),
     /// computing only the picked tokens' output: every token still feeds the attention (as key
     /// and value), but the output projection, the MLP and both residual adds run on the picked
     /// rows alone. Everything after the attention is row-wise, so the values are the same as
@@ -221,9 +229,10 @@ impl<B: IjepaBackend> Block<B> {
     pub fn forward_picked(
         &self,
         x: Tensor<B, 3>,
+        keys: Option<usize>,
         pick: impl Fn(Tensor<B, 3>) -> Tensor<B, 3>,
     ) -> Tensor<B, 3> {
-        let mixed = pick(self.attn.mix(self.norm1.forward(x.clone())));
+        let mixed = pick(self.attn.mix(self.norm1.forward(x.clone()), keys));
         let x = self.attn.proj.forward_residual(mixed, pick(x));
         self.mlp.forward_residual(self.norm2.forward(x.clone()), x)
     }

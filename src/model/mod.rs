@@ -5,6 +5,7 @@ pub mod config;
 pub mod gather;
 pub mod init;
 pub mod layers;
+pub mod padding;
 pub mod pos_embed;
 pub mod predictor;
 pub mod vit;

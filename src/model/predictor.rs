@@ -58,6 +58,11 @@ impl<B: crate::ops::IjepaBackend> Predictor<B> {
     /// `predictor(z, masks_x, masks)`: `z [nenc*B, K_enc, D]` from the context encoder ->
     /// `[npred*nenc*B, K_pred, D]`, row `(j*nenc + i)*B + b` = target j of image b seen from
     /// context i (the official row order).
+    ///
+    /// With padded masks ([`MaskIndices::padded`]) the token sequence is laid out as
+    /// `[real context | queries | context padding]` (the official `[context | queries]` when
+    /// nothing is padded), so that the real tokens form a prefix, the only keys of the
+    /// attention; the outputs at the real queries are those of the unpadded masks.
     pub fn forward(
         &self,
         z: Tensor<B, 3>,
@@ -78,17 +83,34 @@ impl<B: crate::ops::IjepaBackend> Predictor<B> {
         // Context tiled once per target mask (`x.repeat(npred, 1, 1)`), queries appended.
         // (`cat` of copies rather than `repeat_dim`: burn 0.21's autodiff backward of
         // `repeat_dim` sums the copies as if they were interleaved, which is wrong for a tile.)
-        let x = Tensor::cat(vec![Tensor::cat(vec![x; npred], 0), queries], 1);
+        let context = Tensor::cat(vec![x; npred], 0);
+        let real_context = masks_x.valid();
+        let x = if masks_x.is_padded() {
+            let [rows, tokens, dp] = context.dims();
+            Tensor::cat(
+                vec![
+                    context.clone().slice([0..rows, 0..real_context, 0..dp]),
+                    queries,
+                    context.slice([0..rows, real_context..tokens, 0..dp]),
+                ],
+                1,
+            )
+        } else {
+            Tensor::cat(vec![context, queries], 1)
+        };
+        let keys = (masks_x.is_padded() || masks.is_padded()).then(|| real_context + masks.valid());
 
         // Only the queries' outputs are used: the last block computes those alone.
         let queries_only = |x: Tensor<B, 3>| {
-            let [rows, tokens, dp] = x.dims();
-            x.slice([0..rows, tokens - k_pred..tokens, 0..dp])
+            let [rows, _, dp] = x.dims();
+            x.slice([0..rows, real_context..real_context + k_pred, 0..dp])
         };
         let x = match self.predictor_blocks.split_last() {
             Some((last, blocks)) => {
-                let x = blocks.iter().fold(x, |x, block| block.forward(x));
-                last.forward_picked(x, queries_only)
+                let x = blocks
+                    .iter()
+                    .fold(x, |x, block| block.forward_keys(x, keys));
+                last.forward_picked(x, keys, queries_only)
             }
             None => queries_only(x),
         };

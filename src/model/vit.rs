@@ -116,13 +116,18 @@ impl<B: crate::ops::IjepaBackend> VisionTransformer<B> {
 
     /// `encoder(imgs, masks)`: keep the listed tokens (concatenated over masks along the batch),
     /// then blocks and the final norm. `None` runs the full image.
+    /// Padded masks ([`MaskIndices::padded`]) give padded rows: the outputs of the real
+    /// tokens are those of the unpadded masks (the padding is kept out of the attention's keys),
+    /// the padding rows hold finite values of no meaning.
     pub fn forward(&self, img: Tensor<B, 4>, masks: Option<&MaskIndices>) -> Tensor<B, 3> {
         let mut x = self.embed(img);
+        let mut keys = None;
         if let Some(masks) = masks {
             x = apply_masks(x, masks, 1);
+            keys = masks.is_padded().then(|| masks.valid());
         }
         for block in &self.blocks {
-            x = block.forward(x);
+            x = block.forward_keys(x, keys);
         }
         self.norm.forward(x)
     }
@@ -143,7 +148,7 @@ impl<B: crate::ops::IjepaBackend> VisionTransformer<B> {
                 let x = blocks
                     .iter()
                     .fold(self.embed(img), |x, block| block.forward(x));
-                let x = last.forward_picked(x, |t| apply_masks(t, masks, repeat));
+                let x = last.forward_picked(x, None, |t| apply_masks(t, masks, repeat));
                 self.norm.forward(x)
             }
             _ => apply_masks(self.forward(img, None), masks, repeat),

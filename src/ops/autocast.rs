@@ -70,8 +70,9 @@ pub fn linear<B: Backend>(
     full(burn::tensor::module::linear(low(x), low(w), b.map(low)))
 }
 
-/// Attention with both products (`q k^T` and `attn v`) in bf16, the softmax in f32.
-pub fn attention<B: Backend>(qkv: Tensor<B, 3>, heads: usize) -> Tensor<B, 3> {
+/// Attention with both products (`q k^T` and `attn v`) in bf16, the softmax in f32; only the
+/// first `keys` tokens are keys and values (all `N` when not padded).
+pub fn attention<B: Backend>(qkv: Tensor<B, 3>, heads: usize, keys: usize) -> Tensor<B, 3> {
     let [b, n, d3] = qkv.dims();
     let d = d3 / 3;
     let hd = d / heads;
@@ -82,6 +83,10 @@ pub fn attention<B: Backend>(qkv: Tensor<B, 3>, heads: usize) -> Tensor<B, 3> {
     let k = qkv.clone().narrow(0, 1, 1).reshape([b, heads, n, hd]);
     let v = qkv.narrow(0, 2, 1).reshape([b, heads, n, hd]);
     let scores = full(q.matmul(k.swap_dims(2, 3))).mul_scalar((hd as f64).powf(-0.5));
+    let scores = match super::composed::key_bias::<B>(n, keys, &scores.device()) {
+        Some(bias) => scores + bias,
+        None => scores,
+    };
     let attn = low(softmax(scores, 3));
     full(attn.matmul(v).swap_dims(1, 2).reshape([b, n, d]))
 }

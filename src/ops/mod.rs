@@ -11,6 +11,8 @@
 
 mod autocast;
 mod autodiff;
+#[cfg(feature = "cube-kernels")]
+pub mod cube;
 mod flex;
 pub mod kernels;
 
@@ -99,10 +101,27 @@ pub mod composed {
     }
 
     pub fn attention<B: Backend>(qkv: FloatTensor<B>, heads: usize) -> FloatTensor<B> {
-        if autocast::active() == Precision::Bf16 {
-            return unwrap(autocast::attention(wrap::<B, 3>(qkv), heads));
-        }
         let qkv = wrap::<B, 3>(qkv);
+        let n = qkv.dims()[1];
+        attention_keys(qkv, heads, n)
+    }
+
+    /// [`attention`] in which only the first `keys` tokens act as keys and values: the
+    /// scores of the others get [`MASKED_SCORE`] added, so their softmax weight (and the
+    /// gradient through it) is exactly zero.
+    pub fn attention_masked<B: Backend>(
+        qkv: FloatTensor<B>,
+        heads: usize,
+        keys: usize,
+    ) -> FloatTensor<B> {
+        attention_keys(wrap::<B, 3>(qkv), heads, keys)
+    }
+
+    /// Under bf16 autocast, [`autocast::attention`].
+    fn attention_keys<B: Backend>(qkv: Tensor<B, 3>, heads: usize, keys: usize) -> FloatTensor<B> {
+        if autocast::active() == Precision::Bf16 {
+            return unwrap(autocast::attention(qkv, heads, keys));
+        }
         let [b, n, d3] = qkv.dims();
         let d = d3 / 3;
         let hd = d / heads;
@@ -110,13 +129,39 @@ pub mod composed {
         let q = qkv.clone().narrow(0, 0, 1).reshape([b, heads, n, hd]);
         let k = qkv.clone().narrow(0, 1, 1).reshape([b, heads, n, hd]);
         let v = qkv.narrow(0, 2, 1).reshape([b, heads, n, hd]);
-        let attn = softmax(
-            q.matmul(k.swap_dims(2, 3))
-                .mul_scalar((hd as f64).powf(-0.5)),
-            3,
-        );
-        unwrap(attn.matmul(v).swap_dims(1, 2).reshape([b, n, d]))
+        let scores = q
+            .matmul(k.swap_dims(2, 3))
+            .mul_scalar((hd as f64).powf(-0.5));
+        let scores = match key_bias::<B>(n, keys, &scores.device()) {
+            Some(bias) => scores + bias,
+            None => scores,
+        };
+        unwrap(
+            softmax(scores, 3)
+                .matmul(v)
+                .swap_dims(1, 2)
+                .reshape([b, n, d]),
+        )
     }
+
+    /// `[1, 1, 1, n]`: 0 for the first `keys` tokens, [`MASKED_SCORE`] for the others;
+    /// `None` when every token is a key.
+    pub(crate) fn key_bias<B: Backend>(
+        n: usize,
+        keys: usize,
+        device: &B::Device,
+    ) -> Option<Tensor<B, 4>> {
+        (keys < n).then(|| {
+            let bias: Vec<f32> = (0..n)
+                .map(|j| if j < keys { 0.0 } else { MASKED_SCORE })
+                .collect();
+            Tensor::from_data(burn::tensor::TensorData::new(bias, [1, 1, 1, n]), device)
+        })
+    }
+
+    /// Added to the attention scores of padding keys: `exp` of it (minus any finite maximum)
+    /// is exactly 0 in f32, and unlike `-inf` it can never make a NaN.
+    pub const MASKED_SCORE: f32 = -1e30;
 
     pub fn layer_norm<B: Backend>(
         x: FloatTensor<B>,
@@ -203,6 +248,18 @@ pub trait IjepaBackend: Backend {
         composed::attention::<Self>(qkv, heads)
     }
 
+    /// [`IjepaBackend::ijepa_attention`] with only the first `keys < N` tokens as keys and
+    /// values (the others are padding, see [`crate::model::padding`]): every query's output
+    /// is that of attention over those `keys` tokens alone, and no gradient reaches the
+    /// padding through its role as key or value.
+    fn ijepa_attention_masked(
+        qkv: FloatTensor<Self>,
+        heads: usize,
+        keys: usize,
+    ) -> FloatTensor<Self> {
+        composed::attention_masked::<Self>(qkv, heads, keys)
+    }
+
     /// LayerNorm over the last axis of `x [M, D]`; no affine parameters when `w` is `None`.
     fn ijepa_layer_norm(
         x: FloatTensor<Self>,
@@ -271,8 +328,18 @@ pub fn linear_gelu<B: IjepaBackend>(
     wrap(B::ijepa_linear_gelu(unwrap(x), unwrap(w), b.map(unwrap)))
 }
 
-pub fn attention<B: IjepaBackend>(qkv: Tensor<B, 3>, heads: usize) -> Tensor<B, 3> {
-    wrap(B::ijepa_attention(unwrap(qkv), heads))
+/// Multi-head attention on the fused `qkv [B, N, 3D]`; with `keys: Some(k)`, `k < N`, only
+/// the first `k` tokens are keys and values (the rest is padding).
+pub fn attention<B: IjepaBackend>(
+    qkv: Tensor<B, 3>,
+    heads: usize,
+    keys: Option<usize>,
+) -> Tensor<B, 3> {
+    let n = qkv.dims()[1];
+    match keys.filter(|&k| k < n) {
+        None => wrap(B::ijepa_attention(unwrap(qkv), heads)),
+        Some(k) => wrap(B::ijepa_attention_masked(unwrap(qkv), heads, k)),
+    }
 }
 
 pub fn layer_norm<B: IjepaBackend>(
@@ -289,9 +356,11 @@ pub fn layer_norm<B: IjepaBackend>(
     ))
 }
 
-#[cfg(feature = "cuda")]
+// burn's CUDA and wgpu backends (`CubeBackend`) take the kernels of [`cube`]; with burn's
+// fusion on (`cuda-fusion`) the CUDA backend is another type, which runs the composed ops.
+#[cfg(feature = "cuda-fusion")]
 impl IjepaBackend for burn::backend::Cuda {}
-#[cfg(feature = "cuda")]
+#[cfg(feature = "cuda-fusion")]
 impl<C: burn_autodiff::checkpoint::strategy::CheckpointStrategy> IjepaBackend
     for burn::backend::Autodiff<burn::backend::Cuda, C>
 {

@@ -154,6 +154,10 @@ pub struct MetaSection {
     /// Start from the weights of an official `.pth.tar` (encoder, predictor, target encoder).
     #[serde(default)]
     pub init_from: Option<String>,
+    /// Pad every batch's token counts to a few bucket sizes (`auto`: on GPUs only; `true`,
+    /// `false`): see [`crate::model::padding`].
+    #[serde(default)]
+    pub static_shapes: crate::model::padding::StaticShapes,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -43,14 +43,11 @@ pub fn gather_targets<B: crate::ops::IjepaBackend>(
 }
 
 /// Smooth-L1 with beta 1, mean over all elements: `0.5 d^2` for `|d| < 1`, `|d| - 0.5` else.
-/// Written as `q (|d| - q/2)` with `q = min(|d|, 1)`, which has the right gradient everywhere.
 pub fn smooth_l1<B: crate::ops::IjepaBackend, const D: usize>(
     pred: Tensor<B, D>,
     target: Tensor<B, D>,
 ) -> Tensor<B, 1> {
-    let ad = (pred - target).abs();
-    let q = ad.clone().clamp_max(1.0);
-    (q.clone() * (ad - q.mul_scalar(0.5))).mean()
+    elementwise(LossKind::SmoothL1, pred, target).mean()
 }
 
 /// Mean squared error.
@@ -58,8 +55,25 @@ pub fn l2<B: crate::ops::IjepaBackend, const D: usize>(
     pred: Tensor<B, D>,
     target: Tensor<B, D>,
 ) -> Tensor<B, 1> {
+    elementwise(LossKind::L2, pred, target).mean()
+}
+
+/// The loss of every element. Smooth-L1 is written as `q (|d| - q/2)` with `q = min(|d|, 1)`,
+/// which has the right gradient everywhere.
+fn elementwise<B: crate::ops::IjepaBackend, const D: usize>(
+    kind: LossKind,
+    pred: Tensor<B, D>,
+    target: Tensor<B, D>,
+) -> Tensor<B, D> {
     let d = pred - target;
-    (d.clone() * d).mean()
+    match kind {
+        LossKind::SmoothL1 => {
+            let ad = d.abs();
+            let q = ad.clone().clamp_max(1.0);
+            q.clone() * (ad - q.mul_scalar(0.5))
+        }
+        LossKind::L2 => d.clone() * d,
+    }
 }
 
 pub fn loss<B: crate::ops::IjepaBackend, const D: usize>(
@@ -71,4 +85,28 @@ pub fn loss<B: crate::ops::IjepaBackend, const D: usize>(
         LossKind::SmoothL1 => smooth_l1(pred, target),
         LossKind::L2 => l2(pred, target),
     }
+}
+
+/// [`loss`] of `pred`, `target` `[rows, K, D]` over the first `valid` tokens of every row
+/// only (the others are padding, see [`MaskIndices::padded`]): the mean over the real
+/// elements, and exactly zero gradient for the padding. `valid == K` is [`loss`] itself.
+pub fn loss_valid<B: crate::ops::IjepaBackend>(
+    kind: LossKind,
+    pred: Tensor<B, 3>,
+    target: Tensor<B, 3>,
+    valid: usize,
+) -> Tensor<B, 1> {
+    let [rows, k, d] = pred.dims();
+    if valid >= k {
+        return loss(kind, pred, target);
+    }
+    let per_element = elementwise(kind, pred, target);
+    let keep: Vec<f32> = (0..k).map(|j| if j < valid { 1.0 } else { 0.0 }).collect();
+    let keep = Tensor::<B, 3>::from_data(
+        burn::tensor::TensorData::new(keep, [1, k, 1]),
+        &per_element.device(),
+    );
+    (per_element * keep)
+        .sum()
+        .div_scalar((rows * valid * d) as f64)
 }

@@ -9,6 +9,7 @@ use super::distributed::GradReducer;
 use super::loss::{self, LossKind};
 use super::optim::{AdamW, StepHyper, TensorMap, collect_grads, grad_norm};
 use crate::error::{Error, Result};
+use crate::model::padding::pad_batch;
 use crate::model::{MaskIndices, Predictor, VisionTransformer};
 use crate::ops::{Precision, with_precision};
 
@@ -63,7 +64,12 @@ fn forward_backward<B: crate::ops::TrainBackend>(
     let pred = nets
         .predictor
         .forward(z, &batch.masks_enc, &batch.masks_pred);
-    let loss = loss::loss(kind, pred, Tensor::from_inner(targets));
+    let loss = loss::loss_valid(
+        kind,
+        pred,
+        Tensor::from_inner(targets),
+        batch.masks_pred.valid(),
+    );
     let value: f64 = loss.clone().into_scalar().elem();
     let grads = loss.backward();
     let mut map = collect_grads(&nets.encoder, &grads, "encoder");
@@ -129,6 +135,9 @@ pub struct StepSettings {
     pub loss: LossKind,
     pub precision: Precision,
     pub hyper: UpdateHyper,
+    /// Pad every micro-batch's context and target token counts to their buckets
+    /// ([`crate::model::padding`]): the same loss and gradients, a few shapes per run.
+    pub static_shapes: bool,
 }
 
 /// The training step `ijepa pretrain` runs: loss and gradients of each of this peer's
@@ -144,7 +153,21 @@ pub fn train_step<B: crate::ops::TrainBackend>(
 ) -> Result<(Networks<B>, f64)> {
     let mut grads: Option<TensorMap<B::InnerBackend>> = None;
     let mut loss_sum = 0.0;
+    let num_patches = nets.encoder.num_patches();
     for batch in micro_batches {
+        let padded;
+        let batch = if s.static_shapes {
+            let (masks_enc, masks_pred) =
+                pad_batch(&batch.masks_enc, &batch.masks_pred, num_patches)?;
+            padded = Batch::<B> {
+                images: batch.images.clone(),
+                masks_enc,
+                masks_pred,
+            };
+            &padded
+        } else {
+            batch
+        };
         let g = loss_and_grads(&nets, batch, s.loss, s.precision);
         loss_sum += g.loss;
         grads = Some(match grads {

@@ -22,6 +22,7 @@ use crate::data::transform::Preprocess;
 use crate::error::{ConfigError, Error, Result};
 use crate::fsutil::{self, write_bytes_atomic};
 use crate::model::MaskIndices;
+use crate::model::padding::bucket;
 
 pub use super::checkpoints::LATEST;
 pub use super::log::LOG;
@@ -46,6 +47,12 @@ pub struct PretrainOptions {
     /// Arithmetic of the forward passes' matrix products (bf16 autocast for
     /// `meta.use_bfloat16` on a GPU).
     pub precision: crate::ops::Precision,
+    /// Pad the batches' token counts to bucket sizes (`meta.static_shapes` resolved for the
+    /// device: see [`crate::model::padding`]).
+    pub static_shapes: bool,
+    /// On a GPU, the kernel cache folder ([`crate::kernel_cache`]): the progress line then
+    /// says when a step compiles and autotunes kernels for a shape it has not seen.
+    pub gpu_kernel_cache: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug)]
@@ -185,6 +192,7 @@ pub fn pretrain_peer<B: crate::ops::TrainBackend>(
     let run_start = Instant::now();
     let mut images_done = 0u64;
     let mut data_rate = 0.0;
+    let mut shapes_seen = std::collections::HashSet::new();
     'epochs: for epoch in meta.progress.epoch..run.epochs {
         let epoch_start = Instant::now();
         let mut batches =
@@ -206,11 +214,29 @@ pub fn pretrain_peer<B: crate::ops::TrainBackend>(
                 if opts.inject_nan_at == Some(global) {
                     pixels.fill(f32::NAN);
                 }
-                micro.push(Batch::<B> {
+                let batch = Batch::<B> {
                     images: Tensor::from_data(TensorData::new(pixels, [b, c, s, s]), device),
                     masks_enc: MaskIndices::new(&masks.enc, n)?,
                     masks_pred: MaskIndices::new(&masks.pred, n)?,
-                });
+                };
+                // The shape train_step runs (padded to buckets with static shapes).
+                let (ke, kp) = (batch.masks_enc.k(), batch.masks_pred.k());
+                let shape = match opts.static_shapes {
+                    true => (bucket(ke, n), bucket(kp, n)),
+                    false => (ke, kp),
+                };
+                if let Some(cache) = &opts.gpu_kernel_cache
+                    && shapes_seen.insert(shape)
+                {
+                    bar.set_message(format!(
+                        "compiling / autotuning GPU kernels for {} + {} tokens (new shape; cached in {})",
+                        shape.0,
+                        shape.1,
+                        cache.display()
+                    ));
+                    bar.tick();
+                }
+                micro.push(batch);
             }
             let (k_enc, k_pred) = micro
                 .last()
@@ -226,6 +252,7 @@ pub fn pretrain_peer<B: crate::ops::TrainBackend>(
                 loss: cfg.meta.loss,
                 precision: opts.precision,
                 hyper,
+                static_shapes: opts.static_shapes,
             };
             let loss = match train_step(nets, &mut adam, &micro, reducer, settings) {
                 Ok((next, loss)) => {

@@ -4,6 +4,7 @@ use anyhow::Result;
 use ijepa::bench::{BenchResult, BenchSpec, run};
 use ijepa::device::DeviceSpec;
 use ijepa::masks::MaskSampler;
+use ijepa::model::padding::StaticShapes;
 use ijepa::model::{EncoderConfig, PredictorConfig};
 use ijepa::ops::Precision;
 use ijepa::train::config::TrainConfig;
@@ -62,6 +63,11 @@ pub struct Args {
     /// Print every iteration's time (warm-up included) to stderr.
     #[arg(long)]
     verbose: bool,
+    /// Pad the masks' token counts to bucket sizes as `pretrain` does (`auto`: on a GPU, with
+    /// the real sampler's masks of `--config`; the fixed `--k-enc` / `--k-pred` are static
+    /// already), `on` or `off`.
+    #[arg(long, default_value = "auto")]
+    static_shapes: String,
 }
 
 pub fn run_cli(a: Args) -> Result<()> {
@@ -95,7 +101,7 @@ pub fn run_cli(a: Args) -> Result<()> {
             (encoder, predictor, None, a.batch_size)
         }
     };
-    let spec = BenchSpec {
+    let mut spec = BenchSpec {
         encoder,
         predictor,
         npred: a.npred,
@@ -113,10 +119,22 @@ pub fn run_cli(a: Args) -> Result<()> {
             Precision::F32
         },
         verbose: a.verbose,
+        static_shapes: false,
     };
     ijepa::device::allow_tf32(a.tf32);
     let device: DeviceSpec = a.device.parse()?;
-    let mut spec = spec;
+    let gpu = matches!(device, DeviceSpec::Cuda(_));
+    spec.static_shapes = a
+        .static_shapes
+        .parse::<StaticShapes>()
+        .map_err(anyhow::Error::msg)?
+        .enabled(gpu && spec.sampler.is_some());
+    if gpu && a.verbose {
+        eprintln!(
+            "the first iterations compile and autotune GPU kernels (cached in {})",
+            ijepa::kernel_cache::dir()?.display()
+        );
+    }
     if device == DeviceSpec::Cpu && spec.precision == Precision::Bf16 {
         spec.precision = ijepa::ops::cpu_bf16().unwrap_or_else(|note| {
             eprintln!("note: --bf16: {note}");
@@ -166,6 +184,5 @@ fn run_cuda(spec: &BenchSpec, index: usize) -> Result<BenchResult> {
 
 #[cfg(not(feature = "cuda"))]
 fn run_cuda(_: &BenchSpec, index: usize) -> Result<BenchResult> {
-    ijepa::device::cuda_device(index)?;
-    anyhow::bail!("no CUDA support in this build")
+    match ijepa::device::cuda_device(index)? {}
 }

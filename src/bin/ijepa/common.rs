@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use ijepa::checkpoint::{Checkpoint, LoadOptions};
+use ijepa::device::DeviceSpec;
 
 /// Which model to load.
 #[derive(clap::Args)]
@@ -17,6 +18,9 @@ pub struct ModelArgs {
     /// Predictor attention heads (default: the encoder's, as the official code).
     #[arg(long)]
     pub pred_num_heads: Option<usize>,
+    /// `cpu` or `cuda:N` (a binary built with `--features cuda`).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
 }
 
 impl ModelArgs {
@@ -26,6 +30,16 @@ impl ModelArgs {
             pred_num_heads: self.pred_num_heads,
         };
         Ok(Checkpoint::read(&self.model, &opts)?)
+    }
+
+    /// The `--device` asked for, checked to exist (before any data is read): a GPU that is
+    /// missing, or a binary without GPU support, gives a clear error.
+    pub fn device(&self) -> Result<DeviceSpec> {
+        let spec: DeviceSpec = self.device.parse()?;
+        if let DeviceSpec::Cuda(index) = spec {
+            ijepa::device::cuda_device(index)?;
+        }
+        Ok(spec)
     }
 }
 

@@ -40,6 +40,7 @@ pub enum PoolArg {
 }
 
 pub fn run(a: Args) -> Result<()> {
+    let device = a.model.device()?;
     let ck = a.model.read()?;
     let request = EmbedRequest {
         encoder: a.encoder.map(|e| match e {
@@ -51,6 +52,7 @@ pub fn run(a: Args) -> Result<()> {
             PoolArg::None => Pool::None,
         },
         batch_size: a.batch_size,
+        device,
     };
     let out = ijepa::eval::features::embed_paths(&ck, &a.input, &request)?;
     ijepa::npy::write_host(&a.output, &out.features)?;

@@ -54,8 +54,8 @@ pub enum LayersArg {
 }
 
 impl EvalArgs {
-    fn data(&self) -> EvalData {
-        EvalData {
+    fn data(&self) -> Result<EvalData> {
+        Ok(EvalData {
             train: self.train.clone(),
             test: self.test.clone(),
             max_train: self.max_train,
@@ -70,7 +70,8 @@ impl EvalArgs {
             },
             batch_size: self.batch_size,
             pixels: self.pixels,
-        }
+            device: self.model.device()?,
+        })
     }
 }
 
@@ -90,8 +91,9 @@ pub struct ProbeArgs {
 
 pub fn run_probe(a: ProbeArgs) -> Result<()> {
     crate::common::set_threads(a.eval.threads)?;
+    let data = a.eval.data()?;
     let ck = a.eval.model.read()?;
-    let r = linear_probe(&ck, &a.eval.data(), &ProbeConfig::default())?;
+    let r = linear_probe(&ck, &data, &ProbeConfig::default())?;
     let what = if r.pixels {
         "raw pixels".to_string()
     } else {
@@ -117,8 +119,9 @@ pub struct KnnArgs {
 
 pub fn run_knn(a: KnnArgs) -> Result<()> {
     crate::common::set_threads(a.eval.threads)?;
+    let data = a.eval.data()?;
     let ck = a.eval.model.read()?;
-    let r = knn(&ck, &a.eval.data(), a.k, a.temperature)?;
+    let r = knn(&ck, &data, a.k, a.temperature)?;
     println!(
         "kNN top-1 {:.2} % (k {}, T {}, {:?} encoder; {} train / {} test images)",
         r.top1, r.k, r.temperature, r.encoder, r.n_train, r.n_test
@@ -139,10 +142,11 @@ pub struct BothArgs {
 
 pub fn run_both(a: BothArgs) -> Result<()> {
     crate::common::set_threads(a.eval.threads)?;
+    let data = a.eval.data()?;
     let ck = a.eval.model.read()?;
     let (p, k) = ijepa::eval::protocol::probe_and_knn(
         &ck,
-        &a.eval.data(),
+        &data,
         &ProbeConfig::default(),
         a.k,
         a.temperature,

@@ -25,6 +25,7 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<()> {
+    let device = a.model.device()?;
     let ck = a.model.read()?;
     let cfg = &ck.description.encoder;
     let x = ijepa::npy::read_f32(&a.input)?;
@@ -35,7 +36,7 @@ pub fn run(a: Args) -> Result<()> {
             .map_err(|e| ijepa::Error::in_file(path, e).into())
     };
     let (m_enc, m_pred) = (masks(&a.masks_enc)?, masks(&a.masks_pred)?);
-    let p = ijepa::eval::predict::predict(&ck, &x, &m_enc, &m_pred)?;
+    let p = ijepa::eval::predict::predict(&ck, &x, &m_enc, &m_pred, device)?;
     std::fs::create_dir_all(&a.output).map_err(|e| ijepa::Error::io(&a.output, e))?;
     for (name, t) in [
         ("target_raw", &p.target_raw),

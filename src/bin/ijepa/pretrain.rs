@@ -107,6 +107,14 @@ pub fn run(a: Args) -> Result<()> {
         progress: !a.quiet,
         inject_nan_at: a.inject_nan_at,
         precision,
+        static_shapes: cfg
+            .meta
+            .static_shapes
+            .enabled(matches!(devices[0], DeviceSpec::Cuda(_))),
+        gpu_kernel_cache: match devices[0] {
+            DeviceSpec::Cuda(_) => ijepa::kernel_cache::dir().ok(),
+            DeviceSpec::Cpu => None,
+        },
     };
     let summary = match devices[0] {
         DeviceSpec::Cpu => {
@@ -156,9 +164,9 @@ fn run_cuda(
         }
     }
     if opts.progress {
-        // Measured on an H100: 70-105 s before the first ViT-S/ViT-B step, longer with bf16.
         eprintln!(
-            "note: the first steps on a GPU compile (NVRTC) and autotune every kernel: expect a minute or two before the first step completes"
+            "note: the first step of each new shape on a GPU compiles (NVRTC) and autotunes its kernels; the results are kept in {} for later runs",
+            ijepa::kernel_cache::dir()?.display()
         );
     }
     run_on::<burn::backend::Autodiff<burn::backend::Cuda>>(cfg, opts, cluster, cuda, a)
@@ -175,8 +183,7 @@ fn run_cuda(
     let DeviceSpec::Cuda(i) = devices[0] else {
         anyhow::bail!("no CUDA device given")
     };
-    ijepa::device::cuda_device(i)?;
-    anyhow::bail!("no CUDA support in this build")
+    match ijepa::device::cuda_device(i)? {}
 }
 
 /// One process, one device: the plain trainer. Otherwise one peer per local device, joined
