@@ -14,8 +14,6 @@ use common::logged_losses as losses;
 use common::tmp;
 use ijepa::checkpoint::{Checkpoint, LoadOptions, NamedTensors};
 
-const FMNIST: &str = "/usr/share/datasets/fashion-mnist";
-
 /// A port nobody listens on right now, and not handed to another test of this binary: the
 /// tests run in parallel and their nodes bind the ports only later, so the OS could give a
 /// released port out twice (two tests then talk to each other's nodes and both hang).
@@ -37,22 +35,9 @@ fn free_port() -> u16 {
 
 /// A small model on 256 real images, micro-batches of 16.
 fn settings(accum: usize) -> Vec<String> {
-    assert!(
-        Path::new(FMNIST)
-            .join("train-images-idx3-ubyte.gz")
-            .is_file(),
-        "Fashion-MNIST not found in {FMNIST}: install the Debian package dataset-fashion-mnist (.ci/run does)"
-    );
-    common::tiny_model()
+    common::require_fmnist();
+    common::tiny_run(16, 256, 2)
         .into_iter()
-        .chain(
-            [
-                "data.batch_size=16",
-                "data.max_images=256",
-                "optimization.epochs=2",
-            ]
-            .map(String::from),
-        )
         .chain([format!("optimization.accum_steps={accum}")])
         .collect()
 }
