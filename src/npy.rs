@@ -49,7 +49,7 @@ pub enum NpyError {
 
 /// Opens an array, refusing one whose header announces more data than the file holds
 /// (before anything the size of the data is allocated).
-fn open(path: &Path) -> Result<NpyFile<std::io::BufReader<std::fs::File>>> {
+fn open(path: &Path) -> Result<Reader> {
     let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
     let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
     let npy = NpyFile::new(std::io::BufReader::new(file)).map_err(|error| NpyError::Header {
@@ -102,82 +102,29 @@ fn c_order<T: Copy>(data: Vec<T>, shape: &[usize], order: Order) -> Vec<T> {
     out
 }
 
-/// A float array (f32 or f64 on disk) as f32.
-pub fn read_f32(path: &Path) -> Result<HostTensor> {
-    let npy = open(path)?;
-    let shape = shape_of(&npy);
-    let order = npy.order();
-    let dtype = npy.dtype().descr().trim_matches('\'').to_string();
-    let bad = |error| NpyError::Data {
-        path: path.to_path_buf(),
-        error,
-    };
-    let data: Vec<f32> = match dtype.as_str() {
-        "<f4" => npy.into_vec::<f32>().map_err(bad)?,
-        "<f8" => npy
-            .into_vec::<f64>()
-            .map_err(bad)?
-            .into_iter()
-            .map(|v| v as f32)
-            .collect(),
-        other => {
-            return Err(NpyError::Dtype {
-                path: path.to_path_buf(),
-                dtype: other.into(),
-                expected: "float32 (<f4) or float64",
-            }
-            .into());
-        }
-    };
-    if data.len() != shape.iter().product::<usize>() {
-        return Err(NpyError::Short {
-            path: path.to_path_buf(),
-        }
-        .into());
-    }
-    let data = c_order(data, &shape, order);
-    Ok(HostTensor::new(shape, data))
-}
+type Reader = NpyFile<std::io::BufReader<std::fs::File>>;
 
-/// An integer array (any common integer dtype) as i64, with its shape.
-pub fn read_i64(path: &Path) -> Result<(Vec<usize>, Vec<i64>)> {
+/// The shape and C-order values of the array at `path`, read by `convert` from the array's
+/// dtype (`None`: a dtype it does not take, which the error says `expected` instead of).
+fn read_as<T: Copy>(
+    path: &Path,
+    expected: &'static str,
+    convert: impl FnOnce(&str, Reader) -> Option<std::io::Result<Vec<T>>>,
+) -> Result<(Vec<usize>, Vec<T>)> {
     let npy = open(path)?;
     let shape = shape_of(&npy);
     let order = npy.order();
     let dtype = npy.dtype().descr().trim_matches('\'').to_string();
-    let bad = |error| NpyError::Data {
-        path: path.to_path_buf(),
-        error,
-    };
-    let data: Vec<i64> = match dtype.as_str() {
-        "<i8" => npy.into_vec::<i64>().map_err(bad)?,
-        "<i4" => npy
-            .into_vec::<i32>()
-            .map_err(bad)?
-            .into_iter()
-            .map(i64::from)
-            .collect(),
-        "<u4" => npy
-            .into_vec::<u32>()
-            .map_err(bad)?
-            .into_iter()
-            .map(i64::from)
-            .collect(),
-        "<u8" => npy
-            .into_vec::<u64>()
-            .map_err(bad)?
-            .into_iter()
-            .map(|v| v as i64)
-            .collect(),
-        other => {
-            return Err(NpyError::Dtype {
-                path: path.to_path_buf(),
-                dtype: other.into(),
-                expected: "an integer type (int64)",
-            }
-            .into());
-        }
-    };
+    let data = convert(&dtype, npy)
+        .ok_or_else(|| NpyError::Dtype {
+            path: path.to_path_buf(),
+            dtype: dtype.clone(),
+            expected,
+        })?
+        .map_err(|error| NpyError::Data {
+            path: path.to_path_buf(),
+            error,
+        })?;
     if data.len() != shape.iter().product::<usize>() {
         return Err(NpyError::Short {
             path: path.to_path_buf(),
@@ -186,6 +133,32 @@ pub fn read_i64(path: &Path) -> Result<(Vec<usize>, Vec<i64>)> {
     }
     let data = c_order(data, &shape, order);
     Ok((shape, data))
+}
+
+/// The array's values read as `S`, each turned into a `T` by `f`.
+fn values<S: npyz::Deserialize, T>(npy: Reader, f: impl Fn(S) -> T) -> std::io::Result<Vec<T>> {
+    Ok(npy.into_vec::<S>()?.into_iter().map(f).collect())
+}
+
+/// A float array (f32 or f64 on disk) as f32.
+pub fn read_f32(path: &Path) -> Result<HostTensor> {
+    let (shape, data) = read_as(path, "float32 (<f4) or float64", |dtype, npy| match dtype {
+        "<f4" => Some(npy.into_vec::<f32>()),
+        "<f8" => Some(values(npy, |v: f64| v as f32)),
+        _ => None,
+    })?;
+    Ok(HostTensor::new(shape, data))
+}
+
+/// An integer array (any common integer dtype) as i64, with its shape.
+pub fn read_i64(path: &Path) -> Result<(Vec<usize>, Vec<i64>)> {
+    read_as(path, "an integer type (int64)", |dtype, npy| match dtype {
+        "<i8" => Some(npy.into_vec::<i64>()),
+        "<i4" => Some(values::<i32, _>(npy, i64::from)),
+        "<u4" => Some(values::<u32, _>(npy, i64::from)),
+        "<u8" => Some(values(npy, |v: u64| v as i64)),
+        _ => None,
+    })
 }
 
 /// Write a little-endian float32 array atomically.

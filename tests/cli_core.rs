@@ -3,29 +3,31 @@
 
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::tmp;
-use common::{assert_close, expected_json, ijepa_bin, npy, reference};
+use common::{
+    assert_close, embed_command, expected_json, export_command, ijepa_bin, npy, reference,
+};
 use ijepa::checkpoint::HostTensor;
 use npyz::WriterBuilder;
 
-fn run_ok(args: &[&str]) -> String {
-    let out = Command::new(ijepa_bin()).args(args).output().unwrap();
+fn run_ok(mut cmd: Command) -> String {
+    let out = cmd.output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "ijepa {args:?} failed: {stderr}");
+    assert!(out.status.success(), "{cmd:?} failed: {stderr}");
     String::from_utf8_lossy(&out.stdout).into_owned() + &stderr
 }
 
 /// Runs a command that must fail; returns its one-line error.
-fn run_err(args: &[&str]) -> String {
-    let out = Command::new(ijepa_bin()).args(args).output().unwrap();
-    assert!(!out.status.success(), "ijepa {args:?} should have failed");
+fn run_err(mut cmd: Command) -> String {
+    let out = cmd.output().unwrap();
+    assert!(!out.status.success(), "{cmd:?} should have failed");
     assert_ne!(
         out.status.code(),
         Some(101),
-        "ijepa {args:?} panicked: {}",
+        "{cmd:?} panicked: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
@@ -43,34 +45,64 @@ fn heads() -> (String, String) {
     (s["num_heads"].to_string(), s["pred_num_heads"].to_string())
 }
 
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
+/// [`assert_close`] of the .npy file `got` against the reference array `want`.
+fn assert_file_close(name: &str, got: &Path, want: &str, tol: f32) {
+    assert_close(name, &ijepa::npy::read_f32(got).unwrap(), &npy(want), tol);
+}
+
+/// `ijepa predict --model MODEL --input INPUT --masks-enc ENC --masks-pred the reference's
+/// --output OUTPUT EXTRA...`.
+fn predict(model: &Path, input: &Path, masks_enc: &Path, output: &Path, extra: &[&str]) -> Command {
+    let mut cmd = Command::new(ijepa_bin());
+    cmd.arg("predict")
+        .arg("--model")
+        .arg(model)
+        .arg("--input")
+        .arg(input)
+        .arg("--masks-enc")
+        .arg(masks_enc)
+        .arg("--masks-pred")
+        .arg(reference("official/masks_pred.npy"))
+        .arg("--output")
+        .arg(output)
+        .args(extra);
+    cmd
+}
+
+/// A copy of the reference HF model in `dir` whose config.json has `from` replaced by `to`;
+/// returns `dir`.
+fn hf_with_config(dir: PathBuf, from: &str, to: &str) -> PathBuf {
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = std::fs::read_to_string(reference("hf/config.json"))
+        .unwrap()
+        .replace(from, to);
+    std::fs::write(dir.join("config.json"), cfg).unwrap();
+    std::fs::copy(
+        reference("hf/model.safetensors"),
+        dir.join("model.safetensors"),
+    )
+    .unwrap();
+    dir
 }
 
 #[test]
 fn predict_writes_the_reference_arrays() {
     let out = tmp("predict");
     let (h, ph) = heads();
-    run_ok(&[
-        "predict",
-        "--model",
-        s(&reference("official/checkpoint.pth.tar")),
-        "--num-heads",
-        &h,
-        "--pred-num-heads",
-        &ph,
-        "--input",
-        s(&reference("official/x.npy")),
-        "--masks-enc",
-        s(&reference("official/masks_enc.npy")),
-        "--masks-pred",
-        s(&reference("official/masks_pred.npy")),
-        "--output",
-        s(&out),
-    ]);
+    run_ok(predict(
+        &reference("official/checkpoint.pth.tar"),
+        &reference("official/x.npy"),
+        &reference("official/masks_enc.npy"),
+        &out,
+        &["--num-heads", &h, "--pred-num-heads", &ph],
+    ));
     for name in ["target_raw", "target_h", "targets", "context_z", "pred"] {
-        let got = ijepa::npy::read_f32(&out.join(format!("{name}.npy"))).unwrap();
-        assert_close(name, &got, &npy(&format!("official/{name}.npy")), 1e-5);
+        assert_file_close(
+            name,
+            &out.join(format!("{name}.npy")),
+            &format!("official/{name}.npy"),
+            1e-5,
+        );
     }
     let loss: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("loss.json")).unwrap()).unwrap();
@@ -83,34 +115,21 @@ fn predict_writes_the_reference_arrays() {
 fn embed_hf_pixels_and_photo() {
     let out = tmp("embed-hf");
     let tokens = out.join("tokens.npy");
-    run_ok(&[
-        "embed",
-        "--model",
-        s(&reference("hf")),
-        "--input",
-        s(&reference("hf/pixel_values.npy")),
-        "--output",
-        s(&tokens),
-        "--pool",
-        "none",
-    ]);
-    assert_close(
-        "tokens",
-        &ijepa::npy::read_f32(&tokens).unwrap(),
-        &npy("hf/last_hidden_state.npy"),
-        1e-5,
-    );
+    run_ok(embed_command(
+        &reference("hf"),
+        &reference("hf/pixel_values.npy"),
+        &tokens,
+        &["--pool", "none"],
+    ));
+    assert_file_close("tokens", &tokens, "hf/last_hidden_state.npy", 1e-5);
 
     let pooled = out.join("photo.npy");
-    run_ok(&[
-        "embed",
-        "--model",
-        s(&reference("hf")),
-        "--input",
-        s(&reference("hf/photo.png")),
-        "--output",
-        s(&pooled),
-    ]);
+    run_ok(embed_command(
+        &reference("hf"),
+        &reference("hf/photo.png"),
+        &pooled,
+        &[],
+    ));
     let want = npy("hf/photo_last_hidden_state.npy");
     let (n, d) = (want.shape[1], want.shape[2]);
     let mean: Vec<f32> = (0..d)
@@ -131,17 +150,7 @@ fn export_official_to_hf_and_native_round_trips() {
     let ckpt = reference("official/checkpoint.pth.tar");
     let x = reference("official/x.npy");
     let hf_dir = out.join("hf");
-    run_ok(&[
-        "export",
-        "--model",
-        s(&ckpt),
-        "--num-heads",
-        &h,
-        "--format",
-        "hf",
-        "--output",
-        s(&hf_dir),
-    ]);
+    run_ok(export_command(&ckpt, "hf", &hf_dir, &["--num-heads", &h]));
     for f in [
         "config.json",
         "model.safetensors",
@@ -151,80 +160,45 @@ fn export_official_to_hf_and_native_round_trips() {
     }
     let a = out.join("a.npy");
     let b = out.join("b.npy");
-    run_ok(&[
-        "embed",
-        "--model",
-        s(&ckpt),
-        "--num-heads",
-        &h,
-        "--input",
-        s(&x),
-        "--output",
-        s(&a),
-        "--pool",
-        "none",
-    ]);
-    run_ok(&[
-        "embed",
-        "--model",
-        s(&hf_dir),
-        "--input",
-        s(&x),
-        "--output",
-        s(&b),
-        "--pool",
-        "none",
-    ]);
+    run_ok(embed_command(
+        &ckpt,
+        &x,
+        &a,
+        &["--num-heads", &h, "--pool", "none"],
+    ));
+    run_ok(embed_command(&hf_dir, &x, &b, &["--pool", "none"]));
     // The official default is the target encoder; the HF export took the target encoder too.
-    assert_close(
+    assert_file_close(
         "hf export == official target",
-        &ijepa::npy::read_f32(&b).unwrap(),
-        &npy("official/target_raw.npy"),
+        &b,
+        "official/target_raw.npy",
         1e-5,
     );
-    assert_close(
-        "official embed",
-        &ijepa::npy::read_f32(&a).unwrap(),
-        &npy("official/target_raw.npy"),
-        1e-5,
-    );
+    assert_file_close("official embed", &a, "official/target_raw.npy", 1e-5);
 
     let native = out.join("model.safetensors");
-    run_ok(&[
-        "export",
-        "--model",
-        s(&ckpt),
-        "--num-heads",
-        &h,
-        "--pred-num-heads",
-        &ph,
-        "--format",
+    run_ok(export_command(
+        &ckpt,
         "native",
-        "--output",
-        s(&native),
-    ]);
+        &native,
+        &["--num-heads", &h, "--pred-num-heads", &ph],
+    ));
     assert!(
         out.join("model.json").is_file(),
         "readable description next to the native file"
     );
     let pred_dir = out.join("pred");
-    run_ok(&[
-        "predict",
-        "--model",
-        s(&native),
-        "--input",
-        s(&x),
-        "--masks-enc",
-        s(&reference("official/masks_enc.npy")),
-        "--masks-pred",
-        s(&reference("official/masks_pred.npy")),
-        "--output",
-        s(&pred_dir),
-    ]);
-    assert_close(
+    run_ok(predict(
+        &native,
+        &x,
+        &reference("official/masks_enc.npy"),
+        &pred_dir,
+        &[],
+    ));
+    assert_file_close(
         "native pred",
-        &ijepa::npy::read_f32(&pred_dir.join("pred.npy")).unwrap(),
-        &npy("official/pred.npy"),
+        &pred_dir.join("pred.npy"),
+        "official/pred.npy",
         1e-5,
     );
 }
@@ -234,6 +208,7 @@ fn hostile_inputs_fail_cleanly() {
     let out = tmp("hostile");
     let x = reference("hf/pixel_values.npy");
     let y = out.join("y.npy");
+    let embed_err = |model: &Path| run_err(embed_command(model, &x, &y, &[]));
 
     // truncated safetensors
     let bad_hf = out.join("truncated");
@@ -241,15 +216,7 @@ fn hostile_inputs_fail_cleanly() {
     std::fs::copy(reference("hf/config.json"), bad_hf.join("config.json")).unwrap();
     let bytes = std::fs::read(reference("hf/model.safetensors")).unwrap();
     std::fs::write(bad_hf.join("model.safetensors"), &bytes[..bytes.len() / 2]).unwrap();
-    let e = run_err(&[
-        "embed",
-        "--model",
-        s(&bad_hf),
-        "--input",
-        s(&x),
-        "--output",
-        s(&y),
-    ]);
+    let e = embed_err(&bad_hf);
     assert!(
         e.contains("model.safetensors") && e.contains("safetensors"),
         "{e}"
@@ -269,15 +236,7 @@ fn hostile_inputs_fail_cleanly() {
         .unwrap();
         zip.finish().unwrap();
     }
-    let e = run_err(&[
-        "embed",
-        "--model",
-        s(&evil),
-        "--input",
-        s(&x),
-        "--output",
-        s(&y),
-    ]);
+    let e = embed_err(&evil);
     assert!(
         e.contains("refusing") && e.contains("posix.system") && e.contains("evil.pth.tar"),
         "{e}"
@@ -288,61 +247,23 @@ fn hostile_inputs_fail_cleanly() {
         b"\x80\x02cbuiltins\neval\nX\x01\x00\x00\x001\x85R.",
     )
     .unwrap();
-    let e = run_err(&[
-        "embed",
-        "--model",
-        s(&evil_raw),
-        "--input",
-        s(&x),
-        "--output",
-        s(&y),
-    ]);
+    let e = embed_err(&evil_raw);
     assert!(e.contains("refusing") && e.contains("builtins.eval"), "{e}");
 
     // a checkpoint of the wrong size: config says 3 layers, weights have 2
-    let wrong = out.join("wrong");
-    std::fs::create_dir_all(&wrong).unwrap();
-    let cfg = std::fs::read_to_string(reference("hf/config.json"))
-        .unwrap()
-        .replace("\"num_hidden_layers\": 2", "\"num_hidden_layers\": 3");
-    std::fs::write(wrong.join("config.json"), cfg).unwrap();
-    std::fs::copy(
-        reference("hf/model.safetensors"),
-        wrong.join("model.safetensors"),
-    )
-    .unwrap();
-    let e = run_err(&[
-        "embed",
-        "--model",
-        s(&wrong),
-        "--input",
-        s(&x),
-        "--output",
-        s(&y),
-    ]);
+    let e = embed_err(&hf_with_config(
+        out.join("wrong"),
+        "\"num_hidden_layers\": 2",
+        "\"num_hidden_layers\": 3",
+    ));
     assert!(e.contains("missing keys") && e.contains("blocks.2."), "{e}");
     // and a wider one: official checkpoint loaded with the wrong head count fails on shapes? no: heads
     // do not change shapes; a wrong width does
-    let wide = out.join("wide");
-    std::fs::create_dir_all(&wide).unwrap();
-    let cfg = std::fs::read_to_string(reference("hf/config.json"))
-        .unwrap()
-        .replace("\"intermediate_size\": 256", "\"intermediate_size\": 128");
-    std::fs::write(wide.join("config.json"), cfg).unwrap();
-    std::fs::copy(
-        reference("hf/model.safetensors"),
-        wide.join("model.safetensors"),
-    )
-    .unwrap();
-    let e = run_err(&[
-        "embed",
-        "--model",
-        s(&wide),
-        "--input",
-        s(&x),
-        "--output",
-        s(&y),
-    ]);
+    let e = embed_err(&hf_with_config(
+        out.join("wide"),
+        "\"intermediate_size\": 256",
+        "\"intermediate_size\": 128",
+    ));
     assert!(
         e.contains("wrong shapes") && e.contains("mlp.fc1.weight") && e.contains("[128, 64]"),
         "{e}"
@@ -351,27 +272,16 @@ fn hostile_inputs_fail_cleanly() {
     // a non-image file
     let fake = out.join("notes.png");
     std::fs::write(&fake, "this is not a picture").unwrap();
-    let e = run_err(&[
-        "embed",
-        "--model",
-        s(&reference("hf")),
-        "--input",
-        s(&fake),
-        "--output",
-        s(&y),
-    ]);
+    let e = run_err(embed_command(&reference("hf"), &fake, &y, &[]));
     assert!(e.contains("notes.png") && e.contains("image"), "{e}");
 
     // a .npy of the wrong shape
-    let e = run_err(&[
-        "embed",
-        "--model",
-        s(&reference("hf")),
-        "--input",
-        s(&reference("hf/last_hidden_state.npy")),
-        "--output",
-        s(&y),
-    ]);
+    let e = run_err(embed_command(
+        &reference("hf"),
+        &reference("hf/last_hidden_state.npy"),
+        &y,
+        &[],
+    ));
     assert!(
         e.contains("last_hidden_state.npy") && e.contains("[N, 3, 32, 32]"),
         "{e}"
@@ -381,21 +291,13 @@ fn hostile_inputs_fail_cleanly() {
     let m = out.join("m.npy");
     write_i64(&m, &[1, 2, 2], &[0, 1, 2, 99]);
     let (h, _) = heads();
-    let e = run_err(&[
-        "predict",
-        "--model",
-        s(&reference("official/checkpoint.pth.tar")),
-        "--num-heads",
-        &h,
-        "--input",
-        s(&reference("official/x.npy")),
-        "--masks-enc",
-        s(&m),
-        "--masks-pred",
-        s(&reference("official/masks_pred.npy")),
-        "--output",
-        s(&out.join("p")),
-    ]);
+    let e = run_err(predict(
+        &reference("official/checkpoint.pth.tar"),
+        &reference("official/x.npy"),
+        &m,
+        &out.join("p"),
+        &["--num-heads", &h],
+    ));
     assert!(e.contains("m.npy") && e.contains("99"), "{e}");
     assert!(!y.exists(), "no output written on failure");
 }

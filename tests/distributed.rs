@@ -14,8 +14,6 @@ use common::logged_losses as losses;
 use common::tmp;
 use ijepa::checkpoint::{Checkpoint, LoadOptions, NamedTensors};
 
-const FMNIST: &str = "/usr/share/datasets/fashion-mnist";
-
 /// A port nobody listens on right now, and not handed to another test of this binary: the
 /// tests run in parallel and their nodes bind the ports only later, so the OS could give a
 /// released port out twice (two tests then talk to each other's nodes and both hang).
@@ -37,22 +35,9 @@ fn free_port() -> u16 {
 
 /// A small model on 256 real images, micro-batches of 16.
 fn settings(accum: usize) -> Vec<String> {
-    assert!(
-        Path::new(FMNIST)
-            .join("train-images-idx3-ubyte.gz")
-            .is_file(),
-        "Fashion-MNIST not found in {FMNIST}: install the Debian package dataset-fashion-mnist (.ci/run does)"
-    );
-    common::tiny_model()
+    common::require_fmnist();
+    common::tiny_run(16, 256, 2)
         .into_iter()
-        .chain(
-            [
-                "data.batch_size=16",
-                "data.max_images=256",
-                "optimization.epochs=2",
-            ]
-            .map(String::from),
-        )
         .chain([format!("optimization.accum_steps={accum}")])
         .collect()
 }
@@ -100,6 +85,27 @@ fn wait_for_checkpoint(latest: &Path) {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// Nodes 0 and 1 of a long 2-node run in `DIR/r0` and `DIR/r1` (checkpoints every 2 steps,
+/// peer timeout `timeout_s`), once node 0 has written its first checkpoint.
+fn two_long_nodes(dir: &Path, timeout_s: u64) -> (Child, Child) {
+    let (coord, s0, s1) = (free_port(), free_port(), free_port());
+    let mut sets = settings(1);
+    sets.push("logging.checkpoint_every=2".into());
+    sets.push("optimization.epochs=50".into());
+    let r0 = spawn(command(
+        &dir.join("r0"),
+        &sets,
+        &node_flags(0, coord, s0, timeout_s),
+    ));
+    let r1 = spawn(command(
+        &dir.join("r1"),
+        &sets,
+        &node_flags(1, coord, s1, timeout_s),
+    ));
+    wait_for_checkpoint(&dir.join("r0/latest.safetensors"));
+    (r0, r1)
 }
 
 fn assert_same_weights(what: &str, a: &NamedTensors, b: &NamedTensors) {
@@ -199,23 +205,8 @@ fn two_nodes_train_like_one_process_accumulating_two_micro_batches() {
 fn a_dead_rank_stops_the_other_with_an_error() {
     let dir = tmp("kill");
     let timeout_s = 15;
-    let (coord, s0, s1) = (free_port(), free_port(), free_port());
-    let mut sets = settings(1);
-    sets.push("logging.checkpoint_every=2".into());
-    sets.push("optimization.epochs=50".into());
-    let r0 = spawn(command(
-        &dir.join("r0"),
-        &sets,
-        &node_flags(0, coord, s0, timeout_s),
-    ));
-    let mut r1 = spawn(command(
-        &dir.join("r1"),
-        &sets,
-        &node_flags(1, coord, s1, timeout_s),
-    ));
-
     // Wait for node 0's first step checkpoint, then kill node 1.
-    wait_for_checkpoint(&dir.join("r0/latest.safetensors"));
+    let (r0, mut r1) = two_long_nodes(&dir, timeout_s);
     std::thread::sleep(Duration::from_millis(500));
     r1.kill().unwrap();
     r1.wait().unwrap();
@@ -245,21 +236,7 @@ fn a_dead_rank_stops_the_other_with_an_error() {
 fn a_frozen_rank_makes_the_other_give_up_after_the_timeout() {
     let dir = tmp("freeze");
     let timeout_s = 8;
-    let (coord, s0, s1) = (free_port(), free_port(), free_port());
-    let mut sets = settings(1);
-    sets.push("logging.checkpoint_every=2".into());
-    sets.push("optimization.epochs=50".into());
-    let r0 = spawn(command(
-        &dir.join("r0"),
-        &sets,
-        &node_flags(0, coord, s0, timeout_s),
-    ));
-    let mut r1 = spawn(command(
-        &dir.join("r1"),
-        &sets,
-        &node_flags(1, coord, s1, timeout_s),
-    ));
-    wait_for_checkpoint(&dir.join("r0/latest.safetensors"));
+    let (r0, mut r1) = two_long_nodes(&dir, timeout_s);
     // A stopped process keeps its sockets open: only the timeout can tell.
     let stopped = Command::new("kill")
         .args(["-STOP", &r1.id().to_string()])

@@ -6,14 +6,8 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use common::{ijepa_bin, reference, tmp};
+use common::{FMNIST, ijepa_bin, pretrain, reference, tmp};
 use ijepa::checkpoint::{HostTensor, safetensors_io};
-
-const FMNIST: &str = "/usr/share/datasets/fashion-mnist";
-
-fn ijepa(args: &[&str]) -> Output {
-    Command::new(ijepa_bin()).args(args).output().unwrap()
-}
 
 fn text(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr)
@@ -36,15 +30,7 @@ fn failed(o: Output) -> String {
 
 /// `ijepa embed --model MODEL --input INPUT --output OUTPUT EXTRA...`.
 fn embed(model: &Path, input: &Path, output: &Path, extra: &[&str]) -> Output {
-    Command::new(ijepa_bin())
-        .arg("embed")
-        .arg("--model")
-        .arg(model)
-        .arg("--input")
-        .arg(input)
-        .arg("--output")
-        .arg(output)
-        .args(extra)
+    common::embed_command(model, input, output, extra)
         .output()
         .unwrap()
 }
@@ -53,24 +39,39 @@ fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
+/// `ijepa knn --model MODEL --train TRAIN --test TEST EXTRA...`.
+fn knn(model: &Path, train: &Path, test: &Path, extra: &[&str]) -> Output {
+    Command::new(ijepa_bin())
+        .arg("knn")
+        .arg("--model")
+        .arg(model)
+        .arg("--train")
+        .arg(train)
+        .arg("--test")
+        .arg(test)
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
+/// The reference HF model exported as `DIR/m.safetensors` (native format).
+fn hf_as_native(dir: &Path) -> PathBuf {
+    let model = dir.join("m.safetensors");
+    ok(
+        common::export_command(&reference("hf"), "native", &model, &[])
+            .output()
+            .unwrap(),
+    );
+    model
+}
+
 /// Settings of a tiny model on `images` images (batch 16).
 fn tiny(images: usize, epochs: usize) -> Vec<String> {
-    common::tiny_model()
-        .into_iter()
-        .chain(["data.batch_size=16".to_string()])
-        .chain([
-            format!("data.max_images={images}"),
-            format!("optimization.epochs={epochs}"),
-        ])
-        .collect()
+    common::tiny_run(16, images, epochs)
 }
 
 fn pretrain_cmd(out: &Path, sets: &[String], extra: &[&str]) -> Command {
     common::pretrain_command(out, sets, extra)
-}
-
-fn pretrain(out: &Path, sets: &[String], extra: &[&str]) -> Output {
-    pretrain_cmd(out, sets, extra).output().unwrap()
 }
 
 /// Two colours of 3-channel images per class folder: `dark` near black, `bright` near white.
@@ -112,31 +113,16 @@ fn evaluation_matches_classes_by_name() {
     image_folder(&unseen, &[("shirt", 120)], 4);
     let model = rgb_model(&dir, &train);
     let json = dir.join("knn.json");
-    ok(ijepa(&[
-        "knn",
-        "--model",
-        s(&model),
-        "--train",
-        s(&train),
-        "--test",
-        s(&test),
-        "--k",
-        "3",
-        "--output",
-        s(&json),
-    ]));
+    ok(knn(
+        &model,
+        &train,
+        &test,
+        &["--k", "3", "--output", s(&json)],
+    ));
     let r: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     assert_eq!(r["top1"], 100.0, "{r}");
-    let e = failed(ijepa(&[
-        "knn",
-        "--model",
-        s(&model),
-        "--train",
-        s(&train),
-        "--test",
-        s(&unseen),
-    ]));
+    let e = failed(knn(&model, &train, &unseen, &[]));
     assert!(e.contains("shirt") && e.contains("pullover"), "{e}");
 }
 
@@ -363,16 +349,7 @@ fn mismatched_hf_qkv_shapes_are_an_error() {
 #[test]
 fn bad_native_preprocessing_is_an_error() {
     let dir = tmp("native-pre");
-    let model = dir.join("m.safetensors");
-    ok(ijepa(&[
-        "export",
-        "--model",
-        s(&reference("hf")),
-        "--format",
-        "native",
-        "--output",
-        s(&model),
-    ]));
+    let model = hf_as_native(&dir);
     let photo = reference("hf/photo.png");
     for (field, value) in [("mean", "[]"), ("std", "[0.0, 0.0, 0.0]")] {
         let (tensors, mut meta) = safetensors_io::read(&model).unwrap();
@@ -412,16 +389,7 @@ fn messages_say_what_went_wrong() {
     ));
     assert_eq!(e.matches("No such file").count(), 1, "{e}");
     // A truncated native checkpoint is called truncated.
-    let model = dir.join("m.safetensors");
-    ok(ijepa(&[
-        "export",
-        "--model",
-        s(&reference("hf")),
-        "--format",
-        "native",
-        "--output",
-        s(&model),
-    ]));
+    let model = hf_as_native(&dir);
     let bytes = std::fs::read(&model).unwrap();
     let cut = dir.join("cut.safetensors");
     std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
@@ -444,16 +412,6 @@ fn messages_say_what_went_wrong() {
     let data = dir.join("data");
     image_folder(&data, &[("a", 10), ("b", 230)], 16);
     let tiny_model = rgb_model(&dir, &data);
-    let e = failed(ijepa(&[
-        "knn",
-        "--model",
-        s(&tiny_model),
-        "--train",
-        s(&data),
-        "--test",
-        s(&data),
-        "--layers",
-        "last4",
-    ]));
+    let e = failed(knn(&tiny_model, &data, &data, &["--layers", "last4"]));
     assert!(e.contains("last4") && e.contains('2'), "{e}");
 }

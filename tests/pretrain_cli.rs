@@ -8,34 +8,12 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 use common::tmp;
-use common::{ijepa_bin, recipe};
+use common::{ijepa_bin, pretrain, recipe, require_fmnist};
 use ijepa::checkpoint::{Checkpoint, LoadOptions};
-
-const FMNIST: &str = "/usr/share/datasets/fashion-mnist";
-
-fn require_fmnist() {
-    assert!(
-        Path::new(FMNIST)
-            .join("train-images-idx3-ubyte.gz")
-            .is_file(),
-        "Fashion-MNIST not found in {FMNIST}: install the Debian package dataset-fashion-mnist (.ci/run does)"
-    );
-}
 
 /// A small model and data set, so that a run takes seconds.
 fn tiny(images: usize, epochs: usize) -> Vec<String> {
-    common::tiny_model()
-        .into_iter()
-        .chain(["data.batch_size=32".to_string()])
-        .chain([
-            format!("data.max_images={images}"),
-            format!("optimization.epochs={epochs}"),
-        ])
-        .collect()
-}
-
-fn pretrain(out: &Path, sets: &[String], extra: &[&str]) -> Output {
-    common::pretrain_command(out, sets, extra).output().unwrap()
+    common::tiny_run(32, images, epochs)
 }
 
 fn ok(o: &Output) -> String {

@@ -106,6 +106,19 @@ pub fn tmp(tag: &str) -> TestDir {
     )
 }
 
+/// Where the Debian package dataset-fashion-mnist puts Fashion-MNIST's IDX files.
+pub const FMNIST: &str = "/usr/share/datasets/fashion-mnist";
+
+/// Fails (never skips) where Fashion-MNIST is not installed.
+pub fn require_fmnist() {
+    assert!(
+        Path::new(FMNIST)
+            .join("train-images-idx3-ubyte.gz")
+            .is_file(),
+        "Fashion-MNIST not found in {FMNIST}: install the Debian package dataset-fashion-mnist (.ci/run does)"
+    );
+}
+
 /// `--set` values of a tiny model (a run takes seconds).
 pub fn tiny_model() -> Vec<String> {
     [
@@ -119,6 +132,18 @@ pub fn tiny_model() -> Vec<String> {
     .iter()
     .map(|s| s.to_string())
     .collect()
+}
+
+/// [`tiny_model`] on `images` images in batches of `batch`, for `epochs` epochs.
+pub fn tiny_run(batch: usize, images: usize, epochs: usize) -> Vec<String> {
+    tiny_model()
+        .into_iter()
+        .chain([
+            format!("data.batch_size={batch}"),
+            format!("data.max_images={images}"),
+            format!("optimization.epochs={epochs}"),
+        ])
+        .collect()
 }
 
 /// The Fashion-MNIST recipe's config file.
@@ -137,5 +162,47 @@ pub fn pretrain_command(out: &Path, sets: &[String], extra: &[&str]) -> std::pro
         cmd.args(["--set", s]);
     }
     cmd.args(extra);
+    cmd
+}
+
+/// `ijepa embed --model MODEL --input INPUT --output OUTPUT EXTRA...`.
+pub fn embed_command(
+    model: &Path,
+    input: &Path,
+    output: &Path,
+    extra: &[&str],
+) -> std::process::Command {
+    let mut cmd = std::process::Command::new(ijepa_bin());
+    cmd.arg("embed")
+        .arg("--model")
+        .arg(model)
+        .arg("--input")
+        .arg(input)
+        .arg("--output")
+        .arg(output)
+        .args(extra);
+    cmd
+}
+
+/// Runs [`pretrain_command`] to its end.
+pub fn pretrain(out: &Path, sets: &[String], extra: &[&str]) -> std::process::Output {
+    pretrain_command(out, sets, extra).output().unwrap()
+}
+
+/// `ijepa export --model MODEL --format FORMAT --output OUTPUT EXTRA...`.
+pub fn export_command(
+    model: &Path,
+    format: &str,
+    output: &Path,
+    extra: &[&str],
+) -> std::process::Command {
+    let mut cmd = std::process::Command::new(ijepa_bin());
+    cmd.arg("export")
+        .arg("--model")
+        .arg(model)
+        .args(["--format", format])
+        .arg("--output")
+        .arg(output)
+        .args(extra);
     cmd
 }

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use anyhow::Result;
-use ijepa::checkpoint::EncoderChoice;
+use ijepa::checkpoint::{Checkpoint, EncoderChoice};
 use ijepa::eval::features::Layers;
 use ijepa::eval::probe::ProbeConfig;
 use ijepa::eval::protocol::{EvalData, knn, linear_probe};
@@ -54,6 +54,14 @@ pub enum LayersArg {
 }
 
 impl EvalArgs {
+    /// Sets the thread count, checks the device (before any data is read), then reads the
+    /// model.
+    fn start(&self) -> Result<(EvalData, Checkpoint)> {
+        crate::common::set_threads(self.threads)?;
+        let data = self.data()?;
+        Ok((data, self.model.read()?))
+    }
+
     fn data(&self) -> Result<EvalData> {
         Ok(EvalData {
             train: self.train.clone(),
@@ -90,9 +98,7 @@ pub struct ProbeArgs {
 }
 
 pub fn run_probe(a: ProbeArgs) -> Result<()> {
-    crate::common::set_threads(a.eval.threads)?;
-    let data = a.eval.data()?;
-    let ck = a.eval.model.read()?;
+    let (data, ck) = a.eval.start()?;
     let r = linear_probe(&ck, &data, &ProbeConfig::default())?;
     let what = if r.pixels {
         "raw pixels".to_string()
@@ -118,9 +124,7 @@ pub struct KnnArgs {
 }
 
 pub fn run_knn(a: KnnArgs) -> Result<()> {
-    crate::common::set_threads(a.eval.threads)?;
-    let data = a.eval.data()?;
-    let ck = a.eval.model.read()?;
+    let (data, ck) = a.eval.start()?;
     let r = knn(&ck, &data, a.k, a.temperature)?;
     println!(
         "kNN top-1 {:.2} % (k {}, T {}, {:?} encoder; {} train / {} test images)",
@@ -129,21 +133,9 @@ pub fn run_knn(a: KnnArgs) -> Result<()> {
     write(&a.eval.output, &r)
 }
 
-/// Linear probe and kNN together, from one feature extraction.
-#[derive(clap::Args)]
-pub struct BothArgs {
-    #[command(flatten)]
-    pub eval: EvalArgs,
-    #[arg(long, default_value_t = 20)]
-    pub k: usize,
-    #[arg(long, default_value_t = 0.07)]
-    pub temperature: f32,
-}
-
-pub fn run_both(a: BothArgs) -> Result<()> {
-    crate::common::set_threads(a.eval.threads)?;
-    let data = a.eval.data()?;
-    let ck = a.eval.model.read()?;
+/// Linear probe and kNN together, from one feature extraction (the kNN's flags).
+pub fn run_both(a: KnnArgs) -> Result<()> {
+    let (data, ck) = a.eval.start()?;
     let (p, k) = ijepa::eval::protocol::probe_and_knn(
         &ck,
         &data,

@@ -36,7 +36,7 @@ enum Command {
     /// Linear probe of frozen features (the paper's protocol).
     Probe(evaluate::ProbeArgs),
     /// Linear probe and kNN together (one feature pass).
-    Eval(evaluate::BothArgs),
+    Eval(evaluate::KnnArgs),
     /// Weighted kNN classification of frozen features.
     Knn(evaluate::KnnArgs),
     /// Time the training iteration and inference (same flags as the PyTorch baseline script).

@@ -116,11 +116,15 @@ pub fn run(a: Args) -> Result<()> {
             DeviceSpec::Cpu => None,
         },
     };
+    let job = Job {
+        cfg: &cfg,
+        opts: &opts,
+        cluster: &cluster,
+        args: &a,
+    };
     let summary = match devices[0] {
-        DeviceSpec::Cpu => {
-            run_on::<ijepa::CpuAutodiff>(&cfg, &opts, &cluster, vec![Default::default()], &a)?
-        }
-        DeviceSpec::Cuda(_) => run_cuda(&cfg, &opts, &cluster, &devices, &a)?,
+        DeviceSpec::Cpu => run_on::<ijepa::CpuAutodiff>(&job, vec![Default::default()])?,
+        DeviceSpec::Cuda(_) => run_cuda(&job, &devices)?,
     };
     if a.node_rank > 0 {
         println!(
@@ -149,37 +153,35 @@ pub fn run(a: Args) -> Result<()> {
     Ok(())
 }
 
+/// What a training process runs: its settings, options, place in the cluster and command line.
+struct Job<'a> {
+    cfg: &'a TrainConfig,
+    opts: &'a PretrainOptions,
+    cluster: &'a Cluster,
+    /// Read by the data-parallel path only.
+    #[cfg_attr(not(feature = "collective"), allow(dead_code))]
+    args: &'a Args,
+}
+
 #[cfg(feature = "cuda")]
-fn run_cuda(
-    cfg: &TrainConfig,
-    opts: &PretrainOptions,
-    cluster: &Cluster,
-    devices: &[DeviceSpec],
-    a: &Args,
-) -> Result<PretrainSummary> {
+fn run_cuda(job: &Job, devices: &[DeviceSpec]) -> Result<PretrainSummary> {
     let mut cuda = Vec::new();
     for d in devices {
         if let DeviceSpec::Cuda(i) = d {
             cuda.push(ijepa::device::cuda_device(*i)?);
         }
     }
-    if opts.progress {
+    if job.opts.progress {
         eprintln!(
             "note: the first step of each new shape on a GPU compiles (NVRTC) and autotunes its kernels; the results are kept in {} for later runs",
             ijepa::kernel_cache::dir()?.display()
         );
     }
-    run_on::<burn::backend::Autodiff<burn::backend::Cuda>>(cfg, opts, cluster, cuda, a)
+    run_on::<burn::backend::Autodiff<burn::backend::Cuda>>(job, cuda)
 }
 
 #[cfg(not(feature = "cuda"))]
-fn run_cuda(
-    _: &TrainConfig,
-    _: &PretrainOptions,
-    _: &Cluster,
-    devices: &[DeviceSpec],
-    _: &Args,
-) -> Result<PretrainSummary> {
+fn run_cuda(_: &Job, devices: &[DeviceSpec]) -> Result<PretrainSummary> {
     let DeviceSpec::Cuda(i) = devices[0] else {
         anyhow::bail!("no CUDA device given")
     };
@@ -188,27 +190,21 @@ fn run_cuda(
 
 /// One process, one device: the plain trainer. Otherwise one peer per local device, joined
 /// with the other processes through burn-collective.
-fn run_on<B: TrainBackend>(
-    cfg: &TrainConfig,
-    opts: &PretrainOptions,
-    cluster: &Cluster,
-    devices: Vec<B::Device>,
-    a: &Args,
-) -> Result<PretrainSummary> {
-    if cluster.world() == 1 {
-        return Ok(pretrain::<B>(cfg, opts, &devices[0])?);
+fn run_on<B: TrainBackend>(job: &Job, devices: Vec<B::Device>) -> Result<PretrainSummary> {
+    if job.cluster.world() == 1 {
+        return Ok(pretrain::<B>(job.cfg, job.opts, &devices[0])?);
     }
-    run_collective::<B>(cfg, opts, cluster, devices, a)
+    run_collective::<B>(job, devices)
 }
 
 #[cfg(feature = "collective")]
-fn run_collective<B: TrainBackend>(
-    cfg: &TrainConfig,
-    opts: &PretrainOptions,
-    cluster: &Cluster,
-    devices: Vec<B::Device>,
-    a: &Args,
-) -> Result<PretrainSummary> {
+fn run_collective<B: TrainBackend>(job: &Job, devices: Vec<B::Device>) -> Result<PretrainSummary> {
+    let Job {
+        cfg,
+        opts,
+        cluster,
+        args: a,
+    } = *job;
     use ijepa::train::distributed::{CollectivePeer, run_coordinator};
     use ijepa::train::trainer::pretrain_peer;
     // burn-collective's network tasks panic when a peer's connection drops; the training
@@ -270,12 +266,6 @@ fn run_collective<B: TrainBackend>(
 }
 
 #[cfg(not(feature = "collective"))]
-fn run_collective<B: TrainBackend>(
-    _: &TrainConfig,
-    _: &PretrainOptions,
-    _: &Cluster,
-    _: Vec<B::Device>,
-    _: &Args,
-) -> Result<PretrainSummary> {
+fn run_collective<B: TrainBackend>(_: &Job, _: Vec<B::Device>) -> Result<PretrainSummary> {
     anyhow::bail!("several devices or nodes need the `collective` cargo feature (on by default)")
 }
