@@ -124,25 +124,33 @@ pub fn run<B: crate::ops::TrainBackend>(
         device,
     );
 
+    // With the real sampler every step draws a fresh mask set (deterministic from the seed and
+    // the step), as `ijepa pretrain` does: token counts then change every step, which the
+    // allocator and the kernels' shape-dependent work must absorb. Without it, a few random
+    // index sets of the fixed sizes are cycled.
     let mut rng = crate::rng::seeded(spec.seed);
     let mut mask_sets = Vec::new();
-    for step in 0..4u64 {
-        mask_sets.push(match &spec.sampler {
-            Some(s) => {
-                let m = s.sample(step, 0, b)?;
-                (MaskIndices::new(&m.enc, n)?, MaskIndices::new(&m.pred, n)?)
-            }
-            None => (
+    if spec.sampler.is_none() {
+        for _ in 0..4 {
+            mask_sets.push((
                 random_masks(&mut rng, 1, b, spec.k_enc, n)?,
                 random_masks(&mut rng, spec.npred, b, spec.k_pred, n)?,
-            ),
-        });
-    }
-    if spec.static_shapes {
-        for (me, mp) in &mut mask_sets {
-            (*me, *mp) = pad_batch(me, mp, n)?;
+            ));
         }
     }
+    let masks_for = |i: usize| -> Result<(MaskIndices, MaskIndices)> {
+        let (me, mp) = match &spec.sampler {
+            Some(s) => {
+                let m = s.sample(i as u64, 0, b)?;
+                (MaskIndices::new(&m.enc, n)?, MaskIndices::new(&m.pred, n)?)
+            }
+            None => mask_sets[i % mask_sets.len()].clone(),
+        };
+        if spec.static_shapes {
+            return pad_batch(&me, &mp, n);
+        }
+        Ok((me, mp))
+    };
 
     let h = UpdateHyper {
         lr: 1e-3,
@@ -152,7 +160,7 @@ pub fn run<B: crate::ops::TrainBackend>(
     };
     let mut times = Vec::new();
     for i in 0..spec.warmup + spec.steps {
-        let (me, mp) = mask_sets[i % mask_sets.len()].clone();
+        let (me, mp) = masks_for(i)?;
         let batch = Batch::<B> {
             images: images.clone(),
             masks_enc: me,
