@@ -74,7 +74,7 @@ pub struct DataSection {
     pub prefetch: usize,
 }
 
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LoggingSection {
     #[serde(default)]
@@ -87,6 +87,26 @@ pub struct LoggingSection {
     /// Keep a copy of every epoch's checkpoint (`ep{N}.safetensors`) besides `latest`.
     #[serde(default = "default_true")]
     pub keep_epochs: bool,
+    /// Online kNN monitor: the first N pretraining images are the memory bank (0 with
+    /// `knn_monitor_queries` 0 turns the monitor off; it needs labelled data).
+    #[serde(default = "default_knn_bank")]
+    pub knn_monitor_bank: usize,
+    /// ... and the next N images are classified against it, every epoch.
+    #[serde(default = "default_knn_queries")]
+    pub knn_monitor_queries: usize,
+}
+
+impl Default for LoggingSection {
+    fn default() -> Self {
+        Self {
+            folder: None,
+            write_tag: None,
+            checkpoint_every: 0,
+            keep_epochs: true,
+            knn_monitor_bank: default_knn_bank(),
+            knn_monitor_queries: default_knn_queries(),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -190,6 +210,12 @@ fn default_prefetch() -> usize {
 }
 fn default_true() -> bool {
     true
+}
+fn default_knn_bank() -> usize {
+    5000
+}
+fn default_knn_queries() -> usize {
+    1000
 }
 fn default_aspect() -> (f64, f64) {
     (0.75, 1.5)
@@ -433,6 +459,13 @@ impl TrainConfig {
             && (c.is_nan() || c <= 0.0)
         {
             return bad(format!("optimization.grad_clip must be positive, got {c}"));
+        }
+        let lg = &self.logging;
+        if (lg.knn_monitor_bank == 0) != (lg.knn_monitor_queries == 0) {
+            return bad(format!(
+                "logging.knn_monitor_bank ({}) and logging.knn_monitor_queries ({}) must both be positive (monitor on) or both 0 (off)",
+                lg.knn_monitor_bank, lg.knn_monitor_queries
+            ));
         }
         if self.meta.threads == Some(0) {
             return bad("meta.threads must be positive".into());

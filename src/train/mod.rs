@@ -2,8 +2,10 @@
 //! target, and one iteration in the official order.
 
 pub mod config;
+pub mod curves;
 pub mod distributed;
 pub mod ema;
+pub mod knn_monitor;
 pub mod loss;
 pub mod monitor;
 pub mod optim;

@@ -11,7 +11,8 @@ use burn::tensor::{Tensor, TensorData};
 
 use super::config::TrainConfig;
 use super::distributed::{GradReducer, Single};
-use super::monitor;
+use super::knn_monitor::KnnMonitor;
+use super::monitor::{self, EpochRecord};
 use super::optim::AdamW;
 use super::schedule::Schedules;
 use super::state::{self, Progress, TrainingMeta};
@@ -378,6 +379,27 @@ pub fn pretrain_peer<B: crate::ops::TrainBackend>(
 
     let (b, c, s) = (d.batch_size, d.in_chans, d.crop_size);
     let fixed_batch = monitor_batch(loader.dataset().as_ref(), &desc.preprocess)?;
+    let lg = &cfg.logging;
+    let knn = if writer {
+        KnnMonitor::new(
+            loader.dataset().as_ref(),
+            &desc.preprocess,
+            lg.knn_monitor_bank,
+            lg.knn_monitor_queries,
+        )
+    } else {
+        None
+    };
+    if let Some(k) = &knn {
+        bar.suspend(|| eprintln!("online kNN monitor: {}", k.describe()));
+    }
+    // Training time so far (the monitors' own time left out), continued on resume.
+    let (mut train_secs, mut train_cpu) = if writer {
+        monitor::resume_records(out, if resume { meta.progress.epoch } else { 0 })?
+    } else {
+        (0.0, 0.0)
+    };
+    let mut clock = (Instant::now(), monitor::process_cpu_seconds());
     let n = enc_cfg.num_patches();
     let mut last_loss = f64::NAN;
     let run_start = Instant::now();
@@ -519,26 +541,61 @@ pub fn pretrain_peer<B: crate::ops::TrainBackend>(
         meta.epoch_loss_so_far = (0.0, 0);
         save(&nets, &adam, &meta, true)?;
         let secs = epoch_start.elapsed().as_secs_f64();
-        let health = if writer {
-            monitor::check::<B::InnerBackend>(&nets.target, &fixed_batch, device, out, epoch + 1)
-                .ok()
-        } else {
-            None
-        };
+        train_secs += clock.0.elapsed().as_secs_f64();
+        let cpu_now = monitor::process_cpu_seconds();
+        if let (Some(now), Some(then)) = (cpu_now, clock.1) {
+            train_cpu += now - then;
+        }
+        let mut shown = String::new();
+        if writer {
+            let health = monitor::health::<B::InnerBackend>(&nets.target, &fixed_batch, device);
+            let knn_top1 = match &knn {
+                Some(k) => Some(k.top1::<B::InnerBackend>(&nets.target, device)?),
+                None => None,
+            };
+            monitor::append_record(
+                out,
+                &EpochRecord {
+                    epoch: epoch + 1,
+                    step: meta.progress.global_step,
+                    seconds: train_secs,
+                    cpu_seconds: cpu_now.map(|_| train_cpu),
+                    loss: mean_loss,
+                    health,
+                    knn_top1,
+                },
+            )?;
+            shown = format!(
+                ", target features std {:.3} effective rank {:.1}",
+                health.std, health.effective_rank
+            );
+            if let Some(t) = knn_top1 {
+                shown.push_str(&format!(", online kNN top-1 {t:.2} %"));
+            }
+        }
         bar.suspend(|| {
             eprintln!(
-                "epoch {}/{}: loss {mean_loss:.5}, {secs:.1} s, {:.0} img/s (data pipeline alone: {data_rate:.0} img/s){}",
+                "epoch {}/{}: loss {mean_loss:.5}, {secs:.1} s, {:.0} img/s (data pipeline alone: {data_rate:.0} img/s){shown}",
                 epoch + 1,
                 o.epochs,
                 (epoch_loss.1 * b * replicas) as f64 / secs,
-                health.map(|h| format!(", target features std {:.3} effective rank {:.1}", h.std, h.effective_rank)).unwrap_or_default()
             )
         });
+        // The monitors' time is not training time.
+        clock = (Instant::now(), monitor::process_cpu_seconds());
     }
     bar.finish_and_clear();
     let elapsed = run_start.elapsed().as_secs_f64();
     if writer {
         monitor::plot_losses(&out.join(LOG), &out.join("loss.png"))?;
+        let records = monitor::read_records(&out.join(monitor::MONITOR)).unwrap_or_default();
+        if !records.is_empty() {
+            let run = super::curves::Run {
+                label: out.display().to_string(),
+                records,
+            };
+            super::curves::plot_runs(&[run], &out.join("monitor.png"))?;
+        }
     }
     Ok(PretrainSummary {
         steps: meta.progress.global_step,

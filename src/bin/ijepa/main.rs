@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 mod bench;
 mod common;
 mod coordinator;
+mod curves;
 mod embed;
 mod evaluate;
 mod export;
@@ -51,6 +52,8 @@ enum Command {
     Predict(predict::Args),
     /// Convert a checkpoint (to a Hugging Face directory or a native file).
     Export(export::Args),
+    /// Draw loss, effective rank and online kNN of several runs against CPU time (PNG).
+    Curves(curves::Args),
 }
 
 /// Keep freed memory instead of returning it to the OS: a training step frees and re-allocates
@@ -93,6 +96,7 @@ fn main() -> ExitCode {
         Command::Embed(a) => embed::run(a),
         Command::Predict(a) => predict::run(a),
         Command::Export(a) => export::run(a),
+        Command::Curves(a) => curves::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
