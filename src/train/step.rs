@@ -6,6 +6,7 @@ use burn::module::AutodiffModule;
 use burn::tensor::{ElementConversion, Tensor};
 
 use super::loss::{self, LossKind};
+use super::objective::{Objective, sub_seed};
 use super::optim::{AdamW, StepHyper, TensorMap, collect_grads, grad_norm};
 use crate::error::{Error, Result};
 use crate::model::{MaskIndices, Predictor, VisionTransformer};
@@ -29,6 +30,8 @@ pub struct Batch<B: crate::ops::TrainBackend> {
 /// Loss and gradients of one batch (before any optimizer update).
 pub struct Gradients<B: crate::ops::TrainBackend> {
     pub loss: f64,
+    /// The prediction loss alone (equal to `loss` unless a regulariser is on).
+    pub prediction: f64,
     /// `encoder.<name>` / `predictor.<name>`.
     pub grads: TensorMap<B::InnerBackend>,
 }
@@ -41,34 +44,64 @@ pub fn loss_and_grads<B: crate::ops::TrainBackend>(
     kind: LossKind,
     precision: Precision,
 ) -> Gradients<B> {
-    with_precision(precision, || forward_backward(nets, batch, kind))
+    loss_and_grads_with(nets, batch, &Objective::official(kind), 0, precision)
+}
+
+/// [`loss_and_grads`] for any [`Objective`]; `seed` (see [`super::objective::step_seed`])
+/// drives the random parts of the options (unused by the official objective).
+pub fn loss_and_grads_with<B: crate::ops::TrainBackend>(
+    nets: &Networks<B>,
+    batch: &Batch<B>,
+    objective: &Objective,
+    seed: u64,
+    precision: Precision,
+) -> Gradients<B> {
+    with_precision(precision, || forward_backward(nets, batch, objective, seed))
 }
 
 fn forward_backward<B: crate::ops::TrainBackend>(
     nets: &Networks<B>,
     batch: &Batch<B>,
-    kind: LossKind,
+    objective: &Objective,
+    seed: u64,
 ) -> Gradients<B> {
     let nenc = batch.masks_enc.n_masks();
     let targets = {
-        // normalize_targets(gather_targets(target(imgs))): row-wise ops commute with the gather
+        // normalize(gather_targets(target(imgs))): row-wise ops commute with the gather
         let h = nets
             .target
             .forward_kept(batch.images.clone(), &batch.masks_pred, nenc);
-        loss::normalize_targets(h)
+        loss::normalize_targets_with(h, objective.target_norm)
     };
     let images = Tensor::<B, 4>::from_inner(batch.images.clone());
     let z = nets.encoder.forward(images, Some(&batch.masks_enc));
+    let regulariser = objective.regulariser(z.clone(), sub_seed(seed, 0));
+    let [_, _, d] = z.dims();
+    let noise = objective.stop_noise::<B>(
+        [
+            batch.masks_pred.n_masks() * z.dims()[0],
+            batch.masks_pred.k(),
+            d,
+        ],
+        sub_seed(seed, 1),
+        &z.device(),
+    );
     let pred = nets
         .predictor
-        .forward(z, &batch.masks_enc, &batch.masks_pred);
-    let loss = loss::loss(kind, pred, Tensor::from_inner(targets));
+        .forward_stop(z, &batch.masks_enc, &batch.masks_pred, noise);
+    let prediction = loss::loss(objective.loss, pred, Tensor::from_inner(targets));
+    let prediction_value: f64 = prediction.clone().into_scalar().elem();
+    let loss = match regulariser {
+        Some(r) => prediction + r,
+        None => prediction,
+    };
     let value: f64 = loss.clone().into_scalar().elem();
     let grads = loss.backward();
     let mut map = collect_grads(&nets.encoder, &grads, "encoder");
     map.extend(collect_grads(&nets.predictor, &grads, "predictor"));
     Gradients {
         loss: value,
+        prediction: prediction_value,
         grads: map,
     }
 }

@@ -13,10 +13,11 @@ use super::config::TrainConfig;
 use super::distributed::{GradReducer, Single};
 use super::knn_monitor::KnnMonitor;
 use super::monitor::{self, EpochRecord};
+use super::objective::step_seed;
 use super::optim::AdamW;
 use super::schedule::Schedules;
 use super::state::{self, Progress, TrainingMeta};
-use super::step::{Batch, Networks, UpdateHyper, apply_update, check_finite, loss_and_grads};
+use super::step::{Batch, Networks, UpdateHyper, apply_update, check_finite, loss_and_grads_with};
 use crate::checkpoint::native::{self, Description};
 use crate::checkpoint::{Checkpoint, EncoderChoice, LoadOptions, build_encoder, build_predictor};
 use crate::data::augment::TrainTransform;
@@ -244,6 +245,7 @@ pub fn pretrain_peer<B: crate::ops::TrainBackend>(
         } else {
             0.0
         },
+        gaussian_blur: d.use_gaussian_blur,
         channels: d.in_chans,
         mean,
         std,
@@ -270,6 +272,7 @@ pub fn pretrain_peer<B: crate::ops::TrainBackend>(
             d.batch_size
         )));
     }
+    let objective = cfg.objective();
     let o = &cfg.optimization;
     let sched = Schedules::official(
         ipe,
@@ -450,7 +453,8 @@ pub fn pretrain_peer<B: crate::ops::TrainBackend>(
                     masks_enc,
                     masks_pred,
                 };
-                let g = loss_and_grads(&nets, &batch, cfg.meta.loss, opts.precision);
+                let seed = step_seed(cfg.meta.seed, global, replica as u64);
+                let g = loss_and_grads_with(&nets, &batch, &objective, seed, opts.precision);
                 loss_sum += g.loss;
                 grads_sum = Some(match grads_sum {
                     None => g.grads,
