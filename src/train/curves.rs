@@ -1,5 +1,5 @@
 //! Curves of one or several runs against time, drawn from their `monitor.csv`: the epoch's
-//! mean loss, the effective rank of the target features and the online kNN top-1, one panel
+//! mean prediction loss (without the regularisers, so that runs compare), the effective rank of the target features and the online kNN top-1, one panel
 //! each, against the CPU minutes the run had used (wall-clock minutes where the CPU time is
 //! unknown). `ijepa pretrain` draws its own run (`monitor.png`); `ijepa curves` compares runs.
 
@@ -60,7 +60,7 @@ pub fn plot_runs(runs: &[Run], png: &Path) -> Result<()> {
         .fold(0.0f64, f64::max)
         .max(1e-3);
     let panels: [(&str, Metric); 3] = [
-        ("loss (epoch mean)", |e| Some(e.loss)),
+        ("prediction loss (epoch mean)", |e| Some(e.prediction_loss)),
         ("effective rank", |e| Some(e.health.effective_rank)),
         ("online kNN top-1 %", |e| e.knn_top1),
     ];
@@ -149,6 +149,7 @@ mod tests {
             seconds: epoch as f64 * 30.0,
             cpu_seconds: cpu,
             loss: 1.0 / epoch as f64,
+            prediction_loss: 0.5 / epoch as f64,
             health: Health {
                 std: 0.1,
                 effective_rank: epoch as f64 * 3.0,

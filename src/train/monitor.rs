@@ -88,7 +88,7 @@ pub fn health<B: crate::ops::IjepaBackend>(
 
 pub const MONITOR: &str = "monitor.csv";
 const MONITOR_HEADER: &str =
-    "epoch,step,seconds,cpu_seconds,loss,feature_std,effective_rank,knn_top1\n";
+    "epoch,step,seconds,cpu_seconds,loss,prediction_loss,feature_std,effective_rank,knn_top1\n";
 
 /// One row of `monitor.csv`: where the run stands at the end of an epoch.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -99,8 +99,11 @@ pub struct EpochRecord {
     pub seconds: f64,
     /// CPU seconds (user + system, all threads) spent training so far, where the OS says.
     pub cpu_seconds: Option<f64>,
-    /// Mean loss of the epoch.
+    /// Mean loss of the epoch (with the regularisers, if any).
     pub loss: f64,
+    /// Mean prediction loss alone (rank 0's batches; after a resume within the epoch, the
+    /// steps since the resume).
+    pub prediction_loss: f64,
     pub health: Health,
     /// Online kNN top-1 (percent), when the data has labels.
     pub knn_top1: Option<f64>,
@@ -110,12 +113,13 @@ impl EpochRecord {
     fn csv_row(&self) -> String {
         let opt = |v: Option<f64>, p: usize| v.map(|v| format!("{v:.p$}")).unwrap_or_default();
         format!(
-            "{},{},{:.1},{},{:.6},{:.6},{:.3},{}\n",
+            "{},{},{:.1},{},{:.6},{:.6},{:.6},{:.3},{}\n",
             self.epoch,
             self.step,
             self.seconds,
             opt(self.cpu_seconds, 1),
             self.loss,
+            self.prediction_loss,
             self.health.std,
             self.health.effective_rank,
             opt(self.knn_top1, 2)
@@ -124,7 +128,7 @@ impl EpochRecord {
 
     fn parse(line: &str) -> Option<Self> {
         let f: Vec<&str> = line.split(',').collect();
-        if f.len() != 8 {
+        if f.len() != 9 {
             return None;
         }
         let opt = |s: &str| s.parse::<f64>().ok();
@@ -134,11 +138,12 @@ impl EpochRecord {
             seconds: f[2].parse().ok()?,
             cpu_seconds: opt(f[3]),
             loss: f[4].parse().ok()?,
+            prediction_loss: f[5].parse().ok()?,
             health: Health {
-                std: f[5].parse().ok()?,
-                effective_rank: f[6].parse().ok()?,
+                std: f[6].parse().ok()?,
+                effective_rank: f[7].parse().ok()?,
             },
-            knn_top1: opt(f[7]),
+            knn_top1: opt(f[8]),
         })
     }
 }
@@ -299,6 +304,7 @@ mod tests {
             seconds: epoch as f64 * 61.5,
             cpu_seconds: Some(epoch as f64 * 120.0),
             loss: 0.25,
+            prediction_loss: 0.125,
             health: Health {
                 std: 0.125,
                 effective_rank: 12.5,

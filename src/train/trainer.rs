@@ -429,6 +429,9 @@ pub fn pretrain_peer<B: crate::ops::TrainBackend>(
     'epochs: for epoch in start_epoch..o.epochs {
         let epoch_start = Instant::now();
         let mut epoch_loss = meta.epoch_loss_so_far;
+        // This peer's prediction loss alone (without the regularisers), since the epoch
+        // (re)started.
+        let mut epoch_prediction = (0.0, 0usize);
         let mut batches =
             loader.epoch_replicas(epoch as u64, meta.progress.step_in_epoch, mine.clone());
         while let Some(step_batches) = batches.next() {
@@ -456,6 +459,7 @@ pub fn pretrain_peer<B: crate::ops::TrainBackend>(
                 let seed = step_seed(cfg.meta.seed, global, replica as u64);
                 let g = loss_and_grads_with(&nets, &batch, &objective, seed, opts.precision);
                 loss_sum += g.loss;
+                epoch_prediction = (epoch_prediction.0 + g.prediction, epoch_prediction.1 + 1);
                 grads_sum = Some(match grads_sum {
                     None => g.grads,
                     Some(mut acc) => {
@@ -565,6 +569,7 @@ pub fn pretrain_peer<B: crate::ops::TrainBackend>(
                     seconds: train_secs,
                     cpu_seconds: cpu_now.map(|_| train_cpu),
                     loss: mean_loss,
+                    prediction_loss: epoch_prediction.0 / epoch_prediction.1.max(1) as f64,
                     health,
                     knn_top1,
                 },
