@@ -16,6 +16,7 @@ pub mod model;
 pub mod npy;
 pub mod ops;
 pub mod train;
+pub mod viz;
 
 pub use error::{Error, Result};
 

@@ -15,6 +15,7 @@ mod export;
 mod masks;
 mod predict;
 mod pretrain;
+mod viz;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -54,6 +55,8 @@ enum Command {
     Export(export::Args),
     /// Draw loss, effective rank and online kNN of several runs against CPU time (PNG).
     Curves(curves::Args),
+    /// Each image beside the first three principal components of its patch features (PNG).
+    Viz(viz::Args),
 }
 
 /// Keep freed memory instead of returning it to the OS: a training step frees and re-allocates
@@ -97,6 +100,7 @@ fn main() -> ExitCode {
         Command::Predict(a) => predict::run(a),
         Command::Export(a) => export::run(a),
         Command::Curves(a) => curves::run(a),
+        Command::Viz(a) => viz::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
