@@ -7,9 +7,7 @@ use std::time::Instant;
 
 use burn::module::AutodiffModule;
 use burn::tensor::{Distribution, Tensor};
-use rand::SeedableRng;
 use rand::seq::index::sample;
-use rand_chacha::ChaCha8Rng;
 
 use crate::error::Result;
 use crate::masks::MaskSampler;
@@ -17,7 +15,7 @@ use crate::model::{
     EncoderConfig, Init, MaskIndices, Predictor, PredictorConfig, VisionTransformer,
 };
 use crate::ops::{Precision, with_precision};
-use crate::train::objective::{Objective, step_seed};
+use crate::train::objective::{Objective, StepKey};
 use crate::train::optim::AdamW;
 use crate::train::step::{Batch, Networks, UpdateHyper, apply_update, loss_and_grads_with};
 
@@ -72,7 +70,7 @@ pub fn peak_rss_mb() -> f64 {
 }
 
 fn random_masks(
-    rng: &mut ChaCha8Rng,
+    rng: &mut crate::rng::Rng,
     n_masks: usize,
     batch: usize,
     k: usize,
@@ -121,7 +119,7 @@ pub fn run<B: crate::ops::TrainBackend>(
         device,
     );
 
-    let mut rng = ChaCha8Rng::seed_from_u64(spec.seed);
+    let mut rng = crate::rng::seeded(spec.seed);
     let mut mask_sets = Vec::new();
     for step in 0..4u64 {
         mask_sets.push(match &spec.sampler {
@@ -151,8 +149,12 @@ pub fn run<B: crate::ops::TrainBackend>(
             masks_pred: mp,
         };
         let t0 = Instant::now();
-        let seed = step_seed(spec.seed, i as u64, 0);
-        let g = loss_and_grads_with(&nets, &batch, &spec.objective, seed, spec.precision);
+        let key = StepKey {
+            seed: spec.seed,
+            step: i as u64,
+            replica: 0,
+        };
+        let g = loss_and_grads_with(&nets, &batch, &spec.objective, key, spec.precision);
         nets = apply_update(nets, &mut adam, g.grads, h).0;
         // Force the lazy work of the update to finish inside the timed region.
         let _ = nets.target.norm.weight.val().into_data();

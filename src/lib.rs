@@ -15,6 +15,7 @@ pub mod masks;
 pub mod model;
 pub mod npy;
 pub mod ops;
+pub mod rng;
 pub mod train;
 pub mod viz;
 

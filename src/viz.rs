@@ -38,7 +38,7 @@ pub fn load_inputs(inputs: &[String], pre: &Preprocess, count: usize) -> Result<
                 .map_err(|e| Error::Config(e.to_string()))?;
             for i in 0..ds.len().min(count) {
                 let img = ds.get(i).map_err(|e| Error::Config(e.to_string()))?;
-                data.extend(pre.apply_raw(&img.pixels, img.width, img.height, img.channels));
+                data.extend(pre.apply_raw(&img));
                 names.push(ds.name(i));
             }
         }

@@ -3,19 +3,13 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
+use common::tmp;
 use common::{assert_close, expected_json, ijepa_bin, npy, reference};
 use ijepa::checkpoint::HostTensor;
 use npyz::WriterBuilder;
-
-fn tmp(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("ijepa-test-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
 
 fn run_ok(args: &[&str]) -> String {
     let out = Command::new(ijepa_bin()).args(args).output().unwrap();

@@ -10,17 +10,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use common::tmp;
 use common::{ijepa_bin, logged_losses as losses};
 use ijepa::checkpoint::{Checkpoint, LoadOptions, NamedTensors};
 
 const FMNIST: &str = "/usr/share/datasets/fashion-mnist";
-
-fn tmp(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("ijepa-dist-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
 
 /// A port nobody listens on right now, and not handed to another test of this binary: the
 /// tests run in parallel and their nodes bind the ports only later, so the OS could give a

@@ -26,11 +26,8 @@ fn reference_files() -> Vec<String> {
 /// `ijepa masks ... --stats` with the reference file's settings.
 fn cli_stats(reference: &Value) -> Value {
     let c = &reference["config"];
-    let out = std::env::temp_dir().join(format!(
-        "ijepa-masks-{}-{}.json",
-        std::process::id(),
-        c["name"].as_str().unwrap_or("x")
-    ));
+    let dir = common::tmp("masks");
+    let out = dir.join(format!("{}.json", c["name"].as_str().unwrap_or("x")));
     let pair = |k: &str| format!("{},{}", num(&c[k][0]), num(&c[k][1]));
     let mut args: Vec<String> = [
         "masks",
@@ -76,7 +73,6 @@ fn cli_stats(reference: &Value) -> Value {
         String::from_utf8_lossy(&run.stderr)
     );
     let text = std::fs::read_to_string(&out).expect("stats written");
-    let _ = std::fs::remove_file(&out);
     serde_json::from_str(&text).expect("stats are JSON")
 }
 const SEED: u64 = 0;
@@ -132,8 +128,9 @@ fn config_of(reference: &Value, mode: MaskMode) -> MaskConfig {
 fn stats_of(reference: &Value, mode: MaskMode) -> Value {
     let c = &reference["config"];
     let cfg = config_of(reference, mode);
-    mask_stats(&cfg, SEED, count(&c["batch_size"]), count(&c["n_batches"]))
-        .expect("sampling with the reference config")
+    let stats = mask_stats(&cfg, SEED, count(&c["batch_size"]), count(&c["n_batches"]))
+        .expect("sampling with the reference config");
+    serde_json::to_value(stats).expect("statistics are JSON")
 }
 
 #[test]

@@ -7,6 +7,7 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use common::logged_losses;
+use common::tmp;
 
 use ijepa::ops::{Precision, TrainBackend};
 use ijepa::train::config::TrainConfig;
@@ -24,12 +25,6 @@ fn fmnist() -> PathBuf {
 /// the runs stay within 1 % (observed: under 0.1 % on the CPU over these 24 steps).
 const LOSS_REL_TOL: f64 = 0.01;
 const STEPS: u64 = 24;
-
-fn tmp(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("ijepa-mixed-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    dir
-}
 
 fn run<B: TrainBackend>(device: &B::Device, precision: Precision, name: &str) -> Vec<f64> {
     let fmnist = fmnist();
@@ -58,14 +53,13 @@ fn run<B: TrainBackend>(device: &B::Device, precision: Precision, name: &str) ->
     let cfg = TrainConfig::from_file(recipe, &sets).unwrap();
     let out = tmp(name);
     let opts = PretrainOptions {
-        output: out.clone(),
+        output: out.to_path_buf(),
         max_steps: Some(STEPS),
         precision,
         ..Default::default()
     };
     pretrain::<B>(&cfg, &opts, device).unwrap();
     let l = logged_losses(&out);
-    std::fs::remove_dir_all(&out).unwrap();
     assert_eq!(l.len() as u64, STEPS, "one logged loss per step");
     l
 }

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use common::ijepa_bin;
+use common::tmp;
 use ijepa::checkpoint::{Checkpoint, LoadOptions};
 
 const FMNIST: &str = "/usr/share/datasets/fashion-mnist";
@@ -23,13 +24,6 @@ fn require_fmnist() {
             .is_file(),
         "Fashion-MNIST not found in {FMNIST}: install the Debian package dataset-fashion-mnist (.ci/run does)"
     );
-}
-
-fn tmp(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("ijepa-pretrain-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
 }
 
 /// A small model and data set, so that a run takes seconds.

@@ -2,46 +2,20 @@
 //! pipeline: `RandomResizedCrop` (torchvision's `get_params`), PIL's antialiased bilinear
 //! resize, optional flip and colour distortion, `ToTensor` + `Normalize`.
 //!
-//! All randomness comes from the `ChaCha8Rng` the caller passes in, so one image with one rng
+//! All randomness comes from the `Rng` the caller passes in, so one image with one rng
 //! state always gives the same tensor, whatever thread runs it.
 
 use rand::RngCore;
-use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::data::resize::{Rounding, resize_bilinear_aa};
 use crate::data::transform::{IMAGENET_MEAN, IMAGENET_STD};
 use crate::data::{DataError, RawImage, pil_luma};
+use crate::rng::{Rng, below, uniform, unit_f64};
 
 /// Fashion-MNIST train-set pixel statistics (of the unpadded 28x28 images).
 pub const FASHION_MNIST_MEAN: f32 = 0.2860;
 pub const FASHION_MNIST_STD: f32 = 0.3530;
-
-/// Uniform in [0, 1) with 53 random bits (the top bits of one `u64`).
-pub fn uniform01(rng: &mut impl RngCore) -> f64 {
-    (rng.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
-}
-
-/// Uniform in [lo, hi).
-pub fn uniform(rng: &mut impl RngCore, lo: f64, hi: f64) -> f64 {
-    lo + (hi - lo) * uniform01(rng)
-}
-
-/// Unbiased integer in `0..n` (Lemire's multiply-and-reject); 0 when `n` is 0. Written out
-/// so that the sequence is pinned here, not by a library's sampling strategy.
-pub fn below(rng: &mut impl RngCore, n: usize) -> usize {
-    let n = n as u64;
-    if n == 0 {
-        return 0;
-    }
-    let threshold = n.wrapping_neg() % n;
-    loop {
-        let m = rng.next_u64() as u128 * n as u128;
-        if (m as u64) >= threshold {
-            return (m >> 64) as usize;
-        }
-    }
-}
 
 /// One crop rectangle in pixel coordinates of the (padded) image.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -431,7 +405,7 @@ impl TrainTransform {
 
     /// Augments one image into normalised CHW floats. An empty image gives zeros of the
     /// right length (an image decoder never returns one; this keeps the call total).
-    pub fn apply(&self, img: &RawImage, rng: &mut ChaCha8Rng) -> Vec<f32> {
+    pub fn apply(&self, img: &RawImage, rng: &mut Rng) -> Vec<f32> {
         let img = img.to_channels(self.channels);
         if img.width == 0
             || img.height == 0
@@ -457,7 +431,7 @@ impl TrainTransform {
             height: s,
             channels: cropped.channels,
         };
-        if self.horizontal_flip && uniform01(rng) < 0.5 {
+        if self.horizontal_flip && unit_f64(rng) < 0.5 {
             hflip(&mut out);
         }
         if self.color_jitter > 0.0 {
@@ -476,8 +450,8 @@ impl TrainTransform {
 /// hue in `[-0.2s, 0.2s]` (capped at 0.5). Each adjustment reproduces Pillow's arithmetic
 /// byte for byte (tested against Pillow); only the random stream differs from torch's, so
 /// the distribution of views is the same but not the individual draws.
-pub fn color_distortion(img: &mut RawImage, s: f64, rng: &mut ChaCha8Rng) {
-    if uniform01(rng) < 0.8 {
+pub fn color_distortion(img: &mut RawImage, s: f64, rng: &mut Rng) {
+    if unit_f64(rng) < 0.8 {
         let mut order = [0usize, 1, 2, 3];
         for i in (1..4).rev() {
             order.swap(i, below(rng, i + 1));
@@ -497,75 +471,7 @@ pub fn color_distortion(img: &mut RawImage, s: f64, rng: &mut ChaCha8Rng) {
             }
         }
     }
-    if uniform01(rng) < 0.2 {
+    if unit_f64(rng) < 0.2 {
         grayscale(img);
-    }
-}
-
-/// Deterministic evaluation transform for small datasets: pad, resize to `size x size` only
-/// if the padded image is not that size already (no crop), normalise.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct EvalTransform {
-    pub pad: usize,
-    pub size: usize,
-    pub channels: usize,
-    pub mean: Vec<f32>,
-    pub std: Vec<f32>,
-}
-
-impl EvalTransform {
-    /// Fashion-MNIST: pad 28x28 to 32x32, dataset statistics.
-    pub fn fashion_mnist() -> Self {
-        Self {
-            pad: 2,
-            size: 32,
-            channels: 1,
-            mean: vec![FASHION_MNIST_MEAN],
-            std: vec![FASHION_MNIST_STD],
-        }
-    }
-
-    pub fn validate(&self) -> Result<(), DataError> {
-        check_norm(self.channels, &self.mean, &self.std)?;
-        if self.size == 0 || self.size > 65536 {
-            return Err(DataError::Config(format!(
-                "eval size must be in 1..=65536, got {}",
-                self.size
-            )));
-        }
-        Ok(())
-    }
-
-    pub fn output_len(&self) -> usize {
-        self.channels * self.size * self.size
-    }
-
-    pub fn apply(&self, img: &RawImage) -> Vec<f32> {
-        let img = img.to_channels(self.channels);
-        if img.width == 0
-            || img.height == 0
-            || img.pixels.len() < img.width * img.height * img.channels
-        {
-            return vec![0.0; self.output_len()];
-        }
-        let mut img = pad_image(&img, self.pad);
-        let s = self.size;
-        if (img.width, img.height) != (s, s) {
-            img = RawImage {
-                pixels: resize_bilinear_aa(
-                    &img.pixels,
-                    img.width,
-                    img.height,
-                    img.channels,
-                    s,
-                    s,
-                    Rounding::Pillow,
-                ),
-                width: s,
-                height: s,
-                channels: img.channels,
-            };
-        }
-        normalize(&img, &self.mean, &self.std)
     }
 }

@@ -4,10 +4,8 @@
 //! (standard deviation = the radius), separable, truncated at 3 standard deviations and
 //! renormalised, with the image's edge pixels extended outwards, rounded to bytes.
 
-use rand_chacha::ChaCha8Rng;
-
 use super::RawImage;
-use super::augment::{uniform, uniform01};
+use crate::rng::{Rng, uniform, unit_f64};
 
 /// The official probability and radius range.
 pub const PROBABILITY: f64 = 0.5;
@@ -62,8 +60,8 @@ pub fn gaussian_blur(img: &mut RawImage, sigma: f64) {
 }
 
 /// The official random application: probability 0.5, radius uniform in [0.1, 2.0].
-pub fn random_blur(img: &mut RawImage, rng: &mut ChaCha8Rng) {
-    if uniform01(rng) < PROBABILITY {
+pub fn random_blur(img: &mut RawImage, rng: &mut Rng) {
+    if unit_f64(rng) < PROBABILITY {
         let sigma = uniform(rng, RADIUS.0, RADIUS.1);
         gaussian_blur(img, sigma);
     }
@@ -132,9 +130,8 @@ mod tests {
         };
         let mut blurred = 0;
         for seed in 0..40 {
-            use rand::SeedableRng;
             let mut img = edge.clone();
-            random_blur(&mut img, &mut ChaCha8Rng::seed_from_u64(seed));
+            random_blur(&mut img, &mut crate::rng::seeded(seed));
             blurred += usize::from(img != edge);
         }
         assert!((8..=32).contains(&blurred), "{blurred} of 40 blurred");

@@ -7,8 +7,8 @@
 //!   would see, and any step can be rebuilt on its own (resume).
 //! * Augmentation: each sample's rng is keyed by `(seed, e, dataset index)`, so the tensors
 //!   depend on neither thread count, batch layout nor resume point.
-//! * Keys: splitmix64 chained over the parts, expanded to a 32-byte ChaCha seed
-//!   ([`derive_key`]); a different tag per use keeps the order and augmentation streams apart.
+//! * Keys: [`crate::rng::keyed`] with [`crate::rng::Expansion::Counter`]; a different tag per
+//!   use keeps the order and augmentation streams apart.
 //! * Work: a background thread builds batches with rayon (`par_iter` over the samples) and
 //!   stays `prefetch` batches ahead through a bounded channel; dropping the iterator stops it.
 
@@ -19,13 +19,12 @@ use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use rand::SeedableRng;
-use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::data::augment::{EvalTransform, TrainTransform, below};
+use crate::data::augment::TrainTransform;
 use crate::data::{DataError, Dataset};
+use crate::rng::{self, Expansion, Rng};
 
 /// Loader settings.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -80,38 +79,22 @@ impl Batch {
 const ORDER_TAG: u64 = 0x6f72_6465_7220_7631;
 const AUGMENT_TAG: u64 = 0x6175_676d_2076_3031;
 
-/// The splitmix64 finaliser (Steele et al.): a bijective 64-bit mix with good avalanche.
-pub fn splitmix64(x: u64) -> u64 {
-    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
-
-/// ChaCha seed of a tuple: `h = 0; h = splitmix64(h ^ part)` for each part, then the 32 bytes
-/// are `splitmix64(h + i)` for i = 0..4, little-endian. Cheap, and each part changes every byte.
-pub fn derive_key(parts: &[u64]) -> [u8; 32] {
-    let h = parts.iter().fold(0u64, |h, &p| splitmix64(h ^ p));
-    let mut key = [0u8; 32];
-    for (i, chunk) in key.chunks_exact_mut(8).enumerate() {
-        chunk.copy_from_slice(&splitmix64(h.wrapping_add(i as u64)).to_le_bytes());
-    }
-    key
-}
-
 /// The permutation of `0..n` for one epoch (Fisher-Yates from the last position down).
 pub fn epoch_order(seed: u64, epoch: u64, n: usize) -> Vec<usize> {
-    let mut rng = ChaCha8Rng::from_seed(derive_key(&[ORDER_TAG, seed, epoch]));
+    let mut rng = rng::keyed(&[ORDER_TAG, seed, epoch], Expansion::Counter);
     let mut order: Vec<usize> = (0..n).collect();
     for i in (1..n).rev() {
-        order.swap(i, below(&mut rng, i + 1));
+        order.swap(i, rng::below(&mut rng, i + 1));
     }
     order
 }
 
 /// The augmentation rng of dataset image `index` in `epoch`.
-pub fn sample_rng(seed: u64, epoch: u64, index: usize) -> ChaCha8Rng {
-    ChaCha8Rng::from_seed(derive_key(&[AUGMENT_TAG, seed, epoch, index as u64]))
+pub fn sample_rng(seed: u64, epoch: u64, index: usize) -> Rng {
+    rng::keyed(
+        &[AUGMENT_TAG, seed, epoch, index as u64],
+        Expansion::Counter,
+    )
 }
 
 /// Timing of a pipeline, for "data pipeline: X img/s, training waited Y ms".
@@ -131,16 +114,6 @@ impl PipelineStats {
     pub fn images_per_sec(&self) -> f64 {
         let s = self.busy.as_secs_f64();
         if s > 0.0 { self.images as f64 / s } else { 0.0 }
-    }
-
-    /// The difference to an earlier snapshot of the same pipeline (per log interval).
-    pub fn since(&self, earlier: &PipelineStats) -> PipelineStats {
-        PipelineStats {
-            images: self.images.saturating_sub(earlier.images),
-            batches: self.batches.saturating_sub(earlier.batches),
-            busy: self.busy.saturating_sub(earlier.busy),
-            waited: self.waited.saturating_sub(earlier.waited),
-        }
     }
 }
 
@@ -166,8 +139,6 @@ pub struct Prefetch<T> {
 pub type EpochIter = Prefetch<Batch>;
 /// All replicas' batches of each step of one epoch.
 pub type AllReplicasIter = Prefetch<Vec<Batch>>;
-/// Evaluation batches: normalised pixels `[b, C, S, S]` and labels, in dataset order.
-pub type EvalBatches = Prefetch<(Vec<f32>, Vec<Option<usize>>)>;
 
 impl<T: Send + 'static> Prefetch<T> {
     /// Runs `build(step)` for each step on a new thread (inside `pool` if given), keeping at
@@ -548,40 +519,4 @@ impl Loader {
             },
         )
     }
-}
-
-/// Batches of `batch_size` images (the last one may be smaller) in dataset order, decoded in
-/// parallel and built ahead, for feature extraction. Always strict: an unreadable image is an
-/// error naming it, since evaluation must see every image.
-pub fn eval_batches(
-    dataset: impl Into<Arc<dyn Dataset>>,
-    transform: &EvalTransform,
-    batch_size: usize,
-) -> EvalBatches {
-    let dataset: Arc<dyn Dataset> = dataset.into();
-    if let Err(e) = transform.validate() {
-        return Prefetch::failed(e);
-    }
-    if batch_size == 0 {
-        return Prefetch::failed(DataError::Config(
-            "eval batch_size must be at least 1".into(),
-        ));
-    }
-    let n = dataset.len();
-    let transform = transform.clone();
-    Prefetch::spawn(0..n.div_ceil(batch_size), 2, None, move |step| {
-        let range = step * batch_size..((step + 1) * batch_size).min(n);
-        let count = range.len();
-        let samples: Vec<(Vec<f32>, Option<usize>)> = range
-            .into_par_iter()
-            .map(|i| Ok((transform.apply(&dataset.get(i)?), dataset.label(i))))
-            .collect::<Result<_, DataError>>()?;
-        let mut pixels = Vec::with_capacity(count * transform.output_len());
-        let mut labels = Vec::with_capacity(count);
-        for (px, l) in samples {
-            pixels.extend_from_slice(&px);
-            labels.push(l);
-        }
-        Ok(((pixels, labels), count))
-    })
 }

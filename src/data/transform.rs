@@ -11,6 +11,8 @@
 
 use image::{DynamicImage, GenericImageView};
 
+use super::RawImage;
+use super::augment::{CropParams, crop, pad_image};
 use super::resize::{Rounding, resize_bilinear_aa};
 use serde::{Deserialize, Serialize};
 
@@ -81,76 +83,66 @@ impl Preprocess {
     /// Turn a decoded image into normalised CHW f32 pixels.
     pub fn apply(&self, img: &DynamicImage) -> Vec<f32> {
         let (w, h) = img.dimensions();
-        let (raw, c) = if self.channels == 1 {
+        let (pixels, channels) = if self.channels == 1 {
             (img.to_luma8().into_raw(), 1)
         } else {
             (img.to_rgb8().into_raw(), 3)
         };
-        self.apply_raw(&raw, w as usize, h as usize, c)
+        self.apply_raw(&RawImage {
+            width: w as usize,
+            height: h as usize,
+            channels,
+            pixels,
+        })
     }
 
-    /// The same from interleaved 8-bit pixels with `c_in` channels (1 or 3).
-    pub fn apply_raw(&self, pixels: &[u8], w: usize, h: usize, c_in: usize) -> Vec<f32> {
-        let c = self.channels;
-        let converted;
-        let pixels = if c_in == c {
-            pixels
-        } else {
-            converted = convert_channels(pixels, c_in, c);
-            &converted
-        };
-        let (raw, w, h) = if self.pad > 0 {
-            let p = self.pad;
-            let (pw, ph) = (w + 2 * p, h + 2 * p);
-            let mut canvas = vec![0u8; pw * ph * c];
-            for y in 0..h {
-                canvas[((y + p) * pw + p) * c..((y + p) * pw + p + w) * c]
-                    .copy_from_slice(&pixels[y * w * c..(y + 1) * w * c]);
-            }
-            (canvas, pw, ph)
-        } else {
-            (pixels.to_vec(), w, h)
-        };
+    /// The same from 8-bit pixels in any channel count ([`RawImage::to_channels`] converts
+    /// them). An empty or short image gives zeros of the right length instead of failing.
+    pub fn apply_raw(&self, img: &RawImage) -> Vec<f32> {
         let s = self.size;
-        let (mut raw, mut w, mut h) = match self.resize {
-            Resize::None => (raw, w, h),
-            Resize::Exact if (w, h) == (s, s) => (raw, w, h),
-            Resize::Exact => (
-                resize_bilinear_aa(&raw, w, h, c, s, s, Rounding::Torchvision),
-                s,
-                s,
-            ),
+        let c = self.channels;
+        let img = img.to_channels(c);
+        if img.width == 0 || img.height == 0 || img.pixels.len() < img.width * img.height * c {
+            return vec![0.0; c * s * s];
+        }
+        let img = pad_image(&img, self.pad);
+        let (w, h) = (img.width, img.height);
+        let resized = |nw: usize, nh: usize| RawImage {
+            pixels: resize_bilinear_aa(&img.pixels, w, h, c, nw, nh, Rounding::Torchvision),
+            width: nw,
+            height: nh,
+            channels: c,
+        };
+        let mut img = match self.resize {
+            Resize::Exact if (w, h) != (s, s) => resized(s, s),
             Resize::ShorterSide { ratio } => {
                 let short = ((s as f64) * ratio).round().max(1.0);
                 let scale = short / w.min(h) as f64;
                 let nw = ((w as f64) * scale).round().max(1.0) as usize;
                 let nh = ((h as f64) * scale).round().max(1.0) as usize;
-                (
-                    resize_bilinear_aa(&raw, w, h, c, nw, nh, Rounding::Torchvision),
-                    nw,
-                    nh,
-                )
+                resized(nw, nh)
             }
+            Resize::None | Resize::Exact => img,
         };
-        if self.center_crop || (w, h) != (s, s) {
-            let (cw, ch) = (s.min(w), s.min(h));
+        if self.center_crop || (img.width, img.height) != (s, s) {
+            let (cw, ch) = (s.min(img.width), s.min(img.height));
             // torchvision's CenterCrop offsets: round((size - crop) / 2)
-            let left = ((w - cw) as f64 / 2.0).round() as usize;
-            let top = ((h - ch) as f64 / 2.0).round() as usize;
-            let mut cropped = Vec::with_capacity(cw * ch * c);
-            for y in top..top + ch {
-                cropped.extend_from_slice(&raw[(y * w + left) * c..(y * w + left + cw) * c]);
-            }
-            (raw, w, h) = (cropped, cw, ch);
-            if (w, h) != (s, s) {
-                (raw, w, h) = (
-                    resize_bilinear_aa(&raw, w, h, c, s, s, Rounding::Torchvision),
-                    s,
-                    s,
-                );
+            let params = CropParams {
+                left: ((img.width - cw) as f64 / 2.0).round() as usize,
+                top: ((img.height - ch) as f64 / 2.0).round() as usize,
+                width: cw,
+                height: ch,
+            };
+            img = crop(&img, params);
+            if (cw, ch) != (s, s) {
+                img = RawImage {
+                    pixels: resize_bilinear_aa(&img.pixels, cw, ch, c, s, s, Rounding::Torchvision),
+                    width: s,
+                    height: s,
+                    channels: c,
+                };
             }
         }
-        debug_assert_eq!((w, h), (s, s));
         let n = s * s;
         let mut out = vec![0f32; c * n];
         for ch in 0..c {
@@ -158,7 +150,7 @@ impl Preprocess {
             let m = self.mean[ch] * 255.0;
             let sd = self.std[ch] * 255.0;
             for i in 0..n {
-                out[ch * n + i] = (raw[i * c + ch] as f32 - m) / sd;
+                out[ch * n + i] = (img.pixels[i * c + ch] as f32 - m) / sd;
             }
         }
         out
@@ -176,20 +168,5 @@ impl Preprocess {
             )));
         }
         Ok(())
-    }
-}
-
-/// Grayscale <-> RGB for interleaved pixels (ITU-R 601 luma, as PIL's `convert("L")`).
-pub fn convert_channels(pixels: &[u8], from: usize, to: usize) -> Vec<u8> {
-    match (from, to) {
-        (3, 1) => pixels
-            .chunks_exact(3)
-            .map(|p| {
-                ((p[0] as u32 * 19595 + p[1] as u32 * 38470 + p[2] as u32 * 7471 + 0x8000) >> 16)
-                    as u8
-            })
-            .collect(),
-        (1, 3) => pixels.iter().flat_map(|&v| [v, v, v]).collect(),
-        _ => pixels.to_vec(),
     }
 }

@@ -207,7 +207,7 @@ impl Layers {
 
 /// Features and labels of a labelled dataset.
 pub struct LabeledFeatures {
-    pub features: super::probe::Features,
+    pub features: super::matrix::Features,
     pub labels: Vec<usize>,
     pub num_classes: usize,
 }
@@ -229,11 +229,11 @@ pub fn dataset_pixels(
         .into_par_iter()
         .map(|i| {
             let img = ds.get(i).map_err(|e| Error::Config(e.to_string()))?;
-            Ok(pre.apply_raw(&img.pixels, img.width, img.height, img.channels))
+            Ok(pre.apply_raw(&img))
         })
         .collect::<Result<_>>()?;
     let dim = pre.channels * pre.size * pre.size;
-    let features = super::probe::Features::new(n, dim, pixels.concat())
+    let features = super::matrix::Features::new(n, dim, pixels.concat())
         .map_err(|e| Error::Config(e.to_string()))?;
     Ok(LabeledFeatures {
         features,
@@ -270,7 +270,7 @@ pub fn dataset_features(
             .into_par_iter()
             .map(|i| {
                 let img = ds.get(i).map_err(|e| Error::Config(e.to_string()))?;
-                Ok(pre.apply_raw(&img.pixels, img.width, img.height, img.channels))
+                Ok(pre.apply_raw(&img))
             })
             .collect::<Result<_>>()?;
         let b = end - start;
@@ -283,7 +283,7 @@ pub fn dataset_features(
         data.extend(f.data);
     }
     let features =
-        super::probe::Features::new(n, dim, data).map_err(|e| Error::Config(e.to_string()))?;
+        super::matrix::Features::new(n, dim, data).map_err(|e| Error::Config(e.to_string()))?;
     Ok(LabeledFeatures {
         features,
         labels,

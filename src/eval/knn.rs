@@ -5,14 +5,21 @@
 //! largest total wins. Weights are computed as `exp((sim - sim_max) / T)`: the same ranking as
 //! DINO's `exp(sim / T)` (a common factor per test row) without overflow at small `T`.
 //!
-//! Determinism: every similarity is the same f32 sum in the same order whatever the blocking
-//! or thread count; neighbours are ordered by (similarity desc, train index asc) and vote
+//! Similarities are matrix products on the crate's GEMM (`cargo bench --bench eval_products`:
+//! 2-3x the hand-written register tiles it replaced), one per (block of test rows, chunk of
+//! train rows), blocks and chunks fixed by the shapes alone.
+//!
+//! Determinism: every product has the same shape whatever the thread count, so every
+//! similarity is the same f32 value; neighbours are ordered by (similarity desc, train index asc) and vote
 //! ties go to the lowest class index.
 
 use rayon::prelude::*;
 use serde::Serialize;
 
-use super::probe::{EvalError, Features, check_labels, top1_percent};
+use crate::ops::kernels::matmul::{Parallelism, View, gemm_strided};
+
+use super::error::EvalError;
+use super::matrix::{Features, check_labels, top1_percent};
 
 type Result<T> = std::result::Result<T, EvalError>;
 
@@ -81,9 +88,9 @@ pub fn knn_predict(
     }
     let k = k.min(train.n);
     let d = train.dim;
-    let panels = pack_panels(&normalized(train), train.n, d);
+    let train_rows = normalized(train);
     let queries = normalized(test);
-    let panels_per_chunk = (CHUNK_BYTES / (4 * PANEL * d)).max(1);
+    let chunk_rows = (CHUNK_BYTES / (4 * d)).max(1);
     let inv_t = 1.0 / temperature as f64;
 
     let mut pred = vec![0usize; test.n];
@@ -92,22 +99,25 @@ pub fn knn_predict(
         .for_each(|(pred, q)| {
             let rows = pred.len();
             let mut top = TopK::new(rows, k);
-            // Pad the block to whole micro-tiles with zero rows (their results are ignored).
-            let mut block = q.to_vec();
-            block.resize(rows.div_ceil(MR) * MR * d, 0.0);
-            for (ci, chunk) in panels.chunks(panels_per_chunk * PANEL * d).enumerate() {
-                let first_panel = ci * panels_per_chunk;
-                for (mi, a) in block.chunks_exact(MR * d).enumerate() {
-                    let r0 = mi * MR;
-                    for (pi, panel) in chunk.chunks_exact(PANEL * d).enumerate() {
-                        let sims = micro_kernel(a, panel, d);
-                        let col0 = (first_panel + pi) * PANEL;
-                        let cols = PANEL.min(train.n - col0);
-                        for (r, sr) in sims.iter().enumerate().take(rows.saturating_sub(r0)) {
-                            for (l, &s) in sr.iter().enumerate().take(cols) {
-                                top.offer(r0 + r, s, col0 + l);
-                            }
-                        }
+            let mut sims = vec![0.0f32; rows * chunk_rows.min(train.n)];
+            for (ci, chunk) in train_rows.chunks(chunk_rows * d).enumerate() {
+                let cols = chunk.len() / d;
+                let (lhs, rhs) = (View::rows(q, d), View::t(chunk, d));
+                gemm_strided(
+                    rows,
+                    cols,
+                    d,
+                    &mut sims,
+                    cols,
+                    false,
+                    lhs,
+                    rhs,
+                    1.0,
+                    Parallelism::None,
+                );
+                for (r, sr) in sims.chunks_exact(cols).take(rows).enumerate() {
+                    for (l, &s) in sr.iter().enumerate() {
+                        top.offer(r, s, ci * chunk_rows + l);
                     }
                 }
             }
@@ -121,11 +131,7 @@ pub fn knn_predict(
 
 /// Test rows per parallel task (each streams all of train once, chunk by chunk).
 const TEST_BLOCK: usize = 64;
-/// Train rows per packed panel: one micro-tile's columns (two SSE registers of f32).
-const PANEL: usize = 8;
-/// Test rows per micro-tile: `MR x PANEL` f32 accumulators stay in registers.
-const MR: usize = 4;
-/// Train bytes per cache chunk, revisited by every micro-tile of a test block.
+/// Train bytes per chunk, revisited by every micro-tile of a test block.
 const CHUNK_BYTES: usize = 128 << 10;
 
 /// Rows scaled to unit L2 norm (norm computed in f64); zero rows stay zero.
@@ -137,43 +143,6 @@ fn normalized(x: &Features) -> Vec<f32> {
         row.iter_mut().for_each(|v| *v = (*v as f64 * s) as f32);
     });
     out
-}
-
-/// Train rows regrouped `PANEL` at a time, dimension-major inside a panel
-/// (`panel[j * PANEL + l]` = row `l`, dim `j`), zero-padded: one contiguous load per step.
-fn pack_panels(x: &[f32], n: usize, d: usize) -> Vec<f32> {
-    let mut out = vec![0.0f32; n.div_ceil(PANEL) * PANEL * d];
-    out.par_chunks_mut(PANEL * d)
-        .enumerate()
-        .for_each(|(p, panel)| {
-            for l in 0..PANEL.min(n - p * PANEL) {
-                let row = &x[(p * PANEL + l) * d..(p * PANEL + l + 1) * d];
-                for (j, &v) in row.iter().enumerate() {
-                    panel[j * PANEL + l] = v;
-                }
-            }
-        });
-    out
-}
-
-/// `MR x PANEL` dot products: `out[r][l] = sum_j a[r * d + j] * panel[j * PANEL + l]`, j in
-/// increasing order (so a similarity does not depend on where its rows sit in a tile).
-#[inline(always)]
-fn micro_kernel(a: &[f32], panel: &[f32], d: usize) -> [[f32; PANEL]; MR] {
-    let mut acc = [[0.0f32; PANEL]; MR];
-    let (a0, rest) = a.split_at(d);
-    let (a1, rest) = rest.split_at(d);
-    let (a2, a3) = rest.split_at(d);
-    let (pv, _) = panel.as_chunks::<PANEL>();
-    for ((((b, &x0), &x1), &x2), &x3) in pv.iter().zip(a0).zip(a1).zip(a2).zip(a3) {
-        for l in 0..PANEL {
-            acc[0][l] += x0 * b[l];
-            acc[1][l] += x1 * b[l];
-            acc[2][l] += x2 * b[l];
-            acc[3][l] += x3 * b[l];
-        }
-    }
-    acc
 }
 
 /// Per test row, the best `k` (similarity, train index) seen so far, sorted.
@@ -253,7 +222,7 @@ fn vote((sims, idx): (&[f32], &[usize]), labels: &[usize], inv_t: f64, votes: &m
 
 #[cfg(test)]
 mod tests {
-    use super::super::probe::tests::{clusters, sample};
+    use super::super::testutil::{clusters, sample};
     use super::*;
 
     fn feats(n: usize, dim: usize, data: &[f32]) -> Features {

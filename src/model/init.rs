@@ -3,15 +3,14 @@
 //! *absolute* (so, at std 0.02, a plain normal), biases 0, LayerNorm 1 / 0, no depth rescale
 //! (the official `fix_init_weight` rescale is undone by `helper.init_model`).
 
+use crate::rng::{self, Rng};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
-use rand::SeedableRng;
-use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal};
 
 /// Deterministic source of initial weights.
 pub struct Init {
-    rng: ChaCha8Rng,
+    rng: Rng,
     std: f64,
     /// Skip the draws (weights about to be overwritten by a checkpoint).
     zeros: bool,
@@ -20,7 +19,7 @@ pub struct Init {
 impl Init {
     pub fn new(seed: u64) -> Self {
         Self {
-            rng: ChaCha8Rng::seed_from_u64(seed),
+            rng: rng::seeded(seed),
             std: 0.02,
             zeros: false,
         }
@@ -29,7 +28,7 @@ impl Init {
     /// All-zero "initialisation" for modules that a checkpoint fills right away.
     pub fn zeros() -> Self {
         Self {
-            rng: ChaCha8Rng::seed_from_u64(0),
+            rng: rng::seeded(0),
             std: 0.02,
             zeros: true,
         }

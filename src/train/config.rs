@@ -149,18 +149,18 @@ impl Default for LoggingSection {
 pub struct MaskSection {
     #[serde(default)]
     pub allow_overlap: bool,
-    #[serde(default = "default_aspect")]
+    #[serde(default = "crate::masks::config::default_aspect_ratio")]
     pub aspect_ratio: (f64, f64),
-    #[serde(default = "default_enc_scale")]
+    #[serde(default = "crate::masks::config::default_enc_mask_scale")]
     pub enc_mask_scale: (f64, f64),
-    #[serde(default = "default_min_keep")]
+    #[serde(default = "crate::masks::config::default_min_keep")]
     pub min_keep: usize,
-    #[serde(default = "default_one")]
+    #[serde(default = "crate::masks::config::default_nenc")]
     pub num_enc_masks: usize,
-    #[serde(default = "default_npred")]
+    #[serde(default = "crate::masks::config::default_npred")]
     pub num_pred_masks: usize,
     pub patch_size: usize,
-    #[serde(default = "default_pred_scale")]
+    #[serde(default = "crate::masks::config::default_pred_mask_scale")]
     pub pred_mask_scale: (f64, f64),
     /// `official` (bug-compatible, default) or `fixed`.
     #[serde(default)]
@@ -265,23 +265,8 @@ fn default_knn_bank() -> usize {
 fn default_knn_queries() -> usize {
     1000
 }
-fn default_aspect() -> (f64, f64) {
-    (0.75, 1.5)
-}
-fn default_enc_scale() -> (f64, f64) {
-    (0.85, 1.0)
-}
-fn default_pred_scale() -> (f64, f64) {
-    (0.15, 0.2)
-}
-fn default_min_keep() -> usize {
-    10
-}
 fn default_one() -> usize {
     1
-}
-fn default_npred() -> usize {
-    4
 }
 fn default_ema() -> (f64, f64) {
     (0.996, 1.0)

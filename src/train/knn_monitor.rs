@@ -13,8 +13,9 @@ use burn::tensor::{Tensor, TensorData};
 use crate::data::Dataset;
 use crate::data::transform::Preprocess;
 use crate::error::{Error, Result};
+use crate::eval::error::EvalError;
 use crate::eval::knn::{DEFAULT_K, DEFAULT_TEMPERATURE, knn_top1};
-use crate::eval::probe::Features;
+use crate::eval::matrix::Features;
 use crate::model::VisionTransformer;
 
 /// Images per forward pass of the monitor.
@@ -55,7 +56,7 @@ impl KnnMonitor {
             let (Ok(img), Some(label)) = (ds.get(i), ds.label(i)) else {
                 continue;
             };
-            pixels.extend(pre.apply_raw(&img.pixels, img.width, img.height, img.channels));
+            pixels.extend(pre.apply_raw(&img));
             labels.push(label);
             if i < bank {
                 kept_bank += 1;
@@ -113,7 +114,7 @@ impl KnnMonitor {
                     .map_err(|e| Error::Config(format!("kNN monitor features: {e:?}")))?,
             );
         }
-        let bad = |e: crate::eval::probe::EvalError| Error::Config(format!("kNN monitor: {e}"));
+        let bad = |e: EvalError| Error::Config(format!("kNN monitor: {e}"));
         let bank = Features::new(self.bank, dim, feats[..self.bank * dim].to_vec()).map_err(bad)?;
         let queries =
             Features::new(n - self.bank, dim, feats[self.bank * dim..].to_vec()).map_err(bad)?;

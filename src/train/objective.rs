@@ -10,15 +10,15 @@
 //!   encoder's features, average-pooled per image or token by token, each added to the loss
 //!   with its weight: `loss = prediction + λ_sig SIGReg + λ_var v + λ_cov c`.
 //!
-//! The random parts of a step (StoP's noise, SIGReg's directions) come from a seed that is a
-//! function of the run's seed, the step and the replica, so that a resumed run and a
+//! The random parts of a step (StoP's noise, SIGReg's directions) come from streams keyed by
+//! the run's seed, the step and the replica ([`StepKey`]), so that a resumed run and a
 //! data-parallel run draw the same numbers as an uninterrupted single process.
 
 use burn::tensor::{Tensor, TensorData};
-use rand::SeedableRng;
-use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, StandardNormal};
 use serde::{Deserialize, Serialize};
+
+use crate::rng::{self, Expansion, Rng};
 
 use super::loss::{LossKind, TargetNorm};
 use super::{sigreg, vicreg};
@@ -77,7 +77,7 @@ impl Objective {
     pub fn regulariser<B: crate::ops::IjepaBackend>(
         &self,
         z: Tensor<B, 3>,
-        seed: u64,
+        key: StepKey,
     ) -> Option<Tensor<B, 1>> {
         if !self.regularised() {
             return None;
@@ -91,7 +91,10 @@ impl Objective {
         if self.sigreg_weight > 0.0 {
             let m = self.sigreg_projections;
             let dirs = Tensor::from_data(
-                TensorData::new(sigreg::directions(d, m, seed), [d, m]),
+                TensorData::new(
+                    sigreg::directions(d, m, &mut key.rng(SIGREG_DOMAIN)),
+                    [d, m],
+                ),
                 &feats.device(),
             );
             terms.push(sigreg::sigreg(feats.clone(), dirs).mul_scalar(self.sigreg_weight));
@@ -109,14 +112,14 @@ impl Objective {
     pub fn stop_noise<B: crate::ops::IjepaBackend>(
         &self,
         [rows, k, d]: [usize; 3],
-        seed: u64,
+        key: StepKey,
         device: &B::Device,
     ) -> Option<Tensor<B, 3>> {
         if self.stop_sigma <= 0.0 {
             return None;
         }
         let std = self.stop_sigma.sqrt();
-        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let mut rng = key.rng(STOP_DOMAIN);
         let v: Vec<f32> = (0..rows * k * d)
             .map(|_| {
                 let g: f64 = StandardNormal.sample(&mut rng);
@@ -127,26 +130,25 @@ impl Objective {
     }
 }
 
-/// A seed for the random parts of one step of one replica (splitmix64 of the three), and a
-/// second, independent one derived from it for another use within the step.
-pub fn step_seed(seed: u64, step: u64, replica: u64) -> u64 {
-    let mut x = seed;
-    for v in [step, replica] {
-        x = splitmix(x ^ splitmix(v.wrapping_add(0x9e37_79b9_7f4a_7c15)));
+/// Names the random streams of one step of one replica: `(seed, step, replica)`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StepKey {
+    pub seed: u64,
+    pub step: u64,
+    pub replica: u64,
+}
+
+/// Stream domains ([`crate::rng::keyed`], counter expansion).
+pub const STOP_DOMAIN: u64 = u64::from_le_bytes(*b"IJEPAstp");
+pub const SIGREG_DOMAIN: u64 = u64::from_le_bytes(*b"IJEPAsig");
+
+impl StepKey {
+    fn rng(&self, domain: u64) -> Rng {
+        rng::keyed(
+            &[domain, self.seed, self.step, self.replica],
+            Expansion::Counter,
+        )
     }
-    x
-}
-
-/// The seed of the `i`-th use of a step seed.
-pub fn sub_seed(step_seed: u64, i: u64) -> u64 {
-    splitmix(step_seed ^ i.wrapping_mul(0xd1b5_4a32_d192_ed03))
-}
-
-fn splitmix(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
 }
 
 #[cfg(test)]
@@ -158,9 +160,10 @@ mod tests {
     fn official_objective_adds_nothing() {
         let o = Objective::official(LossKind::SmoothL1);
         let z = Tensor::<Cpu, 3>::ones([2, 3, 4], &Default::default());
-        assert!(o.regulariser(z, 1).is_none());
+        let key = StepKey::default();
+        assert!(o.regulariser(z, key).is_none());
         assert!(
-            o.stop_noise::<Cpu>([2, 3, 4], 1, &Default::default())
+            o.stop_noise::<Cpu>([2, 3, 4], key, &Default::default())
                 .is_none()
         );
     }
@@ -183,14 +186,22 @@ mod tests {
             ..Objective::official(LossKind::SmoothL1)
         };
         let tokens = z.clone().reshape([6, 4]);
+        let key = StepKey {
+            seed: 7,
+            step: 3,
+            replica: 1,
+        };
         let dirs = Tensor::from_data(
-            TensorData::new(sigreg::directions(4, 8, 7), [4, 8]),
+            TensorData::new(
+                sigreg::directions(4, 8, &mut key.rng(SIGREG_DOMAIN)),
+                [4, 8],
+            ),
             &device,
         );
         let want = 0.5 * scalar(sigreg::sigreg(tokens.clone(), dirs))
             + 2.0 * scalar(vicreg::variance(tokens.clone()))
             + 3.0 * scalar(vicreg::covariance(tokens));
-        let got = scalar(o.regulariser(z.clone(), 7).unwrap());
+        let got = scalar(o.regulariser(z.clone(), key).unwrap());
         assert!(
             (got - want).abs() < 1e-5 * want.abs().max(1.0),
             "{got} vs {want}"
@@ -200,24 +211,9 @@ mod tests {
             sigreg_weight: 0.0,
             ..o
         };
-        let p = z.mean_dim(1).reshape([2, 4]);
+        let p = z.clone().mean_dim(1).reshape([2, 4]);
         let want = 2.0 * scalar(vicreg::variance(p.clone())) + 3.0 * scalar(vicreg::covariance(p));
-        let got = scalar(
-            pooled
-                .regulariser(
-                    Tensor::from_data(
-                        TensorData::new(
-                            (0..24)
-                                .map(|i| ((i * 37 % 11) as f32) / 5.0 - 1.0)
-                                .collect::<Vec<_>>(),
-                            [2, 3, 4],
-                        ),
-                        &device,
-                    ),
-                    7,
-                )
-                .unwrap(),
-        );
+        let got = scalar(pooled.regulariser(z, key).unwrap());
         assert!(
             (got - want).abs() < 1e-5 * want.abs().max(1.0),
             "{got} vs {want}"
@@ -231,8 +227,18 @@ mod tests {
             ..Objective::official(LossKind::SmoothL1)
         };
         let device = Default::default();
-        let a = o.stop_noise::<Cpu>([8, 10, 50], 3, &device).unwrap();
-        let b = o.stop_noise::<Cpu>([8, 10, 50], 3, &device).unwrap();
+        let key = |step| StepKey {
+            seed: 0,
+            step,
+            replica: 0,
+        };
+        let a = o.stop_noise::<Cpu>([8, 10, 50], key(3), &device).unwrap();
+        let b = o.stop_noise::<Cpu>([8, 10, 50], key(3), &device).unwrap();
+        let c = o.stop_noise::<Cpu>([8, 10, 50], key(4), &device).unwrap();
+        assert_ne!(
+            c.into_data().to_vec::<f32>().unwrap(),
+            b.clone().into_data().to_vec::<f32>().unwrap()
+        );
         let (a, b) = (
             a.into_data().to_vec::<f32>().unwrap(),
             b.into_data().to_vec::<f32>().unwrap(),
@@ -249,15 +255,5 @@ mod tests {
             mean.abs() < 0.02 && (var - 0.25).abs() < 0.02,
             "{mean} {var}"
         );
-    }
-
-    #[test]
-    fn step_seeds_differ_by_step_and_replica() {
-        let s = step_seed(0, 5, 0);
-        assert_eq!(s, step_seed(0, 5, 0));
-        assert_ne!(s, step_seed(0, 6, 0));
-        assert_ne!(s, step_seed(0, 5, 1));
-        assert_ne!(s, step_seed(1, 5, 0));
-        assert_ne!(sub_seed(s, 0), sub_seed(s, 1));
     }
 }

@@ -6,7 +6,7 @@ use burn::module::AutodiffModule;
 use burn::tensor::{ElementConversion, Tensor};
 
 use super::loss::{self, LossKind};
-use super::objective::{Objective, sub_seed};
+use super::objective::{Objective, StepKey};
 use super::optim::{AdamW, StepHyper, TensorMap, collect_grads, grad_norm};
 use crate::error::{Error, Result};
 use crate::model::{MaskIndices, Predictor, VisionTransformer};
@@ -44,26 +44,32 @@ pub fn loss_and_grads<B: crate::ops::TrainBackend>(
     kind: LossKind,
     precision: Precision,
 ) -> Gradients<B> {
-    loss_and_grads_with(nets, batch, &Objective::official(kind), 0, precision)
+    loss_and_grads_with(
+        nets,
+        batch,
+        &Objective::official(kind),
+        StepKey::default(),
+        precision,
+    )
 }
 
-/// [`loss_and_grads`] for any [`Objective`]; `seed` (see [`super::objective::step_seed`])
-/// drives the random parts of the options (unused by the official objective).
+/// [`loss_and_grads`] for any [`Objective`]; `key` names the random streams of the options
+/// (unused by the official objective).
 pub fn loss_and_grads_with<B: crate::ops::TrainBackend>(
     nets: &Networks<B>,
     batch: &Batch<B>,
     objective: &Objective,
-    seed: u64,
+    key: StepKey,
     precision: Precision,
 ) -> Gradients<B> {
-    with_precision(precision, || forward_backward(nets, batch, objective, seed))
+    with_precision(precision, || forward_backward(nets, batch, objective, key))
 }
 
 fn forward_backward<B: crate::ops::TrainBackend>(
     nets: &Networks<B>,
     batch: &Batch<B>,
     objective: &Objective,
-    seed: u64,
+    key: StepKey,
 ) -> Gradients<B> {
     let nenc = batch.masks_enc.n_masks();
     let targets = {
@@ -75,7 +81,7 @@ fn forward_backward<B: crate::ops::TrainBackend>(
     };
     let images = Tensor::<B, 4>::from_inner(batch.images.clone());
     let z = nets.encoder.forward(images, Some(&batch.masks_enc));
-    let regulariser = objective.regulariser(z.clone(), sub_seed(seed, 0));
+    let regulariser = objective.regulariser(z.clone(), key);
     let [_, _, d] = z.dims();
     let noise = objective.stop_noise::<B>(
         [
@@ -83,7 +89,7 @@ fn forward_backward<B: crate::ops::TrainBackend>(
             batch.masks_pred.k(),
             d,
         ],
-        sub_seed(seed, 1),
+        key,
         &z.device(),
     );
     let pred = nets

@@ -13,7 +13,7 @@ use super::config::TrainConfig;
 use super::distributed::{GradReducer, Single};
 use super::knn_monitor::KnnMonitor;
 use super::monitor::{self, EpochRecord};
-use super::objective::step_seed;
+use super::objective::StepKey;
 use super::optim::AdamW;
 use super::schedule::Schedules;
 use super::state::{self, Progress, TrainingMeta};
@@ -196,7 +196,7 @@ fn monitor_batch(ds: &dyn Dataset, pre: &Preprocess) -> Result<(Vec<f32>, [usize
         }
         // Unreadable images are simply left out of the monitor batch.
         if let Ok(img) = ds.get(i) {
-            pixels.extend(pre.apply_raw(&img.pixels, img.width, img.height, img.channels));
+            pixels.extend(pre.apply_raw(&img));
             used += 1;
         }
     }
@@ -456,8 +456,12 @@ pub fn pretrain_peer<B: crate::ops::TrainBackend>(
                     masks_enc,
                     masks_pred,
                 };
-                let seed = step_seed(cfg.meta.seed, global, replica as u64);
-                let g = loss_and_grads_with(&nets, &batch, &objective, seed, opts.precision);
+                let key = StepKey {
+                    seed: cfg.meta.seed,
+                    step: global,
+                    replica: replica as u64,
+                };
+                let g = loss_and_grads_with(&nets, &batch, &objective, key, opts.precision);
                 loss_sum += g.loss;
                 epoch_prediction = (epoch_prediction.0 + g.prediction, epoch_prediction.1 + 1);
                 grads_sum = Some(match grads_sum {

@@ -73,3 +73,35 @@ pub fn logged_losses(dir: &Path) -> Vec<f64> {
         .map(|l| l.split(',').nth(3).unwrap().parse().unwrap())
         .collect()
 }
+
+/// A fresh folder (`tempfile`), removed when dropped; usable wherever a path is.
+pub struct TestDir(tempfile::TempDir);
+
+impl std::ops::Deref for TestDir {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        self.0.path()
+    }
+}
+
+impl AsRef<Path> for TestDir {
+    fn as_ref(&self) -> &Path {
+        self.0.path()
+    }
+}
+
+impl AsRef<std::ffi::OsStr> for TestDir {
+    fn as_ref(&self) -> &std::ffi::OsStr {
+        self.0.path().as_os_str()
+    }
+}
+
+/// A fresh folder whose name starts with `ijepa-<tag>-`.
+pub fn tmp(tag: &str) -> TestDir {
+    TestDir(
+        tempfile::Builder::new()
+            .prefix(&format!("ijepa-{tag}-"))
+            .tempdir()
+            .expect("a temporary folder"),
+    )
+}

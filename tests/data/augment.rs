@@ -3,11 +3,12 @@ use rand_chacha::ChaCha8Rng;
 
 use ijepa::data::RawImage;
 use ijepa::data::augment::{
-    CropParams, EvalTransform, FASHION_MNIST_MEAN, FASHION_MNIST_STD, TrainTransform,
-    adjust_brightness, adjust_contrast, adjust_hue, adjust_saturation, grayscale, hsv_to_rgb,
+    CropParams, FASHION_MNIST_MEAN, FASHION_MNIST_STD, TrainTransform, adjust_brightness,
+    adjust_contrast, adjust_hue, adjust_saturation, grayscale, hsv_to_rgb,
     random_resized_crop_params, rgb_to_hsv,
 };
 use ijepa::data::resize::{Rounding, resize_bilinear_aa};
+use ijepa::data::transform::{Preprocess, Resize};
 
 use crate::pil_golden as golden;
 
@@ -273,45 +274,6 @@ fn colour_ops_match_pillow() {
     assert_eq!(gray, golden::GRAY_9X7);
 }
 
-#[test]
-fn eval_transform_pads_and_normalises_without_resizing() {
-    let t = EvalTransform::fashion_mnist();
-    let img = RawImage {
-        width: 28,
-        height: 28,
-        channels: 1,
-        pixels: pattern(28, 28, 1),
-    };
-    let out = t.apply(&img);
-    assert_eq!(out.len(), 32 * 32);
-    let norm = |v: u8| (v as f32 / 255.0 - FASHION_MNIST_MEAN) / FASHION_MNIST_STD;
-    assert_eq!(out[0], norm(0));
-    assert_eq!(out[2 * 32 + 2], norm(img.pixels[0]));
-    assert_eq!(out[29 * 32 + 29], norm(img.pixels[27 * 28 + 27]));
-    // A size that needs a resize goes through the PIL resize.
-    let t2 = EvalTransform {
-        pad: 0,
-        size: 5,
-        channels: 1,
-        mean: vec![0.0],
-        std: vec![1.0],
-    };
-    let small = t2.apply(&RawImage {
-        width: 13,
-        height: 9,
-        channels: 1,
-        pixels: pattern(13, 9, 1),
-    });
-    let expected = resize_bilinear_aa(&pattern(13, 9, 1), 13, 9, 1, 5, 5, Rounding::Pillow);
-    assert_eq!(
-        small,
-        expected
-            .iter()
-            .map(|&v| v as f32 / 255.0)
-            .collect::<Vec<_>>()
-    );
-}
-
 fn fnv1a64(data: &[u8]) -> u64 {
     data.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
         (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3)
@@ -362,9 +324,11 @@ fn hsv_conversions_match_pillow_on_every_colour() {
 #[test]
 fn odd_inputs_never_panic() {
     let t = TrainTransform::official(8, 3);
-    let e = EvalTransform {
+    let e = Preprocess {
         pad: 1,
         size: 8,
+        resize: Resize::Exact,
+        center_crop: false,
         channels: 3,
         mean: vec![0.5; 3],
         std: vec![0.5; 3],
@@ -400,12 +364,12 @@ fn odd_inputs_never_panic() {
     ];
     for img in &cases {
         assert_eq!(t.apply(img, &mut ChaCha8Rng::seed_from_u64(0)).len(), 192);
-        assert_eq!(e.apply(img).len(), 192);
+        assert_eq!(e.apply_raw(img).len(), 192);
     }
     // Alpha is dropped: an opaque RGBA image gives the same tensor as its RGB version.
     let rgb = rgba.to_channels(3);
     assert_eq!(rgb.pixels, vec![200; 60]);
-    assert_eq!(e.apply(&rgba), e.apply(&rgb));
+    assert_eq!(e.apply_raw(&rgba), e.apply_raw(&rgb));
     let mut rng = ChaCha8Rng::seed_from_u64(0);
     assert_eq!(
         random_resized_crop_params(0, 5, (0.3, 1.0), (0.75, 1.33), &mut rng).width,

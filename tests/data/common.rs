@@ -1,8 +1,7 @@
 //! Test helpers: the installed Fashion-MNIST, temporary folders, an in-memory dataset.
 
 use std::collections::HashSet;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::path::Path;
 
 use ijepa::data::{DataError, Dataset, RawImage};
 
@@ -31,26 +30,20 @@ pub fn fmnist_spec() -> String {
     format!("fmnist:{}", fmnist_dir().display())
 }
 
-/// A fresh folder under the system temp dir, removed on drop.
-pub struct TempDir(pub PathBuf);
+/// A fresh folder (`tempfile`), removed on drop.
+pub struct TempDir(tempfile::TempDir);
 
 impl TempDir {
     pub fn new(tag: &str) -> Self {
-        static COUNTER: AtomicUsize = AtomicUsize::new(0);
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let p = std::env::temp_dir().join(format!("data-dev-{tag}-{}-{n}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        TempDir(p)
+        TempDir(
+            tempfile::Builder::new()
+                .prefix(&format!("data-dev-{tag}-"))
+                .tempdir()
+                .unwrap(),
+        )
     }
     pub fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+        self.0.path()
     }
 }
 

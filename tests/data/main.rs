@@ -8,4 +8,3 @@ mod augment;
 mod folder;
 mod idx;
 mod loader;
-mod throughput;

@@ -3,7 +3,8 @@ use std::path::PathBuf;
 use anyhow::Result;
 use ijepa::masks::{MaskConfig, MaskMode, MaskSampler, RenderOptions, mask_stats, render_png};
 
-/// Sample multi-block masks: statistics (JSON) and a picture (PNG).
+/// Sample multi-block masks: statistics (JSON) and a picture (PNG). Settings left out take the
+/// official config files' defaults.
 #[derive(clap::Args)]
 pub struct Args {
     #[arg(long)]
@@ -20,23 +21,23 @@ pub struct Args {
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// A block must keep more than this many patches (official configs: 10).
-    #[arg(long, default_value_t = 10)]
-    pub min_keep: usize,
-    /// Target blocks per image.
-    #[arg(long, default_value_t = 4)]
-    pub num_pred: usize,
-    /// Context blocks per image.
-    #[arg(long, default_value_t = 1)]
-    pub num_enc: usize,
-    /// Target block scale range, e.g. `0.15,0.2`.
-    #[arg(long, value_parser = parse_pair, default_value = "0.15,0.2")]
-    pub pred_scale: (f64, f64),
-    /// Context block scale range.
-    #[arg(long, value_parser = parse_pair, default_value = "0.85,1.0")]
-    pub enc_scale: (f64, f64),
-    /// Target aspect-ratio range (height / width).
-    #[arg(long, value_parser = parse_pair, default_value = "0.75,1.5")]
-    pub aspect_ratio: (f64, f64),
+    #[arg(long)]
+    pub min_keep: Option<usize>,
+    /// Target blocks per image (official configs: 4).
+    #[arg(long)]
+    pub num_pred: Option<usize>,
+    /// Context blocks per image (official configs: 1).
+    #[arg(long)]
+    pub num_enc: Option<usize>,
+    /// Target block scale range, e.g. `0.15,0.2` (the official configs').
+    #[arg(long, value_parser = parse_pair)]
+    pub pred_scale: Option<(f64, f64)>,
+    /// Context block scale range (official configs: `0.85,1.0`).
+    #[arg(long, value_parser = parse_pair)]
+    pub enc_scale: Option<(f64, f64)>,
+    /// Target aspect-ratio range, height / width (official configs: `0.75,1.5`).
+    #[arg(long, value_parser = parse_pair)]
+    pub aspect_ratio: Option<(f64, f64)>,
     #[arg(long)]
     pub allow_overlap: bool,
     /// Write statistics (same keys as the official reference JSONs).
@@ -56,20 +57,20 @@ fn parse_pair(s: &str) -> std::result::Result<(f64, f64), String> {
 }
 
 pub fn run(a: Args) -> Result<()> {
+    let base = MaskConfig::from_image(a.image_size, a.patch_size)?;
     let cfg = MaskConfig {
-        enc_mask_scale: a.enc_scale,
-        pred_mask_scale: a.pred_scale,
-        aspect_ratio: a.aspect_ratio,
-        nenc: a.num_enc,
-        npred: a.num_pred,
-        min_keep: a.min_keep,
+        enc_mask_scale: a.enc_scale.unwrap_or(base.enc_mask_scale),
+        pred_mask_scale: a.pred_scale.unwrap_or(base.pred_mask_scale),
+        aspect_ratio: a.aspect_ratio.unwrap_or(base.aspect_ratio),
+        nenc: a.num_enc.unwrap_or(base.nenc),
+        npred: a.num_pred.unwrap_or(base.npred),
+        min_keep: a.min_keep.unwrap_or(base.min_keep),
         allow_overlap: a.allow_overlap,
         mode: a.mode,
-        ..MaskConfig::from_image(a.image_size, a.patch_size)?
+        ..base
     };
     let sampler = MaskSampler::new(cfg.clone(), a.seed)?;
     let stats = mask_stats(&cfg, a.seed, a.batch_size, a.batches)?;
-    let mean = |k: &str| stats[k]["mean"].as_f64().unwrap_or(f64::NAN);
     println!(
         "{} mode, grid {}x{}, {} batches of {}: K_enc {:.2}, K_pred {:.2}, context kept {:.2}, target block {:.2} patches",
         cfg.mode.as_str(),
@@ -77,10 +78,10 @@ pub fn run(a: Args) -> Result<()> {
         cfg.grid.1,
         a.batches,
         a.batch_size,
-        mean("K_enc"),
-        mean("K_pred"),
-        mean("context_patches_kept"),
-        mean("target_block_area"),
+        stats.k_enc.mean,
+        stats.k_pred.mean,
+        stats.context_patches_kept.mean,
+        stats.target_block_area.mean,
     );
     if let Some(path) = &a.stats {
         ijepa::fsutil::write_bytes_atomic(path, serde_json::to_string_pretty(&stats)?.as_bytes())?;

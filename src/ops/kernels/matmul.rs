@@ -9,22 +9,23 @@
 pub use gemm::Parallelism;
 use rayon::prelude::*;
 
-/// A read-only strided matrix view: element `(i, j)` is `data[i * rs + j * cs]`.
+/// A read-only strided matrix view: element `(i, j)` is `data[i * rs + j * cs]` (f32 unless
+/// said otherwise; the evaluation code multiplies f64 matrices too).
 #[derive(Clone, Copy)]
-pub struct View<'a> {
-    pub data: &'a [f32],
+pub struct View<'a, T = f32> {
+    pub data: &'a [T],
     pub rs: usize,
     pub cs: usize,
 }
 
-impl<'a> View<'a> {
+impl<'a, T> View<'a, T> {
     /// Row-major view with row stride `rs` (column stride 1).
-    pub fn rows(data: &'a [f32], rs: usize) -> Self {
+    pub fn rows(data: &'a [T], rs: usize) -> Self {
         Self { data, rs, cs: 1 }
     }
     /// Transposed view of a row-major matrix with row stride `rs`:
     /// element `(i, j)` of the view is element `(j, i)` of the matrix.
-    pub fn t(data: &'a [f32], rs: usize) -> Self {
+    pub fn t(data: &'a [T], rs: usize) -> Self {
         Self {
             data,
             rs: 1,
@@ -33,21 +34,37 @@ impl<'a> View<'a> {
     }
 }
 
+/// The element types `gemm_strided` multiplies.
+pub trait Element: Copy + Send + Sync + 'static {
+    const ZERO: Self;
+    const ONE: Self;
+}
+
+impl Element for f32 {
+    const ZERO: Self = 0.0;
+    const ONE: Self = 1.0;
+}
+
+impl Element for f64 {
+    const ZERO: Self = 0.0;
+    const ONE: Self = 1.0;
+}
+
 /// `dst[m x n] (row stride dst_rs, col stride 1) = [dst +] beta * lhs[m x k] * rhs[k x n]`.
 ///
 /// With `accumulate == false` the previous content of `dst` is ignored (never read).
 /// Panics if any accessed element lies outside its slice.
 #[allow(clippy::too_many_arguments)]
-pub fn gemm_strided(
+pub fn gemm_strided<T: Element>(
     m: usize,
     n: usize,
     k: usize,
-    dst: &mut [f32],
+    dst: &mut [T],
     dst_rs: usize,
     accumulate: bool,
-    lhs: View<'_>,
-    rhs: View<'_>,
-    beta: f32,
+    lhs: View<'_, T>,
+    rhs: View<'_, T>,
+    beta: T,
     par: Parallelism,
 ) {
     if m == 0 || n == 0 {
@@ -58,7 +75,7 @@ pub fn gemm_strided(
     if k == 0 {
         if !accumulate {
             for i in 0..m {
-                dst[i * dst_rs..i * dst_rs + n].fill(0.0);
+                dst[i * dst_rs..i * dst_rs + n].fill(T::ZERO);
             }
         }
         return;
@@ -89,7 +106,7 @@ pub fn gemm_strided(
             rhs.data.as_ptr(),
             rhs.cs as isize,
             rhs.rs as isize,
-            1.0,
+            T::ONE,
             beta,
             false,
             false,

@@ -1,3 +1,12 @@
+//! Decode + augment rate of the Fashion-MNIST recipe's data pipeline (pad 28->32,
+//! RandomResizedCrop 32, scale 0.3-1) with 1 and 2 rayon threads, and how long the consumer
+//! waited for it.
+//!
+//!     cargo bench --bench data_throughput
+//!
+//! A whole-run timing: meaningful only on a machine nobody else is using.
+
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -5,16 +14,17 @@ use ijepa::data::augment::TrainTransform;
 use ijepa::data::loader::{Loader, LoaderConfig};
 use ijepa::data::{Dataset, Split, open_source, with_max_images};
 
-use crate::common::fmnist_spec;
+const FMNIST_DIR: &str = "/usr/share/datasets/fashion-mnist";
 
-/// Fills the timing fields; prints the decode+augment rate of the Fashion-MNIST recipe
-/// (pad 28->32, RandomResizedCrop 32, scale 0.3-1) with 1 and 2 rayon threads. No timing
-/// assertions: the machine's load decides the numbers.
-#[test]
-fn pipeline_throughput_is_measured() {
+fn main() {
     let n = 20_000;
+    assert!(
+        Path::new(FMNIST_DIR).is_dir(),
+        "{FMNIST_DIR} is missing: install the Debian package dataset-fashion-mnist"
+    );
+    let spec = format!("fmnist:{FMNIST_DIR}");
     let ds: Arc<dyn Dataset> = Arc::from(with_max_images(
-        open_source(&fmnist_spec(), Split::Train, 1).unwrap(),
+        open_source(&spec, Split::Train, 1).expect("open"),
         n,
     ));
     for threads in [1, 2] {
@@ -22,7 +32,7 @@ fn pipeline_throughput_is_measured() {
             rayon::ThreadPoolBuilder::new()
                 .num_threads(threads)
                 .build()
-                .unwrap(),
+                .expect("thread pool"),
         );
         let loader = Loader::new(
             ds.clone(),
@@ -35,22 +45,18 @@ fn pipeline_throughput_is_measured() {
                 strict: false,
             },
         )
-        .unwrap()
+        .expect("loader")
         .with_thread_pool(pool);
         let t0 = Instant::now();
         let mut it = loader.epoch(0, 0, 0);
         let mut images = 0;
         for b in it.by_ref() {
-            images += b.unwrap().len();
+            images += b.expect("batch").len();
         }
         let wall = t0.elapsed();
         let s = it.stats();
         assert_eq!(images, n);
         assert_eq!(s.images, n as u64);
-        assert_eq!(s.batches, (n / 250) as u64);
-        assert!(s.busy.as_nanos() > 0);
-        assert!(s.images_per_sec() > 0.0);
-        assert!(s.waited <= wall);
         println!(
             "data pipeline (FMNIST 32x32 RandomResizedCrop, {threads} thread{}): {:.0} img/s \
              decode+augment, consumer waited {:.1} ms of {:.1} ms",
@@ -59,7 +65,5 @@ fn pipeline_throughput_is_measured() {
             s.waited.as_secs_f64() * 1e3,
             wall.as_secs_f64() * 1e3
         );
-        let since = s.since(&Default::default());
-        assert_eq!(since, s);
     }
 }
