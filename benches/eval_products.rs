@@ -90,12 +90,6 @@ mod probe_tiles {
     use ijepa::eval::Features;
 
     const TILE: usize = 4;
-    /// Smallest number of rows worth a parallel task.
-    const MIN_TASK_ROWS: usize = 256;
-    /// Most tasks per evaluation (each owns a gradient buffer).
-    const MAX_TASKS: usize = 64;
-    /// Memory budget for all per-task gradient buffers together.
-    const PARTIAL_BYTES: usize = 256 << 20;
 
     pub struct Objective<'a> {
         x: &'a Features,
@@ -116,16 +110,7 @@ mod probe_tiles {
         pub fn new(x: &'a Features, y: &'a [usize], c: usize, l2: f64) -> Self {
             let cp = c.div_ceil(TILE) * TILE;
             let p = cp * (x.dim + 1);
-            let by_mem = (PARTIAL_BYTES / (8 * p)).max(1);
-            let tasks =
-                x.n.div_ceil(MIN_TASK_ROWS)
-                    .min(MAX_TASKS)
-                    .min(by_mem)
-                    .max(1);
-            let per = x.n.div_ceil(tasks);
-            let ranges: Vec<Range<usize>> = (0..tasks)
-                .map(|t| (t * per).min(x.n)..((t + 1) * per).min(x.n))
-                .collect();
+            let ranges = ijepa::eval::logreg::task_ranges(x.n, p);
             let partials = vec![vec![0.0; p]; ranges.len()];
             Objective {
                 x,

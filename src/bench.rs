@@ -94,6 +94,7 @@ pub fn run<B: crate::ops::TrainBackend>(
     spec: &BenchSpec,
     device: &B::Device,
 ) -> Result<BenchResult> {
+    crate::ops::kernels::cpu::check()?;
     let enc = &spec.encoder;
     let n = enc.num_patches();
     if spec.k_enc > n || spec.k_pred > n {

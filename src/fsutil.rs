@@ -49,3 +49,39 @@ pub fn write_atomic(
 pub fn write_bytes_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     write_atomic(path, |w| w.write_all(bytes))
 }
+
+/// True for the names of this module's temporary files (`.NAME.tmp.PID`) and of other
+/// hidden temporary files the program writes (`.loss.tmp.png`).
+fn is_temp_name(name: &str) -> bool {
+    name.starts_with('.') && name.contains(".tmp.")
+}
+
+/// Removes the temporary files a killed write left in `dir` (they hold partial data that
+/// nothing will ever read); returns how many. Other files are left alone.
+pub fn remove_stale_temps(dir: &Path) -> Result<usize> {
+    let mut removed = 0;
+    let entries = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        if name.to_str().is_some_and(is_temp_name) && entry.path().is_file() {
+            let path = entry.path();
+            std::fs::remove_file(&path).map_err(|e| Error::io(&path, e))?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn temp_names_are_recognised() {
+        let t = temp_path(Path::new("/x/latest.safetensors"));
+        assert!(is_temp_name(&t.file_name().unwrap().to_string_lossy()));
+        assert!(is_temp_name(".loss.tmp.png"));
+        assert!(!is_temp_name("notes.tmp.txt"));
+        assert!(!is_temp_name("latest.safetensors"));
+    }
+}

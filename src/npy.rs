@@ -2,26 +2,71 @@
 
 use std::path::Path;
 
-use npyz::{NpyFile, WriterBuilder};
+use npyz::{NpyFile, Order, WriterBuilder};
 
 use crate::checkpoint::HostTensor;
 use crate::error::{Error, Result};
 use crate::fsutil::write_atomic;
 
+/// Opens an array, refusing one whose header announces more data than the file holds
+/// (before anything the size of the data is allocated).
 fn open(path: &Path) -> Result<NpyFile<std::io::BufReader<std::fs::File>>> {
     let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    NpyFile::new(std::io::BufReader::new(file))
-        .map_err(|e| Error::format(path, format!("not a valid .npy file: {e}")))
+    let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
+    let npy = NpyFile::new(std::io::BufReader::new(file))
+        .map_err(|e| Error::format(path, format!("not a valid .npy file: {e}")))?;
+    let bytes = npy
+        .shape()
+        .iter()
+        .try_fold(npy.dtype().num_bytes().unwrap_or(1) as u64, |a, &d| {
+            a.checked_mul(d)
+        });
+    if bytes.is_none_or(|b| b > len) {
+        return Err(Error::format(
+            path,
+            format!(
+                "array of shape {:?} needs more data than the file's {len} bytes (truncated file?)",
+                npy.shape()
+            ),
+        ));
+    }
+    Ok(npy)
 }
 
 fn shape_of<R: std::io::Read>(npy: &NpyFile<R>) -> Vec<usize> {
     npy.shape().iter().map(|&d| d as usize).collect()
 }
 
+/// `data` of an array of `shape` stored in `order`, as row-major (C-order) values.
+fn c_order<T: Copy>(data: Vec<T>, shape: &[usize], order: Order) -> Vec<T> {
+    if order == Order::C || shape.len() < 2 {
+        return data;
+    }
+    // Fortran order: the first index varies fastest. Walk the C-order multi-index.
+    let mut strides = vec![1usize; shape.len()];
+    for d in 1..shape.len() {
+        strides[d] = strides[d - 1] * shape[d - 1];
+    }
+    let mut out = Vec::with_capacity(data.len());
+    let mut idx = vec![0usize; shape.len()];
+    for _ in 0..data.len() {
+        out.push(data[idx.iter().zip(&strides).map(|(i, s)| i * s).sum::<usize>()]);
+        for d in (0..shape.len()).rev() {
+            idx[d] += 1;
+            if idx[d] < shape[d] {
+                break;
+            }
+            idx[d] = 0;
+        }
+    }
+    out
+}
+
 /// A float array (f32 or f64 on disk) as f32.
 pub fn read_f32(path: &Path) -> Result<HostTensor> {
     let npy = open(path)?;
     let shape = shape_of(&npy);
+    let order = npy.order();
     let dtype = npy.dtype().descr().trim_matches('\'').to_string();
     let bad = |e: std::io::Error| Error::format(path, format!("cannot read the array data: {e}"));
     let data: Vec<f32> = match dtype.as_str() {
@@ -45,6 +90,7 @@ pub fn read_f32(path: &Path) -> Result<HostTensor> {
             "array data is shorter than its shape says (truncated file?)",
         ));
     }
+    let data = c_order(data, &shape, order);
     Ok(HostTensor::new(shape, data))
 }
 
@@ -52,6 +98,7 @@ pub fn read_f32(path: &Path) -> Result<HostTensor> {
 pub fn read_i64(path: &Path) -> Result<(Vec<usize>, Vec<i64>)> {
     let npy = open(path)?;
     let shape = shape_of(&npy);
+    let order = npy.order();
     let dtype = npy.dtype().descr().trim_matches('\'').to_string();
     let bad = |e: std::io::Error| Error::format(path, format!("cannot read the array data: {e}"));
     let data: Vec<i64> = match dtype.as_str() {
@@ -87,6 +134,7 @@ pub fn read_i64(path: &Path) -> Result<(Vec<usize>, Vec<i64>)> {
             "array data is shorter than its shape says (truncated file?)",
         ));
     }
+    let data = c_order(data, &shape, order);
     Ok((shape, data))
 }
 

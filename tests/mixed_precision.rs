@@ -89,8 +89,18 @@ fn bf16_follows_f32<B: TrainBackend>(device: &B::Device, tag: &str) {
     );
 }
 
+/// On the CPU: the fused kernels' bf16 products (`vdpbf16ps`) where the CPU has AVX-512 BF16,
+/// burn's composed bf16 ops elsewhere.
 #[test]
 fn bf16_autocast_follows_the_f32_loss_trajectory() {
+    eprintln!(
+        "{}: bf16 by {}",
+        ijepa::ops::kernels::cpu::describe(),
+        match ijepa::ops::cpu_bf16() {
+            Ok(_) => "the fused kernels".to_string(),
+            Err(note) => format!("burn's composed ops ({note})"),
+        }
+    );
     bf16_follows_f32::<ijepa::CpuAutodiff>(&Default::default(), "cpu");
 }
 

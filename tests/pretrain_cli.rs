@@ -4,18 +4,14 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
-use common::ijepa_bin;
 use common::tmp;
+use common::{ijepa_bin, recipe};
 use ijepa::checkpoint::{Checkpoint, LoadOptions};
 
 const FMNIST: &str = "/usr/share/datasets/fashion-mnist";
-
-fn recipe() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("configs/fmnist_vit.yaml")
-}
 
 fn require_fmnist() {
     assert!(
@@ -28,34 +24,18 @@ fn require_fmnist() {
 
 /// A small model and data set, so that a run takes seconds.
 fn tiny(images: usize, epochs: usize) -> Vec<String> {
-    [
-        "meta.embed_dim=32",
-        "meta.depth=2",
-        "meta.num_heads=2",
-        "meta.pred_emb_dim=16",
-        "meta.pred_depth=1",
-        "meta.pred_num_heads=2",
-        "data.batch_size=32",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .chain([
-        format!("data.max_images={images}"),
-        format!("optimization.epochs={epochs}"),
-    ])
-    .collect()
+    common::tiny_model()
+        .into_iter()
+        .chain(["data.batch_size=32".to_string()])
+        .chain([
+            format!("data.max_images={images}"),
+            format!("optimization.epochs={epochs}"),
+        ])
+        .collect()
 }
 
 fn pretrain(out: &Path, sets: &[String], extra: &[&str]) -> Output {
-    let mut cmd = Command::new(ijepa_bin());
-    cmd.args(["pretrain", "--quiet", "--config"])
-        .arg(recipe())
-        .arg("--output")
-        .arg(out);
-    for s in sets {
-        cmd.args(["--set", s]);
-    }
-    cmd.args(extra).output().unwrap()
+    common::pretrain_command(out, sets, extra).output().unwrap()
 }
 
 fn ok(o: &Output) -> String {
@@ -85,11 +65,10 @@ fn losses(dir: &Path) -> Vec<(u64, f64)> {
             "log.csv lacks column {col}: {header}"
         );
     }
-    lines
-        .map(|l| {
-            let f: Vec<&str> = l.split(',').collect();
-            (f[2].parse().unwrap(), f[3].parse().unwrap())
-        })
+    ijepa::train::log::read(&dir.join("log.csv"))
+        .unwrap()
+        .iter()
+        .map(|r| (r.step, r.loss))
         .collect()
 }
 

@@ -138,11 +138,11 @@ pub fn read_dir(dir: &Path) -> Result<HfModel> {
     let hf: HfConfig = read_json(&dir.join("config.json"))?;
     let config = hf
         .to_encoder_config()
-        .map_err(|e| Error::format(dir.join("config.json"), e.to_string()))?;
+        .map_err(|e| Error::in_file(dir.join("config.json"), e))?;
     let weights = dir.join("model.safetensors");
     let (tensors, _) = safetensors_io::read(&weights)?;
-    let encoder = hf_to_official(&tensors, config.depth)
-        .map_err(|e| Error::format(&weights, e.to_string()))?;
+    let encoder =
+        hf_to_official(&tensors, config.depth).map_err(|e| Error::in_file(&weights, e))?;
 
     let proc_path = dir.join("preprocessor_config.json");
     let (mut size, mut mean, mut std) = (
@@ -248,6 +248,14 @@ pub fn hf_to_official(hf: &NamedTensors, depth: usize) -> Result<NamedTensors> {
     let mut missing = vec![];
     for ((i, field), parts) in &qkv {
         match parts {
+            [Some(q), Some(k), Some(v)]
+                if q.shape.is_empty() || q.shape != k.shape || q.shape != v.shape =>
+            {
+                missing.push(format!(
+                    "encoder.layer.{i}.attention.attention.{{query,key,value}}.{field} of shapes {:?}, {:?}, {:?} (query, key and value must have one shape)",
+                    q.shape, k.shape, v.shape
+                ))
+            }
             [Some(q), Some(k), Some(v)] => {
                 let mut shape = q.shape.clone();
                 shape[0] *= 3;
@@ -270,7 +278,7 @@ pub fn hf_to_official(hf: &NamedTensors, depth: usize) -> Result<NamedTensors> {
     }
     if !unexpected.is_empty() || !missing.is_empty() {
         return Err(Error::Checkpoint(format!(
-            "not an IJepaModel state dict: unexpected keys {unexpected:?}, incomplete q/k/v {missing:?}"
+            "not an IJepaModel state dict: unexpected keys {unexpected:?}, incomplete or mismatched q/k/v {missing:?}"
         )));
     }
     Ok(out)
@@ -334,7 +342,7 @@ pub fn write_dir(
 ) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let hf = HfConfig::from_encoder_config(config);
-    let mut cfg = serde_json::to_value(&hf).map_err(|e| Error::Config(e.to_string()))?;
+    let mut cfg = serde_json::to_value(&hf)?;
     if let Some(obj) = cfg.as_object_mut() {
         obj.insert("architectures".into(), serde_json::json!(["IJepaModel"]));
         obj.insert("hidden_dropout_prob".into(), serde_json::json!(0.0));

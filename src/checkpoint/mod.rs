@@ -83,10 +83,10 @@ pub fn detect(path: &Path) -> Result<(Format, PathBuf)> {
             "folder holds neither config.json + model.safetensors (Hugging Face) nor latest.safetensors (ijepa run)",
         ));
     }
-    Err(Error::io(
-        path,
-        std::io::Error::new(std::io::ErrorKind::NotFound, "no such file or folder"),
-    ))
+    Err(match std::fs::metadata(path) {
+        Err(e) => Error::io(path, e),
+        Ok(_) => Error::format(path, "neither a file nor a folder"),
+    })
 }
 
 fn heads_for_width(width: usize, given: Option<usize>, what: &str) -> Result<usize> {
@@ -146,8 +146,7 @@ pub fn infer_encoder_config(
         qkv_bias: named.contains_key("blocks.0.attn.qkv.bias"),
         layer_norm_eps: 1e-6,
     };
-    cfg.validate()
-        .map_err(|e| Error::format(path, e.to_string()))?;
+    cfg.validate().map_err(|e| Error::in_file(path, e))?;
     Ok(cfg)
 }
 
@@ -170,8 +169,7 @@ pub fn infer_predictor_config(
         qkv_bias: enc.qkv_bias,
         layer_norm_eps: enc.layer_norm_eps,
     };
-    cfg.validate()
-        .map_err(|e| Error::format(path, e.to_string()))?;
+    cfg.validate().map_err(|e| Error::in_file(path, e))?;
     Ok(cfg)
 }
 

@@ -101,7 +101,10 @@ pub fn read(path: &Path) -> Result<(Description, NamedTensors)> {
     }
     desc.encoder
         .validate()
-        .map_err(|e| Error::format(path, e.to_string()))?;
+        .map_err(|e| Error::in_file(path, e))?;
+    desc.preprocess
+        .validate()
+        .map_err(|e| Error::in_file(path, e))?;
     Ok((desc, tensors))
 }
 
@@ -116,11 +119,11 @@ pub fn section(tensors: &NamedTensors, prefix: &str) -> NamedTensors {
 
 /// Write `tensors` (already prefixed) atomically, then the readable description beside it.
 pub fn write(path: &Path, desc: &Description, tensors: &NamedTensors) -> Result<()> {
-    let json = serde_json::to_string(desc).map_err(|e| Error::Config(e.to_string()))?;
+    let json = serde_json::to_string(desc)?;
     let mut meta = HashMap::new();
     meta.insert("format".to_string(), FORMAT.to_string());
     meta.insert("ijepa".to_string(), json);
     safetensors_io::write(path, tensors, meta)?;
-    let pretty = serde_json::to_vec_pretty(desc).map_err(|e| Error::Config(e.to_string()))?;
+    let pretty = serde_json::to_vec_pretty(desc)?;
     write_bytes_atomic(&path.with_extension("json"), &pretty)
 }

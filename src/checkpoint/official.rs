@@ -25,9 +25,21 @@ pub fn looks_like_torch(head: &[u8]) -> bool {
     head.starts_with(b"PK\x03\x04") || head.first() == Some(&0x80)
 }
 
-/// Refuse files whose pickle references anything but tensors and plain containers.
+/// Most bytes read as pickles: `data.pkl` of a zip file, or the start of a legacy (non-zip)
+/// file, whose pickles come before the tensor storages. A checkpoint's pickles are kilobytes
+/// to a few megabytes.
+const LEGACY_PICKLE_PREFIX: u64 = 256 << 20;
+
+/// Refuse files whose pickle references anything but tensors and plain containers. Reads the
+/// zip index and `data.pkl` only (or, for a legacy file, the pickles at its start), never the
+/// tensor data: a multi-GB checkpoint is not loaded into memory for this.
 pub fn check_pickle_safety(path: &Path) -> Result<()> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut head = Vec::new();
+    (&file)
+        .take(4)
+        .read_to_end(&mut head)
+        .map_err(|e| Error::io(path, e))?;
     let refuse = |why: String| {
         Error::format(
             path,
@@ -36,8 +48,8 @@ pub fn check_pickle_safety(path: &Path) -> Result<()> {
             ),
         )
     };
-    if bytes.starts_with(b"PK\x03\x04") {
-        let mut zip = zip::ZipArchive::new(std::io::Cursor::new(&bytes))
+    if head.starts_with(b"PK\x03\x04") {
+        let mut zip = zip::ZipArchive::new(std::io::BufReader::new(file))
             .map_err(|e| Error::format(path, format!("not a readable torch zip archive: {e}")))?;
         let names: Vec<String> = zip
             .file_names()
@@ -52,11 +64,21 @@ pub fn check_pickle_safety(path: &Path) -> Result<()> {
         };
         let mut pickle = Vec::new();
         zip.by_name(name)
-            .and_then(|mut f| f.read_to_end(&mut pickle).map_err(Into::into))
+            .and_then(|f| {
+                f.take(LEGACY_PICKLE_PREFIX)
+                    .read_to_end(&mut pickle)
+                    .map_err(Into::into)
+            })
             .map_err(|e| Error::format(path, format!("cannot read {name}: {e}")))?;
         pickle_guard::scan(&pickle, 0).map_err(refuse)?;
-    } else if bytes.first() == Some(&0x80) {
+    } else if head.first() == Some(&0x80) {
         // Legacy format: magic, protocol, sys-info and data pickles, then raw storages.
+        let mut bytes = Vec::new();
+        std::io::Seek::rewind(&mut (&file)).map_err(|e| Error::io(path, e))?;
+        (&file)
+            .take(LEGACY_PICKLE_PREFIX)
+            .read_to_end(&mut bytes)
+            .map_err(|e| Error::io(path, e))?;
         let mut pos = 0;
         for _ in 0..4 {
             if bytes.get(pos) != Some(&0x80) {

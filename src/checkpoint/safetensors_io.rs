@@ -15,7 +15,15 @@ use crate::fsutil::write_atomic;
 pub fn read(path: &Path) -> Result<(NamedTensors, HashMap<String, String>)> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     let bad = |e: safetensors::SafeTensorError| {
-        Error::format(path, format!("not a valid safetensors file: {e}"))
+        use safetensors::SafeTensorError as E;
+        let msg = match e {
+            E::MetadataIncompleteBuffer | E::InvalidHeaderLength => format!(
+                "truncated safetensors file: its header announces more data than the {} bytes it holds",
+                bytes.len()
+            ),
+            other => format!("not a valid safetensors file: {other}"),
+        };
+        Error::format(path, msg)
     };
     let (_, meta) = SafeTensors::read_metadata(&bytes).map_err(bad)?;
     let st = SafeTensors::deserialize(&bytes).map_err(bad)?;

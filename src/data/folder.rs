@@ -125,6 +125,10 @@ impl Dataset for FolderDataset {
         self.classes.len()
     }
 
+    fn class_names(&self) -> Vec<String> {
+        self.classes.clone()
+    }
+
     fn name(&self, index: usize) -> String {
         match self.files.get(index) {
             Some(p) => p.display().to_string(),
@@ -143,9 +147,9 @@ pub fn load_image(path: &Path, channels: usize) -> Result<RawImage, DataError> {
     let decoded = std::panic::catch_unwind(|| image::load_from_memory(&bytes)).map_err(|_| {
         DataError::format(path, "image decoder panicked on this file (corrupt image?)")
     })?;
-    let img = decoded.map_err(|source| DataError::Decode {
+    let img = decoded.map_err(|error| DataError::Decode {
         path: path.to_path_buf(),
-        source,
+        error,
     })?;
     Ok(to_raw(&img, channels))
 }

@@ -10,12 +10,12 @@ pub mod folder;
 pub mod idx;
 pub mod loader;
 pub mod resize;
+pub mod spec;
 pub mod transform;
 
-use std::path::{Path, PathBuf};
+pub use spec::DataSpec;
 
-use crate::data::folder::FolderDataset;
-use crate::data::idx::IdxDataset;
+use std::path::{Path, PathBuf};
 
 /// One decoded image: 8-bit, interleaved HWC (row-major, channels innermost).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -87,19 +87,20 @@ pub enum Split {
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
     /// A file or folder that cannot be read.
-    #[error("{}: {source}", path.display())]
+    #[error("{}: {error}", path.display())]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        /// Said in the message, not chained as a source: said once.
+        error: std::io::Error,
     },
     /// A file whose contents are not what they should be (bad magic, truncated, size mismatch).
     #[error("{}: {msg}", path.display())]
     Format { path: PathBuf, msg: String },
     /// An image file the decoder rejects.
-    #[error("{}: cannot decode image: {source}", path.display())]
+    #[error("{}: cannot decode image: {error}", path.display())]
     Decode {
         path: PathBuf,
-        source: image::ImageError,
+        error: image::ImageError,
     },
     /// A data source string that cannot be opened as asked.
     #[error("data source `{spec}`: {msg}")]
@@ -126,20 +127,13 @@ impl DataError {
     pub fn io(path: impl AsRef<Path>, source: std::io::Error) -> Self {
         DataError::Io {
             path: path.as_ref().to_path_buf(),
-            source,
+            error: source,
         }
     }
 
     pub fn format(path: impl AsRef<Path>, msg: impl Into<String>) -> Self {
         DataError::Format {
             path: path.as_ref().to_path_buf(),
-            msg: msg.into(),
-        }
-    }
-
-    fn source_err(spec: &str, msg: impl Into<String>) -> Self {
-        DataError::Source {
-            spec: spec.to_string(),
             msg: msg.into(),
         }
     }
@@ -155,6 +149,11 @@ pub trait Dataset: Send + Sync {
     fn label(&self, index: usize) -> Option<usize>;
     /// Number of classes (0 for an unlabelled set).
     fn num_classes(&self) -> usize;
+    /// The name of each class, in label order (what evaluation matches train and test
+    /// classes by). Numbered sets are named by their numbers.
+    fn class_names(&self) -> Vec<String> {
+        (0..self.num_classes()).map(|c| c.to_string()).collect()
+    }
     /// Human-readable name of one image for messages: a file path or `file[123]`.
     fn name(&self, index: usize) -> String;
     fn is_empty(&self) -> bool {
@@ -175,119 +174,21 @@ impl<D: Dataset + ?Sized> Dataset for Box<D> {
     fn num_classes(&self) -> usize {
         (**self).num_classes()
     }
+    fn class_names(&self) -> Vec<String> {
+        (**self).class_names()
+    }
     fn name(&self, index: usize) -> String {
         (**self).name(index)
     }
 }
 
-/// Opens a data source.
-///
-/// * `fmnist:DIR` / `mnist:DIR`: the IDX pair `train-*` (Train) or `t10k-*` (Test) in DIR, gzip
-///   or raw, spelled `-idx3-ubyte` or `.idx3-ubyte`; labels are required.
-/// * `idx:FILE`: one IDX image file; labels are taken from the file of the same name with
-///   `images-idx3` replaced by `labels-idx1` when it exists.
-/// * anything else: an image folder (see [`FolderDataset`]); a plain IDX file is accepted too.
-///
-/// `channels` (1 or 3) is the channel count `get` returns.
+/// Opens a data source given as text (see [`DataSpec`]).
 pub fn open_source(
     spec: &str,
     split: Split,
     channels: usize,
 ) -> Result<Box<dyn Dataset>, DataError> {
-    if channels != 1 && channels != 3 {
-        return Err(DataError::source_err(
-            spec,
-            format!("channels must be 1 or 3, got {channels}"),
-        ));
-    }
-    let ds: Box<dyn Dataset> = if let Some(dir) = spec
-        .strip_prefix("fmnist:")
-        .or_else(|| spec.strip_prefix("mnist:"))
-    {
-        let dir = Path::new(dir);
-        let prefix = match split {
-            Split::Train => "train",
-            Split::Test => "t10k",
-        };
-        let images = find_idx(dir, prefix, "images", "idx3").ok_or_else(|| {
-            DataError::source_err(
-                spec,
-                format!(
-                    "no {prefix}-images-idx3-ubyte[.gz] (or {prefix}-images.idx3-ubyte[.gz]) in {}",
-                    dir.display()
-                ),
-            )
-        })?;
-        let labels = find_idx(dir, prefix, "labels", "idx1").ok_or_else(|| {
-            DataError::source_err(
-                spec,
-                format!(
-                    "no {prefix}-labels-idx1-ubyte[.gz] (or {prefix}-labels.idx1-ubyte[.gz]) in {}",
-                    dir.display()
-                ),
-            )
-        })?;
-        Box::new(IdxDataset::open(&images, Some(&labels), channels)?)
-    } else if let Some(file) = spec.strip_prefix("idx:") {
-        let path = Path::new(file);
-        if !path.is_file() {
-            return Err(DataError::source_err(
-                spec,
-                format!("{} is not a file", path.display()),
-            ));
-        }
-        let labels = labels_next_to(path);
-        Box::new(IdxDataset::open(path, labels.as_deref(), channels)?)
-    } else {
-        let path = Path::new(spec.strip_prefix("folder:").unwrap_or(spec));
-        if path.is_dir() {
-            Box::new(FolderDataset::open(path, split, channels)?)
-        } else if path.is_file() {
-            let labels = labels_next_to(path);
-            Box::new(IdxDataset::open(path, labels.as_deref(), channels)?)
-        } else {
-            return Err(DataError::source_err(
-                spec,
-                "no such folder or file (expected fmnist:DIR, mnist:DIR, idx:FILE or an image folder)",
-            ));
-        }
-    };
-    if ds.is_empty() {
-        return Err(DataError::source_err(spec, "holds no images"));
-    }
-    Ok(ds)
-}
-
-/// `DIR/{prefix}-{kind}-{idx}-ubyte[.gz]` or the `.{idx}` spelling, first one that exists.
-fn find_idx(dir: &Path, prefix: &str, kind: &str, idx: &str) -> Option<PathBuf> {
-    let names = [
-        format!("{prefix}-{kind}-{idx}-ubyte"),
-        format!("{prefix}-{kind}.{idx}-ubyte"),
-    ];
-    names
-        .iter()
-        .flat_map(|n| [dir.join(n), dir.join(format!("{n}.gz"))])
-        .find(|p| p.is_file())
-}
-
-/// The labels file belonging to an IDX image file, if one exists next to it.
-fn labels_next_to(images: &Path) -> Option<PathBuf> {
-    let name = images.file_name()?.to_str()?;
-    let replaced = if name.contains("images-idx3") {
-        name.replace("images-idx3", "labels-idx1")
-    } else if name.contains("images.idx3") {
-        name.replace("images.idx3", "labels.idx1")
-    } else {
-        return None;
-    };
-    let base = replaced
-        .strip_suffix(".gz")
-        .unwrap_or(&replaced)
-        .to_string();
-    [replaced.clone(), base.clone(), format!("{base}.gz")]
-        .into_iter()
-        .map(|n| images.with_file_name(n))
-        .find(|p| p.is_file())
+    DataSpec::parse(spec)?.open(split, channels)
 }
 
 /// The first `n` images of `ds` (all of them if it has fewer): quick runs on a subset.
@@ -326,6 +227,9 @@ impl Dataset for FirstN {
     }
     fn num_classes(&self) -> usize {
         self.inner.num_classes()
+    }
+    fn class_names(&self) -> Vec<String> {
+        self.inner.class_names()
     }
     fn name(&self, index: usize) -> String {
         self.inner.name(index)

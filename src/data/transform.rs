@@ -161,7 +161,8 @@ impl Preprocess {
             || !(self.channels == 1 || self.channels == 3)
             || self.mean.len() != self.channels
             || self.std.len() != self.channels
-            || self.std.iter().any(|s| *s <= 0.0)
+            || self.std.iter().any(|s| !(s.is_finite() && *s > 0.0))
+            || self.mean.iter().any(|m| !m.is_finite())
         {
             return Err(crate::error::Error::Config(format!(
                 "bad preprocessing settings {self:?}: channels must be 1 or 3 with one positive std per channel"

@@ -197,6 +197,14 @@ pub enum Layers {
 }
 
 impl Layers {
+    /// The flag's spelling.
+    pub fn name(self) -> &'static str {
+        match self {
+            Layers::Last => "last",
+            Layers::Last4 => "last4",
+        }
+    }
+
     pub fn count(self) -> usize {
         match self {
             Layers::Last => 1,
@@ -210,6 +218,8 @@ pub struct LabeledFeatures {
     pub features: super::matrix::Features,
     pub labels: Vec<usize>,
     pub num_classes: usize,
+    /// Class names in label order.
+    pub class_names: Vec<String>,
 }
 
 /// The preprocessed pixels themselves as features (the raw-pixel baseline of the protocol).
@@ -228,17 +238,17 @@ pub fn dataset_pixels(
     let pixels: Vec<Vec<f32>> = (0..n)
         .into_par_iter()
         .map(|i| {
-            let img = ds.get(i).map_err(|e| Error::Config(e.to_string()))?;
+            let img = ds.get(i)?;
             Ok(pre.apply_raw(&img))
         })
         .collect::<Result<_>>()?;
     let dim = pre.channels * pre.size * pre.size;
-    let features = super::matrix::Features::new(n, dim, pixels.concat())
-        .map_err(|e| Error::Config(e.to_string()))?;
+    let features = super::matrix::Features::new(n, dim, pixels.concat())?;
     Ok(LabeledFeatures {
         features,
         labels,
         num_classes: ds.num_classes(),
+        class_names: ds.class_names(),
     })
 }
 
@@ -269,7 +279,7 @@ pub fn dataset_features(
         let pixels: Vec<Vec<f32>> = (start..end)
             .into_par_iter()
             .map(|i| {
-                let img = ds.get(i).map_err(|e| Error::Config(e.to_string()))?;
+                let img = ds.get(i)?;
                 Ok(pre.apply_raw(&img))
             })
             .collect::<Result<_>>()?;
@@ -282,11 +292,11 @@ pub fn dataset_features(
         dim = f.shape[1];
         data.extend(f.data);
     }
-    let features =
-        super::matrix::Features::new(n, dim, data).map_err(|e| Error::Config(e.to_string()))?;
+    let features = super::matrix::Features::new(n, dim, data)?;
     Ok(LabeledFeatures {
         features,
         labels,
         num_classes,
+        class_names: ds.class_names(),
     })
 }

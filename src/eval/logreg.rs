@@ -157,20 +157,22 @@ pub struct Objective<'a> {
     partials: Vec<Vec<f64>>,
 }
 
+/// The rows of each parallel task for `n` rows and `params` parameters (each task owns a
+/// gradient buffer of `params` values): a function of the shapes alone.
+pub fn task_ranges(n: usize, params: usize) -> Vec<Range<usize>> {
+    let by_mem = (PARTIAL_BYTES / (8 * params)).max(1);
+    let tasks = n.div_ceil(MIN_TASK_ROWS).min(MAX_TASKS).min(by_mem).max(1);
+    let per = n.div_ceil(tasks);
+    (0..tasks)
+        .map(|t| (t * per).min(n)..((t + 1) * per).min(n))
+        .collect()
+}
+
 impl<'a> Objective<'a> {
     /// The row chunking depends only on (n, c, d), never on the thread count.
     pub fn new(x: &'a Features, y: &'a [usize], c: usize, l2: f64) -> Self {
         let p = c * (x.dim + 1);
-        let by_mem = (PARTIAL_BYTES / (8 * p)).max(1);
-        let tasks =
-            x.n.div_ceil(MIN_TASK_ROWS)
-                .min(MAX_TASKS)
-                .min(by_mem)
-                .max(1);
-        let per = x.n.div_ceil(tasks);
-        let ranges: Vec<Range<usize>> = (0..tasks)
-            .map(|t| (t * per).min(x.n)..((t + 1) * per).min(x.n))
-            .collect();
+        let ranges = task_ranges(x.n, p);
         let partials = vec![vec![0.0; p]; ranges.len()];
         Objective {
             x,

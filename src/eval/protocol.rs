@@ -4,6 +4,7 @@
 
 use serde::Serialize;
 
+use super::EvalError;
 use super::features::{LabeledFeatures, Layers, choose_encoder, dataset_features, dataset_pixels};
 use super::{knn, probe};
 use crate::checkpoint::{Checkpoint, EncoderChoice};
@@ -33,9 +34,16 @@ pub fn extract(
     let which = choose_encoder(ck, data.encoder);
     let model = ck.build_encoder::<crate::Cpu>(which, &Default::default())?;
     let pre = &ck.description.preprocess;
-    let open = |spec: &str, split| {
-        open_source(spec, split, pre.channels).map_err(|e| Error::Config(e.to_string()))
-    };
+    let open = |spec: &str, split| Ok::<_, Error>(open_source(spec, split, pre.channels)?);
+    let depth = ck.description.encoder.depth;
+    if !data.pixels && data.layers.count() > depth {
+        return Err(EvalError::Config(format!(
+            "--layers {} pools the last {} blocks; the model has {depth}",
+            data.layers.name(),
+            data.layers.count()
+        ))
+        .into());
+    }
     let train_ds = open(&data.train, Split::Train)?;
     let test_ds = open(&data.test, Split::Test)?;
     let (train, test) = if data.pixels {
@@ -49,18 +57,33 @@ pub fn extract(
             dataset_features(&model, test_ds.as_ref(), pre, l, b, data.max_test)?,
         )
     };
-    let classes = train.num_classes.max(test.num_classes);
-    Ok((
-        LabeledFeatures {
-            num_classes: classes,
-            ..train
-        },
-        LabeledFeatures {
-            num_classes: classes,
-            ..test
-        },
-        which,
-    ))
+    let test = LabeledFeatures {
+        labels: by_train_class(&train.class_names, &test, &data.test)?,
+        num_classes: train.num_classes,
+        class_names: train.class_names.clone(),
+        ..test
+    };
+    Ok((train, test, which))
+}
+
+/// The labels of `test` as indices of the train split's classes, matched by name: the same
+/// class may sit at another sorted position in each split, and a class the training split
+/// does not have cannot be scored.
+fn by_train_class(train: &[String], test: &LabeledFeatures, spec: &str) -> Result<Vec<usize>> {
+    let index: Vec<Option<usize>> = test
+        .class_names
+        .iter()
+        .map(|name| train.iter().position(|t| t == name))
+        .collect();
+    if let Some(c) = index.iter().position(Option::is_none) {
+        return Err(EvalError::Config(format!(
+            "test data {spec}: class '{}' does not occur in the training data (its classes: {})",
+            test.class_names[c],
+            train.join(", ")
+        ))
+        .into());
+    }
+    Ok(test.labels.iter().map(|&l| index[l].unwrap_or(l)).collect())
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -105,8 +128,7 @@ fn probe_features(
         &test.labels,
         train.num_classes,
         cfg,
-    )
-    .map_err(|e| Error::Config(e.to_string()))?;
+    )?;
     Ok(ProbeReport {
         pixels: data.pixels,
         top1: r.top1,
@@ -170,8 +192,7 @@ fn knn_features(
         train.num_classes,
         k,
         temperature,
-    )
-    .map_err(|e| Error::Config(e.to_string()))?;
+    )?;
     Ok(KnnReport {
         pixels: data.pixels,
         top1: r.top1,

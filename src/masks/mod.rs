@@ -159,12 +159,12 @@ pub enum MaskError {
         min_keep: usize,
     },
     /// Writing a PNG failed.
-    #[error("cannot write PNG {}: {source}", path.display())]
+    #[error("cannot write PNG {}: {error}", path.display())]
     Png {
         /// The path that was being written.
         path: PathBuf,
         /// What the encoder or the file system said.
-        source: std::sync::Arc<image::ImageError>,
+        error: std::sync::Arc<image::ImageError>,
     },
 }
 

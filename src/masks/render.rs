@@ -150,7 +150,7 @@ pub fn render_png(
     img.save_with_format(path, image::ImageFormat::Png)
         .map_err(|e| MaskError::Png {
             path: path.to_path_buf(),
-            source: Arc::new(e),
+            error: Arc::new(e),
         })
 }
 

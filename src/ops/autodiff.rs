@@ -10,10 +10,11 @@ use burn_autodiff::ops::{Backward, Ops, OpsKind};
 use burn_flex::{Flex, FlexTensor};
 
 use super::flex::{
-    attention_fwd, dims, f32s, layer_norm_fwd, linear_fwd, linear_residual_fwd, tensor,
+    attention_fwd, dims, f32s, fused_precision, layer_norm_fwd, linear_fwd, linear_residual_fwd,
+    tensor,
 };
 use super::kernels::{attention, layernorm, linear};
-use super::{IjepaBackend, composed, fused_kernels};
+use super::{IjepaBackend, Precision, composed, fused_kernels};
 
 type Ad<C> = Autodiff<Flex, C>;
 
@@ -31,6 +32,8 @@ struct LinearState {
     /// GELU's slope at the pre-activation when the node includes the GELU.
     slope: Option<FlexTensor>,
     with_bias: bool,
+    /// The precision of the forward's product, also that of the backward's.
+    precision: Precision,
 }
 
 fn linear_grads(s: LinearState, dy: &FlexTensor) -> (FlexTensor, FlexTensor, Option<FlexTensor>) {
@@ -39,9 +42,10 @@ fn linear_grads(s: LinearState, dy: &FlexTensor) -> (FlexTensor, FlexTensor, Opt
     let (x, w, dy) = (values(&s.x), values(&s.w), values(dy));
     let (dx, dw, db) = match &s.slope {
         Some(slope) => {
-            linear::linear_gelu_backward(&x, &w, &values(slope), &dy, m, k, n, s.with_bias)
+            let slope = values(slope);
+            linear::linear_gelu_backward(&x, &w, &slope, &dy, m, k, n, s.with_bias, s.precision)
         }
-        None => linear::linear_backward(&x, &w, &dy, m, k, n, s.with_bias),
+        None => linear::linear_backward(&x, &w, &dy, m, k, n, s.with_bias, s.precision),
     };
     (
         tensor(dx, vec![m, k]),
@@ -129,12 +133,14 @@ fn linear_residual_node<C: CheckpointStrategy>(
     w: FloatTensor<Ad<C>>,
     b: Option<FloatTensor<Ad<C>>>,
     r: FloatTensor<Ad<C>>,
+    precision: Precision,
 ) -> FloatTensor<Ad<C>> {
     let Some(y) = linear_residual_fwd(
         &x.primitive,
         &w.primitive,
         b.as_ref().map(|b| &b.primitive),
         &r.primitive,
+        precision,
     ) else {
         return composed::linear_residual::<Ad<C>>(x, w, b, r);
     };
@@ -143,6 +149,7 @@ fn linear_residual_node<C: CheckpointStrategy>(
         w: w.primitive.clone(),
         slope: None,
         with_bias: b.is_some(),
+        precision,
     };
     match b {
         Some(b) => match LinearResidualBiasBackward
@@ -174,6 +181,7 @@ fn linear_node<C: CheckpointStrategy>(
     w: FloatTensor<Ad<C>>,
     b: Option<FloatTensor<Ad<C>>>,
     gelu: bool,
+    precision: Precision,
 ) -> FloatTensor<Ad<C>> {
     let Some((y, slope)) = linear_fwd(
         &x.primitive,
@@ -181,6 +189,7 @@ fn linear_node<C: CheckpointStrategy>(
         b.as_ref().map(|b| &b.primitive),
         gelu,
         true,
+        precision,
     ) else {
         return if gelu {
             composed::linear_gelu::<Ad<C>>(x, w, b)
@@ -193,6 +202,7 @@ fn linear_node<C: CheckpointStrategy>(
         w: w.primitive.clone(),
         slope,
         with_bias: b.is_some(),
+        precision,
     };
     match b {
         Some(b) => match LinearBiasBackward
@@ -309,10 +319,10 @@ impl<C: CheckpointStrategy> IjepaBackend for Ad<C> {
         w: FloatTensor<Self>,
         b: Option<FloatTensor<Self>>,
     ) -> FloatTensor<Self> {
-        if !fused_kernels() {
-            return composed::linear::<Self>(x, w, b);
+        match fused_precision() {
+            Some(p) => linear_node::<C>(x, w, b, false, p),
+            None => composed::linear::<Self>(x, w, b),
         }
-        linear_node::<C>(x, w, b, false)
     }
 
     fn ijepa_linear_residual(
@@ -321,10 +331,10 @@ impl<C: CheckpointStrategy> IjepaBackend for Ad<C> {
         b: Option<FloatTensor<Self>>,
         r: FloatTensor<Self>,
     ) -> FloatTensor<Self> {
-        if !fused_kernels() {
-            return composed::linear_residual::<Self>(x, w, b, r);
+        match fused_precision() {
+            Some(p) => linear_residual_node::<C>(x, w, b, r, p),
+            None => composed::linear_residual::<Self>(x, w, b, r),
         }
-        linear_residual_node::<C>(x, w, b, r)
     }
 
     fn ijepa_linear_gelu(
@@ -332,14 +342,14 @@ impl<C: CheckpointStrategy> IjepaBackend for Ad<C> {
         w: FloatTensor<Self>,
         b: Option<FloatTensor<Self>>,
     ) -> FloatTensor<Self> {
-        if !fused_kernels() {
-            return composed::linear_gelu::<Self>(x, w, b);
+        match fused_precision() {
+            Some(p) => linear_node::<C>(x, w, b, true, p),
+            None => composed::linear_gelu::<Self>(x, w, b),
         }
-        linear_node::<C>(x, w, b, true)
     }
 
     fn ijepa_attention(qkv: FloatTensor<Self>, heads: usize) -> FloatTensor<Self> {
-        if !fused_kernels() {
+        if fused_precision().is_none() {
             return composed::attention::<Self>(qkv, heads);
         }
         let Some((out, lse)) = attention_fwd(&qkv.primitive, heads) else {

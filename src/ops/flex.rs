@@ -4,8 +4,21 @@ use burn::backend::Flex;
 use burn::tensor::{DType, TensorData};
 use burn_flex::FlexTensor;
 
-use super::kernels::{attention, layernorm, linear, optim};
-use super::{IjepaBackend, composed, fused_kernels};
+use super::kernels::{attention, cpu, layernorm, linear, optim};
+use super::{IjepaBackend, Precision, autocast, composed, fused_kernels};
+
+/// The precision of the fused products in force ([`super::with_precision`]), or `None` where
+/// the fused kernels cannot run it (bf16 autocast on a CPU without bf16 products, or the fused
+/// kernels switched off): the composed implementations (bf16 autocast ops) run instead.
+pub(super) fn fused_precision() -> Option<Precision> {
+    if !fused_kernels() {
+        return None;
+    }
+    match autocast::active() {
+        Precision::Bf16 if !cpu::bf16_products() => None,
+        p => Some(p),
+    }
+}
 
 /// A contiguous f32 view (copying only when the layout is strided), or `None` for other dtypes.
 pub(super) fn f32s(t: &FlexTensor) -> Option<std::borrow::Cow<'_, [f32]>> {
@@ -69,14 +82,16 @@ fn linear_operands<'a>(
     })
 }
 
-/// Linear forward on flex tensors; `None` when a dtype is not f32. With `gelu`, the second
-/// value is GELU's slope at the pre-activation when `with_slope` (what the backward needs).
+/// Linear forward on flex tensors, the product in precision `p`; `None` when a dtype is not
+/// f32. With `gelu`, the second value is GELU's slope at the pre-activation when `with_slope`
+/// (what the backward needs).
 pub(super) fn linear_fwd(
     x: &FlexTensor,
     w: &FlexTensor,
     b: Option<&FlexTensor>,
     gelu: bool,
     with_slope: bool,
+    p: Precision,
 ) -> Option<(FlexTensor, Option<FlexTensor>)> {
     let LinearOperands {
         xs,
@@ -88,7 +103,7 @@ pub(super) fn linear_fwd(
     } = linear_operands(x, w, b)?;
     if gelu {
         let (act, slope) =
-            linear::linear_gelu_forward(&xs, &ws, bs.as_deref(), m, k, n, with_slope);
+            linear::linear_gelu_forward(&xs, &ws, bs.as_deref(), m, k, n, with_slope, p);
         Some((
             tensor(act, vec![m, n]),
             slope.map(|s| tensor(s, vec![m, n])),
@@ -96,7 +111,7 @@ pub(super) fn linear_fwd(
     } else {
         Some((
             tensor(
-                linear::linear_forward(&xs, &ws, bs.as_deref(), m, k, n),
+                linear::linear_forward(&xs, &ws, bs.as_deref(), m, k, n, p),
                 vec![m, n],
             ),
             None,
@@ -104,12 +119,14 @@ pub(super) fn linear_fwd(
     }
 }
 
-/// `r + (x W + b)` on flex tensors; `None` when a dtype is not f32.
+/// `r + (x W + b)` on flex tensors, the product in precision `p`; `None` when a dtype is not
+/// f32.
 pub(super) fn linear_residual_fwd(
     x: &FlexTensor,
     w: &FlexTensor,
     b: Option<&FlexTensor>,
     r: &FlexTensor,
+    p: Precision,
 ) -> Option<FlexTensor> {
     let LinearOperands {
         xs,
@@ -123,7 +140,7 @@ pub(super) fn linear_residual_fwd(
         return None;
     }
     let rs = f32s(r)?;
-    let y = linear::linear_residual_forward(&xs, &ws, bs.as_deref(), &rs, m, k, n);
+    let y = linear::linear_residual_forward(&xs, &ws, bs.as_deref(), &rs, m, k, n, p);
     Some(tensor(y, vec![m, n]))
 }
 
@@ -156,10 +173,10 @@ pub(super) fn layer_norm_fwd(
 
 impl IjepaBackend for Flex {
     fn ijepa_linear(x: FlexTensor, w: FlexTensor, b: Option<FlexTensor>) -> FlexTensor {
-        if !fused_kernels() {
+        let Some(p) = fused_precision() else {
             return composed::linear::<Self>(x, w, b);
-        }
-        match linear_fwd(&x, &w, b.as_ref(), false, false) {
+        };
+        match linear_fwd(&x, &w, b.as_ref(), false, false, p) {
             Some((y, _)) => y,
             None => composed::linear::<Self>(x, w, b),
         }
@@ -171,27 +188,29 @@ impl IjepaBackend for Flex {
         b: Option<FlexTensor>,
         r: FlexTensor,
     ) -> FlexTensor {
-        if !fused_kernels() {
+        let Some(p) = fused_precision() else {
             return composed::linear_residual::<Self>(x, w, b, r);
-        }
-        match linear_residual_fwd(&x, &w, b.as_ref(), &r) {
+        };
+        match linear_residual_fwd(&x, &w, b.as_ref(), &r, p) {
             Some(y) => y,
             None => composed::linear_residual::<Self>(x, w, b, r),
         }
     }
 
     fn ijepa_linear_gelu(x: FlexTensor, w: FlexTensor, b: Option<FlexTensor>) -> FlexTensor {
-        if !fused_kernels() {
+        let Some(p) = fused_precision() else {
             return composed::linear_gelu::<Self>(x, w, b);
-        }
-        match linear_fwd(&x, &w, b.as_ref(), true, false) {
+        };
+        match linear_fwd(&x, &w, b.as_ref(), true, false, p) {
             Some((y, _)) => y,
             None => composed::linear_gelu::<Self>(x, w, b),
         }
     }
 
+    /// In f32 also under bf16 autocast (where the CPU has bf16 products): the attention's
+    /// products per head are small, and their operands are the f32 ones.
     fn ijepa_attention(qkv: FlexTensor, heads: usize) -> FlexTensor {
-        if !fused_kernels() {
+        if fused_precision().is_none() {
             return composed::attention::<Self>(qkv, heads);
         }
         match attention_fwd(&qkv, heads) {

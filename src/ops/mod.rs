@@ -37,13 +37,33 @@ pub fn fused_kernels() -> bool {
     *FUSED.get_or_init(|| std::env::var("IJEPA_KERNELS").map_or(true, |v| v != "composed"))
 }
 
+/// The precision of a CPU run asked for bf16 autocast (`meta.use_bfloat16`, `bench --bf16`):
+/// bf16 where the fused kernels have bf16 products (AVX-512 BF16), or else the reason it trains
+/// in f32 (the note to print).
+pub fn cpu_bf16() -> Result<Precision, String> {
+    if !fused_kernels() {
+        return Err("bf16 on the CPU needs the fused kernels (IJEPA_KERNELS=composed is set); this run computes in f32".into());
+    }
+    if kernels::cpu::bf16_products() {
+        return Ok(Precision::Bf16);
+    }
+    let why = match kernels::cpu::path() {
+        kernels::cpu::KernelPath::Avx512 => "this CPU has no avx512_bf16",
+        _ => "bf16 products need the avx512 kernel path with avx512_bf16",
+    };
+    Err(format!(
+        "bf16 autocast asked, but {why}; this run computes in f32"
+    ))
+}
+
 /// Exact GELU `x/2 (1 + erf(x / sqrt 2))` from primitive ops.
 pub fn gelu_erf<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
     x.clone()
         .mul((x.div_scalar(std::f64::consts::SQRT_2).erf() + 1.0).mul_scalar(0.5))
 }
 
-/// The composed (backend-independent) implementations.
+/// The composed (backend-independent) implementations. The products follow the precision in
+/// force ([`with_precision`]): under bf16 autocast they are [`autocast`]'s.
 pub mod composed {
     use super::*;
 
@@ -52,11 +72,11 @@ pub mod composed {
         w: FloatTensor<B>,
         b: Option<FloatTensor<B>>,
     ) -> FloatTensor<B> {
-        unwrap(burn::tensor::module::linear(
-            wrap::<B, 2>(x),
-            wrap(w),
-            b.map(wrap::<B, 1>),
-        ))
+        let (x, w, b) = (wrap::<B, 2>(x), wrap(w), b.map(wrap::<B, 1>));
+        unwrap(match autocast::active() {
+            Precision::F32 => burn::tensor::module::linear(x, w, b),
+            Precision::Bf16 => autocast::linear(x, w, b),
+        })
     }
 
     pub fn linear_gelu<B: Backend>(
@@ -79,6 +99,9 @@ pub mod composed {
     }
 
     pub fn attention<B: Backend>(qkv: FloatTensor<B>, heads: usize) -> FloatTensor<B> {
+        if autocast::active() == Precision::Bf16 {
+            return unwrap(autocast::attention(wrap::<B, 3>(qkv), heads));
+        }
         let qkv = wrap::<B, 3>(qkv);
         let [b, n, d3] = qkv.dims();
         let d = d3 / 3;
@@ -214,18 +237,15 @@ pub trait IjepaBackend: Backend {
     }
 }
 
-/// Tensor-level entry points used by the model. Under bf16 autocast ([`with_precision`])
-/// the products go through [`autocast`]'s composed ops on every backend (the CPU's fused
-/// kernels are f32-only).
+/// Tensor-level entry points used by the model. Under bf16 autocast ([`with_precision`]) the
+/// backends' products take bf16 operands: the CPU's fused kernels where the CPU has bf16
+/// products ([`kernels::cpu::bf16_products`]), [`autocast`]'s composed ops elsewhere.
 pub fn linear<B: IjepaBackend>(
     x: Tensor<B, 2>,
     w: Tensor<B, 2>,
     b: Option<Tensor<B, 1>>,
 ) -> Tensor<B, 2> {
-    match autocast::active() {
-        Precision::F32 => wrap(B::ijepa_linear(unwrap(x), unwrap(w), b.map(unwrap))),
-        Precision::Bf16 => autocast::linear(x, w, b),
-    }
+    wrap(B::ijepa_linear(unwrap(x), unwrap(w), b.map(unwrap)))
 }
 
 /// `r + linear(x, w, b)`.
@@ -235,15 +255,12 @@ pub fn linear_residual<B: IjepaBackend>(
     b: Option<Tensor<B, 1>>,
     r: Tensor<B, 2>,
 ) -> Tensor<B, 2> {
-    match autocast::active() {
-        Precision::F32 => wrap(B::ijepa_linear_residual(
-            unwrap(x),
-            unwrap(w),
-            b.map(unwrap),
-            unwrap(r),
-        )),
-        Precision::Bf16 => r + autocast::linear(x, w, b),
-    }
+    wrap(B::ijepa_linear_residual(
+        unwrap(x),
+        unwrap(w),
+        b.map(unwrap),
+        unwrap(r),
+    ))
 }
 
 pub fn linear_gelu<B: IjepaBackend>(
@@ -251,17 +268,11 @@ pub fn linear_gelu<B: IjepaBackend>(
     w: Tensor<B, 2>,
     b: Option<Tensor<B, 1>>,
 ) -> Tensor<B, 2> {
-    match autocast::active() {
-        Precision::F32 => wrap(B::ijepa_linear_gelu(unwrap(x), unwrap(w), b.map(unwrap))),
-        Precision::Bf16 => gelu_erf(autocast::linear(x, w, b)),
-    }
+    wrap(B::ijepa_linear_gelu(unwrap(x), unwrap(w), b.map(unwrap)))
 }
 
 pub fn attention<B: IjepaBackend>(qkv: Tensor<B, 3>, heads: usize) -> Tensor<B, 3> {
-    match autocast::active() {
-        Precision::F32 => wrap(B::ijepa_attention(unwrap(qkv), heads)),
-        Precision::Bf16 => autocast::attention(qkv, heads),
-    }
+    wrap(B::ijepa_attention(unwrap(qkv), heads))
 }
 
 pub fn layer_norm<B: IjepaBackend>(

@@ -182,7 +182,8 @@ pub struct MetaSection {
     pub pred_emb_dim: usize,
     #[serde(default)]
     pub read_checkpoint: Option<String>,
-    /// bf16 compute on GPUs; on the CPU training runs in f32.
+    /// bf16 autocast of the matrix products on GPUs and on CPUs with AVX-512 BF16; other CPUs
+    /// train in f32 (and say so).
     #[serde(default)]
     pub use_bfloat16: bool,
     // ---- extensions ----
@@ -310,6 +311,25 @@ pub fn apply_overrides(root: &mut Value, overrides: &[String]) -> Result<()> {
     Ok(())
 }
 
+/// serde's `invalid type: string "lots", expected f64` as `expected a number, found "lots"`.
+fn plain_words(msg: &str) -> String {
+    let Some((found, expected)) = msg
+        .strip_prefix("invalid type: ")
+        .or_else(|| msg.strip_prefix("invalid value: "))
+        .and_then(|m| m.split_once(", expected "))
+    else {
+        return msg.to_string();
+    };
+    let expected = match expected.split(' ').next().unwrap_or(expected) {
+        "f64" | "f32" => "a number",
+        "usize" | "u64" | "u32" | "u16" | "u8" => "a whole number >= 0",
+        "i64" | "i32" => "a whole number",
+        _ => expected,
+    };
+    let found = found.strip_prefix("string ").unwrap_or(found);
+    format!("expected {expected}, found {found}")
+}
+
 impl TrainConfig {
     /// Parse YAML text, apply overrides, check everything.
     pub fn from_yaml(text: &str, overrides: &[String], origin: &Path) -> Result<Self> {
@@ -317,17 +337,13 @@ impl TrainConfig {
             .map_err(|e| Error::format(origin, format!("invalid YAML: {e}")))?;
         apply_overrides(&mut root, overrides)?;
         let cfg: TrainConfig = serde_path_to_error::deserialize(root).map_err(|e| {
-            let path = e.path().to_string();
-            let inner = e.into_inner();
-            let msg = if path == "." || inner.to_string().contains(&path) {
-                inner.to_string()
-            } else {
-                format!("{path}: {inner}")
-            };
-            Error::format(origin, format!("bad configuration: {msg}"))
+            let key = e.path().to_string();
+            Error::format(
+                origin,
+                format!("{key}: {}", plain_words(&e.inner().to_string())),
+            )
         })?;
-        cfg.validate()
-            .map_err(|e| Error::format(origin, e.to_string()))?;
+        cfg.validate().map_err(|e| Error::in_file(origin, e))?;
         Ok(cfg)
     }
 
@@ -340,13 +356,15 @@ impl TrainConfig {
         serde_yaml_ng::to_string(self).unwrap_or_default()
     }
 
-    /// The dataset source: `data.dataset`, else the official `root_path/image_folder`.
-    pub fn dataset_source(&self) -> Result<String> {
+    /// The dataset source, parsed: `data.dataset`, else the official `root_path/image_folder`.
+    pub fn dataset_spec(&self) -> Result<crate::data::DataSpec> {
         if let Some(d) = &self.data.dataset {
-            return Ok(d.clone());
+            return Ok(crate::data::DataSpec::parse(d)?);
         }
         match (&self.data.root_path, &self.data.image_folder) {
-            (Some(root), Some(folder)) => Ok(PathBuf::from(root).join(folder).display().to_string()),
+            (Some(root), Some(folder)) => Ok(crate::data::DataSpec::parse(
+                &PathBuf::from(root).join(folder).display().to_string(),
+            )?),
             _ => Err(Error::Config("no dataset: set data.dataset (e.g. fmnist:/usr/share/datasets/fashion-mnist or a folder) or data.root_path + data.image_folder".into())),
         }
     }

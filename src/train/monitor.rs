@@ -206,16 +206,10 @@ static FONT: &[u8] = include_bytes!("../../assets/DejaVuSansMono.ttf");
 /// Draw `loss` against `step` from the CSV log (a raw and a smoothed line).
 pub fn plot_losses(csv: &Path, png: &Path) -> Result<()> {
     use plotters::prelude::*;
-    let text = std::fs::read_to_string(csv).map_err(|e| Error::io(csv, e))?;
-    let points: Vec<(f64, f64)> = text
-        .lines()
-        .skip(1)
-        .filter_map(|l| {
-            let mut f = l.split(',');
-            let step = f.nth(2)?.parse::<f64>().ok()?;
-            let loss = f.next()?.parse::<f64>().ok()?;
-            loss.is_finite().then_some((step, loss))
-        })
+    let points: Vec<(f64, f64)> = super::log::read(csv)?
+        .into_iter()
+        .filter(|r| r.loss.is_finite())
+        .map(|r| (r.step as f64, r.loss))
         .collect();
     if points.is_empty() {
         return Ok(());

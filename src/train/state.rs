@@ -81,7 +81,7 @@ pub fn save<B: crate::ops::TrainBackend>(
         to_host(&adam.exp_avg_sq, &shapes),
     ));
     let mut desc = desc.clone();
-    let mut training = serde_json::to_value(meta).map_err(|e| Error::Config(e.to_string()))?;
+    let mut training = serde_json::to_value(meta)?;
     if let Some(obj) = training.as_object_mut() {
         obj.insert("adam_step".into(), adam.step.into());
     }

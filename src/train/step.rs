@@ -5,6 +5,7 @@
 use burn::module::AutodiffModule;
 use burn::tensor::{ElementConversion, Tensor};
 
+use super::distributed::GradReducer;
 use super::loss::{self, LossKind};
 use super::objective::{Objective, StepKey};
 use super::optim::{AdamW, StepHyper, TensorMap, collect_grads, grad_norm};
@@ -159,26 +160,76 @@ pub fn apply_update<B: crate::ops::TrainBackend>(
     )
 }
 
-/// A full step: gradients, a finite-loss check (nothing is updated on NaN / inf), update.
+/// How the step computes: the objective, the arithmetic of the forward passes, the update.
+#[derive(Clone, Copy, Debug)]
+pub struct StepSettings {
+    /// The step's number in the run (1-based), for messages and the options' random streams.
+    pub step: u64,
+    pub objective: Objective,
+    /// The run's seed, for the options' random streams.
+    pub seed: u64,
+    /// The replica number of this peer's first micro-batch (the options' streams are keyed
+    /// by replica, so that peers and accumulated micro-batches draw different numbers).
+    pub first_replica: u64,
+    pub precision: Precision,
+    pub hyper: UpdateHyper,
+}
+
+/// The losses of a step, averaged over its micro-batches and peers.
+#[derive(Clone, Copy, Debug)]
+pub struct StepLosses {
+    /// What was minimised (prediction plus the regularisers, if any).
+    pub loss: f64,
+    /// The prediction loss alone, averaged over this peer's micro-batches only.
+    pub prediction: f64,
+}
+
+/// The training step `ijepa pretrain` runs: loss and gradients of each of this peer's
+/// micro-batches, summed and averaged over them, averaged over all peers by `reducer` (the
+/// official AllReduce of the loss, DDP's gradient average), a finite-loss check (nothing is
+/// updated on NaN / inf), then AdamW and the EMA. Returns the networks and the losses.
 pub fn train_step<B: crate::ops::TrainBackend>(
     nets: Networks<B>,
     adam: &mut AdamW<B::InnerBackend>,
-    batch: &Batch<B>,
-    kind: LossKind,
-    precision: Precision,
-    h: UpdateHyper,
-) -> Result<(Networks<B>, f64)> {
-    let g = loss_and_grads(&nets, batch, kind, precision);
-    check_finite(g.loss)?;
-    let (nets, _) = apply_update(nets, adam, g.grads, h);
-    Ok((nets, g.loss))
-}
-
-pub fn check_finite(loss: f64) -> Result<()> {
-    if !loss.is_finite() {
-        return Err(Error::Config(format!(
-            "loss is {loss}: training diverged (lower optimization.lr, raise the EMA momentum or check the data); no update was applied"
-        )));
+    micro_batches: &[Batch<B>],
+    reducer: &dyn GradReducer<B::InnerBackend>,
+    s: StepSettings,
+) -> Result<(Networks<B>, StepLosses)> {
+    let mut grads: Option<TensorMap<B::InnerBackend>> = None;
+    let (mut loss_sum, mut prediction_sum) = (0.0, 0.0);
+    for (i, batch) in micro_batches.iter().enumerate() {
+        let key = StepKey {
+            seed: s.seed,
+            step: s.step,
+            replica: s.first_replica + i as u64,
+        };
+        let g = loss_and_grads_with(&nets, batch, &s.objective, key, s.precision);
+        loss_sum += g.loss;
+        prediction_sum += g.prediction;
+        grads = Some(match grads {
+            None => g.grads,
+            Some(mut acc) => {
+                for (k, v) in g.grads {
+                    if let Some(a) = acc.remove(&k) {
+                        acc.insert(k, a + v);
+                    }
+                }
+                acc
+            }
+        });
     }
-    Ok(())
+    let accum = micro_batches.len().max(1);
+    let mut grads = grads.unwrap_or_default();
+    if accum > 1 {
+        for v in grads.values_mut() {
+            *v = v.clone().div_scalar(accum as f32);
+        }
+    }
+    let (grads, loss) = reducer.all_reduce_mean(grads, loss_sum / accum as f64)?;
+    if !loss.is_finite() {
+        return Err(Error::Diverged { step: s.step, loss });
+    }
+    let (nets, _) = apply_update(nets, adam, grads, s.hyper);
+    let prediction = prediction_sum / accum as f64;
+    Ok((nets, StepLosses { loss, prediction }))
 }

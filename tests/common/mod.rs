@@ -67,10 +67,10 @@ pub fn assert_close_rel(name: &str, got: &HostTensor, want: &HostTensor, rel: f3
 
 /// The loss column of a run's `log.csv`, one value per logged step.
 pub fn logged_losses(dir: &Path) -> Vec<f64> {
-    let log = std::fs::read_to_string(dir.join("log.csv")).unwrap();
-    log.lines()
-        .skip(1)
-        .map(|l| l.split(',').nth(3).unwrap().parse().unwrap())
+    ijepa::train::log::read(&dir.join("log.csv"))
+        .unwrap()
+        .iter()
+        .map(|r| r.loss)
         .collect()
 }
 
@@ -104,4 +104,38 @@ pub fn tmp(tag: &str) -> TestDir {
             .tempdir()
             .expect("a temporary folder"),
     )
+}
+
+/// `--set` values of a tiny model (a run takes seconds).
+pub fn tiny_model() -> Vec<String> {
+    [
+        "meta.embed_dim=32",
+        "meta.depth=2",
+        "meta.num_heads=2",
+        "meta.pred_emb_dim=16",
+        "meta.pred_depth=1",
+        "meta.pred_num_heads=2",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+/// The Fashion-MNIST recipe's config file.
+pub fn recipe() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("configs/fmnist_vit.yaml")
+}
+
+/// `ijepa pretrain --quiet --config RECIPE --output OUT --set ... EXTRA...`.
+pub fn pretrain_command(out: &Path, sets: &[String], extra: &[&str]) -> std::process::Command {
+    let mut cmd = std::process::Command::new(ijepa_bin());
+    cmd.args(["pretrain", "--quiet", "--config"])
+        .arg(recipe())
+        .arg("--output")
+        .arg(out);
+    for s in sets {
+        cmd.args(["--set", s]);
+    }
+    cmd.args(extra);
+    cmd
 }

@@ -126,6 +126,13 @@ pub fn run_cli(a: Args) -> Result<()> {
     };
     ijepa::device::allow_tf32(a.tf32);
     let device: DeviceSpec = a.device.parse()?;
+    let mut spec = spec;
+    if device == DeviceSpec::Cpu && spec.precision == Precision::Bf16 {
+        spec.precision = ijepa::ops::cpu_bf16().unwrap_or_else(|note| {
+            eprintln!("note: --bf16: {note}");
+            Precision::F32
+        });
+    }
     println!(
         "ijepa {} backend {} {} threads {} tokens {} batch {}",
         env!("CARGO_PKG_VERSION"),
@@ -142,6 +149,9 @@ pub fn run_cli(a: Args) -> Result<()> {
         spec.encoder.num_patches(),
         spec.batch_size
     );
+    if device == DeviceSpec::Cpu {
+        println!("{}", ijepa::ops::kernels::cpu::describe());
+    }
     let r = match device {
         DeviceSpec::Cpu => run::<ijepa::CpuAutodiff>(&spec, &Default::default())?,
         DeviceSpec::Cuda(i) => run_cuda(&spec, i)?,

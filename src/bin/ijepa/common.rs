@@ -40,3 +40,12 @@ pub fn set_threads(threads: Option<usize>) -> Result<()> {
     }
     Ok(())
 }
+
+/// A whole number of at least 1 (batch sizes: 0 is refused, never quietly made 1).
+pub fn positive(s: &str) -> std::result::Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(format!("'{s}': {e}")),
+    }
+}

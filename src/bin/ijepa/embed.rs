@@ -23,7 +23,7 @@ pub struct Args {
     #[arg(long, value_enum, default_value = "mean")]
     pub pool: PoolArg,
     /// Images per forward pass.
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = 32, value_parser = crate::common::positive)]
     pub batch_size: usize,
 }
 
@@ -50,7 +50,7 @@ pub fn run(a: Args) -> Result<()> {
             PoolArg::Mean => Pool::Mean,
             PoolArg::None => Pool::None,
         },
-        batch_size: a.batch_size.max(1),
+        batch_size: a.batch_size,
     };
     let out = ijepa::eval::features::embed_paths(&ck, &a.input, &request)?;
     ijepa::npy::write_host(&a.output, &out.features)?;

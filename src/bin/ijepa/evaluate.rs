@@ -35,7 +35,7 @@ pub struct EvalArgs {
     /// Use only the first N test images.
     #[arg(long)]
     pub max_test: Option<usize>,
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = 256, value_parser = crate::common::positive)]
     pub batch_size: usize,
     #[arg(long)]
     pub threads: Option<usize>,
@@ -68,7 +68,7 @@ impl EvalArgs {
                 LayersArg::Last => Layers::Last,
                 LayersArg::Last4 => Layers::Last4,
             },
-            batch_size: self.batch_size.max(1),
+            batch_size: self.batch_size,
             pixels: self.pixels,
         }
     }

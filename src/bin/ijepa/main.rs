@@ -88,6 +88,11 @@ fn main() -> ExitCode {
     tune_allocator();
     quiet_logging();
     let cli = Cli::parse();
+    // An unusable IJEPA_CPU_KERNELS is reported here, before any work.
+    if let Err(e) = ijepa::ops::kernels::cpu::check() {
+        eprintln!("error: {e}");
+        return ExitCode::FAILURE;
+    }
     let result = match cli.command {
         Command::Pretrain(a) => pretrain::run(a),
         Command::Masks(a) => masks::run(a),

@@ -23,6 +23,9 @@ pub struct Args {
     /// Continue from OUTPUT/latest.safetensors exactly where it stopped.
     #[arg(long)]
     pub resume: bool,
+    /// Start afresh in a folder that holds a run, removing that run's checkpoints and log.
+    #[arg(long, conflicts_with = "resume")]
+    pub overwrite: bool,
     /// Stop (with a checkpoint) once the run has taken this many optimizer steps.
     #[arg(long)]
     pub max_steps: Option<u64>,
@@ -84,21 +87,21 @@ pub fn run(a: Args) -> Result<()> {
         timeout: Duration::from_secs(a.peer_timeout.max(1)),
     };
     cluster.validate()?;
-    // As the official code (torch.cuda.amp.autocast), bf16 autocast applies on GPUs only.
+    // bf16 autocast on GPUs (as torch.cuda.amp in the official code), and on CPUs with bf16
+    // products (AVX-512 BF16); other CPUs train in f32, and say so.
     let precision = match (cfg.meta.use_bfloat16, devices[0]) {
         (true, DeviceSpec::Cuda(_)) => Precision::Bf16,
-        (true, DeviceSpec::Cpu) => {
-            eprintln!(
-                "note: meta.use_bfloat16 applies on GPUs only (as torch.cuda.amp in the official code); this CPU run trains in f32"
-            );
+        (true, DeviceSpec::Cpu) => ijepa::ops::cpu_bf16().unwrap_or_else(|note| {
+            eprintln!("note: meta.use_bfloat16: {note}");
             Precision::F32
-        }
+        }),
         (false, _) => Precision::F32,
     };
     ijepa::device::allow_tf32(a.tf32);
     let opts = PretrainOptions {
         output: a.output.clone(),
         resume: a.resume,
+        overwrite: a.overwrite,
         max_steps: a.max_steps,
         strict: a.strict,
         progress: !a.quiet,

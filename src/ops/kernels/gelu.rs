@@ -8,8 +8,9 @@
 //! so tails behave the same way.
 
 #[cfg(target_arch = "x86_64")]
+use crate::ops::kernels::cpu::{KernelPath, path};
 #[cfg(target_arch = "x86_64")]
-use crate::ops::kernels::math::{Fused, avx2_fma};
+use crate::ops::kernels::math::Fused;
 use crate::ops::kernels::math::{MulAdd, Separate, erf_with, exp2_core_with};
 use std::f32::consts::FRAC_1_SQRT_2;
 use std::mem::MaybeUninit;
@@ -57,24 +58,33 @@ pub fn gelu_and_grad_with<M: MulAdd>(x: f32) -> (f32, f32) {
 }
 
 /// In place: `v = gelu(v)`, and `slope = gelu'(v)` (of the input) when given. Single-threaded.
-/// `slope` may be uninitialised (it is only written). On CPUs with AVX2 + FMA the values are
-/// those of [`gelu_and_grad_with::<Fused>`], elsewhere those of [`gelu_and_grad`].
+/// `slope` may be uninitialised (it is only written). On the AVX-512 and AVX2 kernel paths the
+/// values are those of [`gelu_and_grad_with::<Fused>`] (the same on both), on the portable one
+/// those of [`gelu_and_grad`].
 pub fn gelu_in_place(v: &mut [f32], slope: Option<&mut [MaybeUninit<f32>]>) {
     if let Some(s) = &slope {
         assert_eq!(s.len(), v.len());
     }
     #[cfg(target_arch = "x86_64")]
-    if avx2_fma() {
-        // SAFETY: the CPU has the features `gelu_in_place_avx2` is compiled for.
-        unsafe { gelu_in_place_avx2(v, slope) };
-        return;
+    match path() {
+        // SAFETY (both): `path()` returns a path only when the CPU has its features.
+        KernelPath::Avx512 => return unsafe { gelu_in_place_avx512(v, slope) },
+        KernelPath::Avx2 => return unsafe { gelu_in_place_avx2(v, slope) },
+        KernelPath::Portable => {}
     }
     gelu_in_place_body::<Separate>(v, slope)
 }
 
-// The loop is compute-bound (a rational erf per element): compiled a second time for AVX2 + FMA
-// and picked at run time, it runs twice as wide as the baseline x86-64 (SSE2) build, with one
-// instruction per multiply-add (unlike `simd_fn!`, which keeps separate multiplies and adds).
+// The loop is compute-bound (a rational erf per element): compiled again for AVX-512 and for
+// AVX2 + FMA and picked at run time, it runs four or two times as wide as the baseline x86-64
+// (SSE2) build, with one instruction per multiply-add (unlike `simd_fn!`, which keeps separate
+// multiplies and adds).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")]
+fn gelu_in_place_avx512(v: &mut [f32], slope: Option<&mut [MaybeUninit<f32>]>) {
+    gelu_in_place_body::<Fused>(v, slope)
+}
+
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 fn gelu_in_place_avx2(v: &mut [f32], slope: Option<&mut [MaybeUninit<f32>]>) {
@@ -107,7 +117,7 @@ mod tests {
     /// What `gelu_in_place` computes per element on this CPU.
     fn dispatched(x: f32) -> (f32, f32, f32) {
         #[cfg(target_arch = "x86_64")]
-        if avx2_fma() {
+        if path() != KernelPath::Portable {
             let (y, g) = gelu_and_grad_with::<Fused>(x);
             return (y, g, gelu_with::<Fused>(x));
         }

@@ -10,10 +10,11 @@
 //! views (no transposed copies; see [`weight_grad`]) and `db` as a chunked, ordered column sum.
 //! `linear_residual_forward` adds a residual `r` to each tile as it is stored.
 
+use crate::ops::Precision;
 use crate::ops::kernels::gelu::gelu_in_place;
 use crate::ops::kernels::math::simd_fn;
 use crate::ops::kernels::matmul::{
-    PackedRhs, Parallelism, View, gemm_rows, gemm_rows_plus, gemm_strided, par_all,
+    PackedRhs, Parallelism, View, gemm_rows, gemm_rows_plus, gemm_strided, par_all, tile_rows,
 };
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
@@ -24,14 +25,16 @@ const ROWS_PER_BLOCK: usize = 256;
 
 /// Rows per output block for an `m`-row product: at most [`ROWS_PER_BLOCK`], and as many
 /// blocks as a multiple of the pool's threads, all of the same size (a multiple of the
-/// 6-row register tile) bar the last. Why: blocks are the unit of work the threads share, and
+/// register tile's rows, [`tile_rows`]) bar the last. Why: blocks are the unit of work the threads share, and
 /// 1,248 rows (ViT-S's context encoder) in blocks of 256 make 5 blocks, 3 on one of two
-/// threads while the other idles for one; 6 blocks of 208 keep both busy. Every output row
+/// threads while the other idles for one; 6 blocks of 208 (216 with 12-row tiles) keep both
+/// busy. Every output row
 /// is computed the same way in any block, so the result does not depend on the split.
 fn rows_per_block(m: usize) -> usize {
     let threads = rayon::current_num_threads().max(1);
     let rounds = m.div_ceil(threads * ROWS_PER_BLOCK).max(1);
-    m.div_ceil(threads * rounds).next_multiple_of(6).max(6)
+    let mr = tile_rows();
+    m.div_ceil(threads * rounds).next_multiple_of(mr).max(mr)
 }
 /// Rows per chunk of the ordered column sums.
 const SUM_ROWS: usize = 64;
@@ -45,7 +48,17 @@ fn check(x: &[f32], w: &[f32], b: Option<&[f32]>, m: usize, k: usize, n: usize) 
     }
 }
 
-/// `y = x W + b`. `x: [M, K]`, `w: [K, N]`, `b: [N]` → `y: [M, N]`.
+/// The right operand `rhs [k, n]` packed for products in precision `p` (bf16: operands rounded
+/// to bf16, f32 accumulation; only where [`crate::ops::kernels::cpu::bf16_products`]).
+fn packed(rhs: View<'_>, k: usize, n: usize, p: Precision) -> PackedRhs<'_> {
+    match p {
+        Precision::F32 => PackedRhs::new(rhs, k, n),
+        Precision::Bf16 => PackedRhs::new_bf16(rhs, k, n),
+    }
+}
+
+/// `y = x W + b`. `x: [M, K]`, `w: [K, N]`, `b: [N]` → `y: [M, N]`; the product in precision
+/// `p`.
 pub fn linear_forward(
     x: &[f32],
     w: &[f32],
@@ -53,18 +66,20 @@ pub fn linear_forward(
     m: usize,
     k: usize,
     n: usize,
+    p: Precision,
 ) -> Vec<f32> {
     check(x, w, b, m, k, n);
     if m == 0 || n == 0 {
         return vec![0.0; m * n];
     }
-    product_in_blocks(x, k, &PackedRhs::new(View::rows(w, n), k, n), b, None)
+    product_in_blocks(x, k, &packed(View::rows(w, n), k, n, p), b, None)
 }
 
 /// `y = r + (x W + b)`, the residual branch of a transformer block closed by its projection:
 /// `r [M, N]` is added to each tile as it is stored, the same floats as `linear_forward`
 /// followed by the addition, without the addition's own pass over `y` (a serial one, on the
 /// calling thread, in burn-flex).
+#[allow(clippy::too_many_arguments)]
 pub fn linear_residual_forward(
     x: &[f32],
     w: &[f32],
@@ -73,13 +88,14 @@ pub fn linear_residual_forward(
     m: usize,
     k: usize,
     n: usize,
+    p: Precision,
 ) -> Vec<f32> {
     check(x, w, b, m, k, n);
     assert_eq!(r.len(), m * n, "the residual must be [M, N]");
     if m == 0 || n == 0 {
         return vec![0.0; m * n];
     }
-    product_in_blocks(x, k, &PackedRhs::new(View::rows(w, n), k, n), b, Some(r))
+    product_in_blocks(x, k, &packed(View::rows(w, n), k, n, p), b, Some(r))
 }
 
 /// `lhs [M, K] · rhs (+ bias) (+ residual [M, N])` in fixed blocks of rows on the pool
@@ -112,6 +128,7 @@ fn product_in_blocks(
 /// `act = gelu(x W + b)` (exact GELU), and, when `with_slope` (training), `slope =
 /// gelu'(x W + b)`, the only thing [`linear_gelu_backward`] needs of the forward: computed
 /// here from the same erf, it spares the backward a second one. Returns `(act, slope)`.
+#[allow(clippy::too_many_arguments)]
 pub fn linear_gelu_forward(
     x: &[f32],
     w: &[f32],
@@ -120,6 +137,7 @@ pub fn linear_gelu_forward(
     k: usize,
     n: usize,
     with_slope: bool,
+    p: Precision,
 ) -> (Vec<f32>, Option<Vec<f32>>) {
     check(x, w, b, m, k, n);
     if m == 0 || n == 0 {
@@ -128,7 +146,7 @@ pub fn linear_gelu_forward(
     let mut act = super::uninit(m * n);
     let mut slope = super::uninit(if with_slope { m * n } else { 0 });
     let br = rows_per_block(m);
-    let rhs = PackedRhs::new(View::rows(w, n), k, n);
+    let rhs = packed(View::rows(w, n), k, n, p);
     // the pre-activation block is computed into `act` and activated in place, in cache
     let block = |a_blk: &mut [MaybeUninit<f32>], x_blk: &[f32], s_blk| {
         let a_blk = gemm_rows(a_blk.len() / n, x_blk, k, &rhs, b, a_blk);
@@ -234,7 +252,8 @@ fn weight_grad(x: &[f32], dy: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> 
 /// Floats of `dW` per task of the partials' summation.
 const SUM_PIECE: usize = 4096;
 
-/// `dx = dy Wᵀ` (register tiles) and `dW = xᵀ dy` ([`weight_grad`]).
+/// `dx = dy Wᵀ` (register tiles) and `dW = xᵀ dy` ([`weight_grad`]), both in precision `p`
+/// (bf16: [`bf16_input_and_weight_grads`]).
 fn input_and_weight_grads(
     x: &[f32],
     w: &[f32],
@@ -242,18 +261,54 @@ fn input_and_weight_grads(
     m: usize,
     k: usize,
     n: usize,
+    p: Precision,
 ) -> (Vec<f32>, Vec<f32>) {
+    #[cfg(target_arch = "x86_64")]
+    if p == Precision::Bf16 && m > 0 && k > 0 && n > 0 {
+        return bf16_input_and_weight_grads(x, w, dy, m, k, n);
+    }
     // dx in blocks of rows, as the forward (Wᵀ packed once)
     let dx = if k == 0 || n == 0 {
         vec![0.0; m * k]
     } else {
-        product_in_blocks(dy, n, &PackedRhs::new(View::t(w, n), n, k), None, None)
+        product_in_blocks(dy, n, &packed(View::t(w, n), n, k, p), None, None)
     };
-    let dw = weight_grad(x, dy, m, k, n);
-    (dx, dw)
+    (dx, weight_grad(x, dy, m, k, n))
 }
 
-/// Backward of [`linear_forward`]: returns `(dx [M, K], dW [K, N], db [N] if with_bias)`.
+/// [`input_and_weight_grads`] with bf16 operands: `dx = dy Wᵀ` on the bf16 tiles, which also
+/// write `dy`'s rows as pairs across rows while they are in cache, the layout of the weight
+/// gradient's right operand; then `dW = xᵀ dy` ([`bf16::xt_y_pairs`]).
+#[cfg(target_arch = "x86_64")]
+fn bf16_input_and_weight_grads(
+    x: &[f32],
+    w: &[f32],
+    dy: &[f32],
+    m: usize,
+    k: usize,
+    n: usize,
+) -> (Vec<f32>, Vec<f32>) {
+    use crate::ops::kernels::matmul::{bf16, gemm_rows_keeping_pairs};
+    let rhs = PackedRhs::new_bf16(View::t(w, n), n, k);
+    let ldp = n.next_multiple_of(16);
+    let mut dx = super::uninit(m * k);
+    let mut dy_pairs = bf16::uninit_u32(m.div_ceil(2) * ldp);
+    let br = rows_per_block(m); // a multiple of the 12-row tile: even
+    dx.par_chunks_mut(br * k)
+        .zip(dy.par_chunks(br * n))
+        .zip(dy_pairs.par_chunks_mut(br / 2 * ldp))
+        .for_each(|((dx, dy), p)| {
+            gemm_rows_keeping_pairs(dx.len() / k, dy, n, &rhs, dx, p, ldp);
+        });
+    // SAFETY: the blocks cover both buffers, written whole by `gemm_rows_keeping_pairs`.
+    let (dx, dy_pairs) = unsafe { (super::assume_init(dx), bf16::assume_init_u32(dy_pairs)) };
+    let x_pairs = bf16::pairs_across(x, m, k, k, k);
+    (dx, bf16::xt_y_pairs(&x_pairs, &dy_pairs, m, k, n))
+}
+
+/// Backward of [`linear_forward`]: returns `(dx [M, K], dW [K, N], db [N] if with_bias)`, the
+/// products in precision `p`.
+#[allow(clippy::too_many_arguments)]
 pub fn linear_backward(
     x: &[f32],
     w: &[f32],
@@ -262,10 +317,11 @@ pub fn linear_backward(
     k: usize,
     n: usize,
     with_bias: bool,
+    p: Precision,
 ) -> (Vec<f32>, Vec<f32>, Option<Vec<f32>>) {
     check(x, w, None, m, k, n);
     assert_eq!(dy.len(), m * n, "dy must be [M, N]");
-    let (dx, dw) = input_and_weight_grads(x, w, dy, m, k, n);
+    let (dx, dw) = input_and_weight_grads(x, w, dy, m, k, n, p);
     let db = with_bias.then(|| column_sum(dy, n));
     (dx, dw, db)
 }
@@ -315,6 +371,7 @@ pub fn linear_gelu_backward(
     k: usize,
     n: usize,
     with_bias: bool,
+    p: Precision,
 ) -> (Vec<f32>, Vec<f32>, Option<Vec<f32>>) {
     check(x, w, None, m, k, n);
     assert_eq!(slope.len(), m * n);
@@ -341,13 +398,14 @@ pub fn linear_gelu_backward(
     // SAFETY: the chunks cover `dpre` and `work` writes all of each.
     let dpre = unsafe { super::assume_init(dpre) };
     let db = with_bias.then(|| reduce_partials(&partials, n));
-    let (dx, dw) = input_and_weight_grads(x, w, &dpre, m, k, n);
+    let (dx, dw) = input_and_weight_grads(x, w, &dpre, m, k, n, p);
     (dx, dw, db)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ops::Precision::F32;
     use crate::ops::kernels::testutil::*;
 
     fn ref_linear(
@@ -388,18 +446,18 @@ mod tests {
             let want = ref_linear(&x64, &w64, Some(&b64), m, k, n);
             assert_close(
                 &format!("linear {m}x{k}x{n}"),
-                &linear_forward(&x, &w, Some(&b), m, k, n),
+                &linear_forward(&x, &w, Some(&b), m, k, n, F32),
                 &want,
                 1e-6,
             );
             let want_nb = ref_linear(&x64, &w64, None, m, k, n);
             assert_close(
                 &format!("linear nobias {m}x{k}x{n}"),
-                &linear_forward(&x, &w, None, m, k, n),
+                &linear_forward(&x, &w, None, m, k, n, F32),
                 &want_nb,
                 1e-6,
             );
-            let (act, slope) = linear_gelu_forward(&x, &w, Some(&b), m, k, n, true);
+            let (act, slope) = linear_gelu_forward(&x, &w, Some(&b), m, k, n, true, F32);
             let want_act: Vec<f64> = want.iter().map(|&v| gelu_f64(v)).collect();
             assert_close(
                 &format!("linear_gelu act {m}x{k}x{n}"),
@@ -414,7 +472,7 @@ mod tests {
                 &want_slope,
                 2e-6,
             );
-            let (act_only, none) = linear_gelu_forward(&x, &w, Some(&b), m, k, n, false);
+            let (act_only, none) = linear_gelu_forward(&x, &w, Some(&b), m, k, n, false, F32);
             assert!(none.is_none());
             assert_eq!(
                 act_only, act,
@@ -475,15 +533,15 @@ mod tests {
             let dy = uniform(&mut rg, m * n, 1.0);
             let (x64, w64, b64, dy64) = (to_f64(&x), to_f64(&w), to_f64(&b), to_f64(&dy));
             let [fx, fw, fb] = fd(&x64, &w64, &b64, &dy64, m, k, n, false);
-            let (dx, dw, db) = linear_backward(&x, &w, &dy, m, k, n, true);
+            let (dx, dw, db) = linear_backward(&x, &w, &dy, m, k, n, true, F32);
             let tag = format!("{m}x{k}x{n}");
             assert_close(&format!("linear dx {tag}"), &dx, &fx, 1e-5);
             assert_close(&format!("linear dw {tag}"), &dw, &fw, 1e-5);
             assert_close(&format!("linear db {tag}"), &db.unwrap(), &fb, 1e-5);
             let [fx, fw, fb] = fd(&x64, &w64, &b64, &dy64, m, k, n, true);
-            let (_, slope) = linear_gelu_forward(&x, &w, Some(&b), m, k, n, true);
+            let (_, slope) = linear_gelu_forward(&x, &w, Some(&b), m, k, n, true, F32);
             let slope = slope.unwrap();
-            let (dx, dw, db) = linear_gelu_backward(&x, &w, &slope, &dy, m, k, n, true);
+            let (dx, dw, db) = linear_gelu_backward(&x, &w, &slope, &dy, m, k, n, true, F32);
             assert_close(&format!("linear_gelu dx {tag}"), &dx, &fx, 1e-5);
             assert_close(&format!("linear_gelu dw {tag}"), &dw, &fw, 1e-5);
             assert_close(&format!("linear_gelu db {tag}"), &db.unwrap(), &fb, 1e-5);
@@ -498,7 +556,7 @@ mod tests {
             let w = uniform(&mut rg, k * n, 1.0);
             let dy = uniform(&mut rg, m * n, 1.0);
             let (x64, w64, dy64) = (to_f64(&x), to_f64(&w), to_f64(&dy));
-            let (dx, dw, db) = linear_backward(&x, &w, &dy, m, k, n, true);
+            let (dx, dw, db) = linear_backward(&x, &w, &dy, m, k, n, true, F32);
             let want_dx: Vec<f64> = (0..m * k)
                 .map(|e| {
                     (0..n)
@@ -520,7 +578,7 @@ mod tests {
             assert_close(&format!("linear dx {tag}"), &dx, &want_dx, 1e-6);
             assert_close(&format!("linear dw {tag}"), &dw, &want_dw, 1e-6);
             assert_close(&format!("linear db {tag}"), &db.unwrap(), &want_db, 1e-6);
-            let (_, _, none) = linear_backward(&x, &w, &dy, m, k, n, false);
+            let (_, _, none) = linear_backward(&x, &w, &dy, m, k, n, false, F32);
             assert!(none.is_none());
         }
     }
@@ -534,12 +592,12 @@ mod tests {
             let b = uniform(&mut rg, n, 1.0);
             let r = uniform(&mut rg, m * n, 3.0);
             for bias in [Some(&b[..]), None] {
-                let apart: Vec<f32> = linear_forward(&x, &w, bias, m, k, n)
+                let apart: Vec<f32> = linear_forward(&x, &w, bias, m, k, n, F32)
                     .iter()
                     .zip(&r)
                     .map(|(&y, &r)| r + y)
                     .collect();
-                let fused = linear_residual_forward(&x, &w, bias, &r, m, k, n);
+                let fused = linear_residual_forward(&x, &w, bias, &r, m, k, n, F32);
                 assert_eq!(fused, apart, "{m}x{k}x{n}, bias {}", bias.is_some());
             }
         }
@@ -554,11 +612,11 @@ mod tests {
         let b = uniform(&mut rg, n, 1.0);
         let dy = uniform(&mut rg, m * n, 1.0);
         assert_deterministic("linear", || {
-            let y = linear_forward(&x, &w, Some(&b), m, k, n);
-            let (act, slope) = linear_gelu_forward(&x, &w, Some(&b), m, k, n, true);
+            let y = linear_forward(&x, &w, Some(&b), m, k, n, F32);
+            let (act, slope) = linear_gelu_forward(&x, &w, Some(&b), m, k, n, true, F32);
             let slope = slope.unwrap();
-            let (dx, dw, db) = linear_backward(&x, &w, &dy, m, k, n, true);
-            let (gx, gw, gb) = linear_gelu_backward(&x, &w, &slope, &dy, m, k, n, true);
+            let (dx, dw, db) = linear_backward(&x, &w, &dy, m, k, n, true, F32);
+            let (gx, gw, gb) = linear_gelu_backward(&x, &w, &slope, &dy, m, k, n, true, F32);
             vec![y, slope, act, dx, dw, db.unwrap(), gx, gw, gb.unwrap()]
         });
     }
@@ -573,9 +631,60 @@ mod tests {
         let w = uniform(&mut rg, k * n, 1.0);
         let dy = uniform(&mut rg, m * n, 1.0);
         assert_deterministic("linear 8192x128x512", || {
-            let (dx, dw, db) = linear_backward(&x, &w, &dy, m, k, n, true);
-            let y = linear_forward(&x, &w, None, m, k, n);
+            let (dx, dw, db) = linear_backward(&x, &w, &dy, m, k, n, true, F32);
+            let y = linear_forward(&x, &w, None, m, k, n, F32);
             vec![dx, dw, db.unwrap(), y]
+        });
+    }
+
+    /// bf16 operands (where the CPU has bf16 products): the forward, `dx` and `dW` against f64
+    /// on the bf16-rounded operands, `db` as in f32; independent of the thread count.
+    #[test]
+    fn bf16_products_vs_f64_on_rounded_operands() {
+        use crate::ops::Precision::Bf16;
+        use crate::ops::kernels::matmul::bf16::round_bf16;
+        if !crate::ops::kernels::cpu::bf16_products() {
+            println!("skipped: no bf16 products on this CPU");
+            return;
+        }
+        let rounded = |v: &[f32]| -> Vec<f64> { v.iter().map(|&x| round_bf16(x) as f64).collect() };
+        let mut rg = rng(46);
+        for &(m, k, n) in SHAPES.iter().chain(&[(700, 33, 64)]) {
+            let x = uniform(&mut rg, m * k, 1.0);
+            let w = uniform(&mut rg, k * n, 1.0);
+            let b = uniform(&mut rg, n, 1.0);
+            let dy = uniform(&mut rg, m * n, 1.0);
+            let (xr, wr, dyr) = (rounded(&x), rounded(&w), rounded(&dy));
+            let tag = format!("bf16 {m}x{k}x{n}");
+            let want = ref_linear(&xr, &wr, Some(&to_f64(&b)), m, k, n);
+            let y = linear_forward(&x, &w, Some(&b), m, k, n, Bf16);
+            assert_close(&format!("{tag} y"), &y, &want, 1e-6);
+            let (dx, dw, db) = linear_backward(&x, &w, &dy, m, k, n, true, Bf16);
+            let want_dx: Vec<f64> = (0..m * k)
+                .map(|e| {
+                    (0..n)
+                        .map(|j| dyr[(e / k) * n + j] * wr[(e % k) * n + j])
+                        .sum()
+                })
+                .collect();
+            let want_dw: Vec<f64> = (0..k * n)
+                .map(|e| (0..m).map(|i| xr[i * k + e / n] * dyr[i * n + e % n]).sum())
+                .collect();
+            assert_close(&format!("{tag} dx"), &dx, &want_dx, 1e-6);
+            assert_close(&format!("{tag} dw"), &dw, &want_dw, 1e-6);
+            let (_, _, db32) = linear_backward(&x, &w, &dy, m, k, n, true, F32);
+            assert_eq!(db, db32, "{tag} db");
+        }
+        let (m, k, n) = (1500, 96, 200);
+        let x = uniform(&mut rg, m * k, 1.0);
+        let w = uniform(&mut rg, k * n, 1.0);
+        let b = uniform(&mut rg, n, 1.0);
+        let dy = uniform(&mut rg, m * n, 1.0);
+        assert_deterministic("linear bf16", || {
+            let (act, slope) = linear_gelu_forward(&x, &w, Some(&b), m, k, n, true, Bf16);
+            let slope = slope.unwrap();
+            let (gx, gw, gb) = linear_gelu_backward(&x, &w, &slope, &dy, m, k, n, true, Bf16);
+            vec![act, slope, gx, gw, gb.unwrap()]
         });
     }
 }

@@ -283,24 +283,21 @@ pub fn max(x: &[f32]) -> f32 {
     m
 }
 
-/// Whether the CPU has AVX2 and FMA (checked once; `is_x86_feature_detected!` caches too).
-#[cfg(target_arch = "x86_64")]
-#[inline]
-pub fn avx2_fma() -> bool {
-    std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
-}
-
 /// `simd_fn! { fn name(arg: Type, ...) -> Ret { body } }` defines `name` with its body compiled
-/// twice: for AVX2 + FMA, picked at run time when the CPU has them, and for the build's
-/// baseline (SSE2 on x86-64). The elementwise and row loops of the kernels (exp, softmax,
-/// LayerNorm, the optimizer) then run 8 lanes wide instead of 4.
+/// three times: for AVX-512 (16 lanes), for AVX2 + FMA (8 lanes) and for the build's baseline
+/// (SSE2 on x86-64), and runs the copy of the process's kernel path
+/// ([`crate::ops::kernels::cpu::path`]). The elementwise and row loops of the kernels (exp,
+/// softmax, LayerNorm, the optimizer) then run as wide as the CPU allows.
 ///
 /// Why a macro and not a closure passed to a `#[target_feature]` wrapper: LLVM inlines the
 /// closure into the wrapper only when it is small, and compiles it for the baseline when it
 /// is not; the kernels' loop bodies were not (a disassembly showed no ymm register in any of
-/// them). Here the body is an `#[inline(always)]` function called from the wrapper, which
-/// is always inlined. Results are the same either way: Rust never contracts `a * b + c`
-/// into a fused multiply-add, and the reductions fix their lane order in the source.
+/// them). Here the body is an `#[inline(always)]` function called from the wrappers, which
+/// is always inlined. Results are the same on every path: Rust never contracts `a * b + c`
+/// into a fused multiply-add, and the reductions fix their lane order in the source (16 lane
+/// accumulators: one zmm, two ymm or four xmm registers, the same sums in the same order).
+/// The AVX-512 copies of this crate enable `avx512f,avx512bw,avx512vl,avx512dq,avx2,fma`, the
+/// features [`crate::ops::kernels::cpu::KernelPath::Avx512`] checks.
 /// Helpers the body calls must be `#[inline(always)]` too, or they run in baseline code.
 macro_rules! simd_fn {
     ($(#[$meta:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
@@ -311,15 +308,23 @@ macro_rules! simd_fn {
             #[allow(clippy::too_many_arguments)]
             fn body($($arg: $ty),*) $(-> $ret)? $body
             #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")]
+            #[allow(clippy::too_many_arguments)]
+            fn avx512($($arg: $ty),*) $(-> $ret)? {
+                body($($arg),*)
+            }
+            #[cfg(target_arch = "x86_64")]
             #[target_feature(enable = "avx2,fma")]
             #[allow(clippy::too_many_arguments)]
             fn avx2($($arg: $ty),*) $(-> $ret)? {
                 body($($arg),*)
             }
             #[cfg(target_arch = "x86_64")]
-            if $crate::ops::kernels::math::avx2_fma() {
-                // SAFETY: the CPU has the features `avx2` is compiled for.
-                return unsafe { avx2($($arg),*) };
+            match $crate::ops::kernels::cpu::path() {
+                // SAFETY (both): `path()` returns a path only when the CPU has its features.
+                $crate::ops::kernels::cpu::KernelPath::Avx512 => return unsafe { avx512($($arg),*) },
+                $crate::ops::kernels::cpu::KernelPath::Avx2 => return unsafe { avx2($($arg),*) },
+                $crate::ops::kernels::cpu::KernelPath::Portable => {}
             }
             body($($arg),*)
         }

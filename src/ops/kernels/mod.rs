@@ -5,6 +5,7 @@
 //! module here is one fused kernel family on contiguous row-major f32 slices,
 //! meant to be wrapped as custom backend ops (with autodiff backward nodes):
 //!
+//! - [`cpu`]: the kernel path of this process (AVX-512, AVX2 or portable), chosen once.
 //! - [`attention`]: multi-head attention on the fused qkv output, lse-only backward.
 //! - [`layernorm`]: affine and parameter-free LayerNorm, one pass per row each way.
 //! - [`gelu`]: exact GELU and its derivative with a vectorisable erf.
@@ -20,6 +21,7 @@
 //! independent of the thread count. Outputs are returned as fresh `Vec`s.
 
 pub mod attention;
+pub mod cpu;
 pub mod gelu;
 pub mod layernorm;
 pub mod linear;

@@ -1,5 +1,7 @@
 //! Matrix products: a bounds-checked strided wrapper around `gemm::gemm` (the GEMM burn-flex
-//! uses), and register-tiled AVX2/FMA products for the tall, narrow shapes of I-JEPA.
+//! uses), and register-tiled products for the tall, narrow shapes of I-JEPA: AVX-512
+//! ([`avx512`], `12 x 32` tiles) or AVX2 + FMA ([`avx2`], `6 x 16` tiles) as the kernel path
+//! ([`super::cpu`]) says; on the portable path every product goes through `gemm`.
 //!
 //! Why: every kernel reads operands in place with arbitrary row/column strides
 //! (heads inside the fused qkv buffer, transposed views of weights) instead of
@@ -8,6 +10,15 @@
 
 pub use gemm::Parallelism;
 use rayon::prelude::*;
+
+use super::cpu::{KernelPath, path};
+
+#[cfg(target_arch = "x86_64")]
+mod avx2;
+#[cfg(target_arch = "x86_64")]
+mod avx512;
+#[cfg(target_arch = "x86_64")]
+pub mod bf16;
 
 /// A read-only strided matrix view: element `(i, j)` is `data[i * rs + j * cs]` (f32 unless
 /// said otherwise; the evaluation code multiplies f64 matrices too).
@@ -126,13 +137,38 @@ pub fn par_all() -> Parallelism {
     }
 }
 
-/// Columns per panel of a [`PackedRhs`] (two AVX registers of f32).
+/// Columns per panel of a [`PackedRhs`] (two AVX registers or one AVX-512 register of f32;
+/// the AVX-512 tiles take two panels side by side).
 const NR: usize = 16;
-/// Rows per register tile (6 x 16 accumulators: 12 of the 16 AVX registers).
-const MR: usize = 6;
-/// Rows of the left operand swept per pass over the panels (48 rows x K stay in L1/L2 while
-/// every panel of the right operand streams past them).
-const ROWS_PER_SWEEP: usize = 48;
+
+/// Rows per register tile on the process's kernel path: a multiple of it keeps the last tile
+/// of a block of rows full.
+pub fn tile_rows() -> usize {
+    match path() {
+        #[cfg(target_arch = "x86_64")]
+        KernelPath::Avx512 => avx512::MR,
+        #[cfg(target_arch = "x86_64")]
+        KernelPath::Avx2 => avx2::MR,
+        _ => 6,
+    }
+}
+
+/// Where the tiles read the right operand: panel `p` (16 columns) starts at `base + p·pstride`,
+/// its rows `ldb` floats apart (packed: `ldb = 16`, `pstride = 16·k`; read in place from a
+/// row-major operand: `ldb` its row stride, `pstride = 16`).
+#[derive(Clone, Copy)]
+struct Panels {
+    base: *const f32,
+    ldb: usize,
+    pstride: usize,
+}
+
+impl Panels {
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    fn panel(&self, p: usize) -> *const f32 {
+        self.base.wrapping_add(p * self.pstride)
+    }
+}
 
 /// The right-hand operand of many row-block products, packed once: `n` columns cut into
 /// panels of 16, each panel stored `[k][NR]` contiguously (zero-padded past `n`).
@@ -150,36 +186,60 @@ pub struct PackedRhs<'a> {
     k: usize,
     n: usize,
     panels: Vec<f32>,
-    /// The unpacked operand: products without AVX2 + FMA go through `gemm` on it.
+    /// The unpacked operand: products on the portable path go through `gemm` on it.
     view: View<'a>,
-    fallback: bool,
+    /// The kernel path of the tiles (`Portable`: no panels, `gemm` on `view`).
+    path: KernelPath,
     /// Panels read in place from `view` (row stride `view.rs`) instead of `panels`.
     borrowed: bool,
+    /// bf16 panels of pairs ([`bf16::pack`]) when the products take bf16 operands.
+    pairs: Option<Vec<u32>>,
 }
 
 impl<'a> PackedRhs<'a> {
-    /// Pack the `k x n` matrix `rhs` (any strides). Without AVX2 + FMA nothing is packed and
+    /// Pack the `k x n` matrix `rhs` (any strides). On the portable path nothing is packed and
     /// products go through `gemm`.
     pub fn new(rhs: View<'a>, k: usize, n: usize) -> Self {
-        Self::build(rhs, k, n, register_tiles())
+        Self::build(rhs, k, n, path())
+    }
+
+    /// Pack `rhs` for products with bf16 operands and f32 accumulation ([`bf16`]): the left
+    /// operand's rows are rounded to bf16 as the products read them.
+    ///
+    /// # Panics
+    /// Where the CPU has no bf16 products ([`super::cpu::bf16_products`]).
+    pub fn new_bf16(rhs: View<'a>, k: usize, n: usize) -> Self {
+        assert!(super::cpu::bf16_products(), "no bf16 products on this CPU");
+        let mut packed = Self::build(rhs, k, n, KernelPath::Portable);
+        #[cfg(target_arch = "x86_64")]
+        if k > 0 && n > 0 {
+            packed.pairs = Some(bf16::pack(rhs, k, n));
+            packed.path = KernelPath::Avx512;
+        }
+        packed
     }
 
     /// Like [`PackedRhs::new`], but when the rows of `rhs` are contiguous and `n` is a multiple
     /// of 16 the tiles read it in place (no copy). For small operands used once, such as an
     /// attention head's V or K, where packing would cost as much as the product.
     pub fn in_place(rhs: View<'a>, k: usize, n: usize) -> Self {
-        if register_tiles() && k > 0 && n > 0 && rhs.cs == 1 && n.is_multiple_of(NR) {
+        Self::in_place_on(rhs, k, n, path())
+    }
+
+    fn in_place_on(rhs: View<'a>, k: usize, n: usize, path: KernelPath) -> Self {
+        if path != KernelPath::Portable && k > 0 && n > 0 && rhs.cs == 1 && n.is_multiple_of(NR) {
             assert!((k - 1) * rhs.rs + n <= rhs.data.len(), "rhs out of bounds");
             return Self {
                 k,
                 n,
                 panels: Vec::new(),
                 view: rhs,
-                fallback: false,
+                path,
                 borrowed: true,
+                pairs: None,
             };
         }
-        Self::new(rhs, k, n)
+        Self::build(rhs, k, n, path)
     }
 
     /// Columns of the operand (`n`).
@@ -187,15 +247,16 @@ impl<'a> PackedRhs<'a> {
         self.n
     }
 
-    fn build(rhs: View<'a>, k: usize, n: usize, tiles: bool) -> Self {
-        if !tiles || k == 0 || n == 0 {
+    fn build(rhs: View<'a>, k: usize, n: usize, path: KernelPath) -> Self {
+        if path == KernelPath::Portable || k == 0 || n == 0 {
             return Self {
                 k,
                 n,
                 panels: Vec::new(),
                 view: rhs,
-                fallback: true,
+                path: KernelPath::Portable,
                 borrowed: false,
+                pairs: None,
             };
         }
         assert!(
@@ -257,20 +318,28 @@ impl<'a> PackedRhs<'a> {
             n,
             panels,
             view: rhs,
-            fallback: false,
+            path,
             borrowed: false,
+            pairs: None,
         }
     }
-}
 
-/// `true` when the register-tiled AVX2 + FMA kernel can run on this CPU.
-fn register_tiles() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        super::math::avx2_fma()
+    /// The panels the tiles read.
+    fn panels(&self) -> Panels {
+        if self.borrowed {
+            Panels {
+                base: self.view.data.as_ptr(),
+                ldb: self.view.rs,
+                pstride: NR,
+            }
+        } else {
+            Panels {
+                base: self.panels.as_ptr(),
+                ldb: NR,
+                pstride: self.k * NR,
+            }
+        }
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    false
 }
 
 /// `dst[rows x n] = lhs[rows x k] · rhs (+ bias broadcast over rows)`, single-threaded (for use
@@ -305,7 +374,7 @@ pub fn gemm_rows_plus<'d>(
 ) -> &'d mut [f32] {
     assert_eq!(dst.len(), rows * rhs.n, "dst must be [rows, n]");
     assert_eq!(residual.len(), rows * rhs.n, "residual must be [rows, n]");
-    product(rows, lhs, lda, rhs, bias, Some(residual), dst, rhs.n);
+    product(rows, lhs, lda, rhs, bias, Some(residual), dst, rhs.n, None);
     // SAFETY: `product` wrote every (row, column) of dst, which has no gaps.
     unsafe { &mut *(dst as *mut [std::mem::MaybeUninit<f32>] as *mut [f32]) }
 }
@@ -322,11 +391,48 @@ pub fn gemm_rows_strided(
     dst: &mut [std::mem::MaybeUninit<f32>],
     ldc: usize,
 ) {
-    product(rows, lhs, lda, rhs, bias, None, dst, ldc)
+    product(rows, lhs, lda, rhs, bias, None, dst, ldc, None)
 }
 
-/// The products of [`gemm_rows_strided`] and [`gemm_rows_plus`]; `residual`, when given, is
-/// `[rows, n]` contiguous.
+/// As [`gemm_rows`] with bf16 operands (`rhs` from [`PackedRhs::new_bf16`], no bias), also
+/// writing the left operand's rows as bf16 pairs across rows into `pairs`
+/// (`[rows.div_ceil(2)][ldp]`, zero-padded; [`bf16::pairs_across_into`]): the layout the
+/// weight gradient reads `dy` in, made while `dy`'s rows are in cache for this product.
+#[cfg(target_arch = "x86_64")]
+pub fn gemm_rows_keeping_pairs<'d>(
+    rows: usize,
+    lhs: &[f32],
+    lda: usize,
+    rhs: &PackedRhs<'_>,
+    dst: &'d mut [std::mem::MaybeUninit<f32>],
+    pairs: &mut [std::mem::MaybeUninit<u32>],
+    ldp: usize,
+) -> &'d mut [f32] {
+    assert!(rhs.pairs.is_some(), "bf16 operands only");
+    assert_eq!(dst.len(), rows * rhs.n, "dst must be [rows, n]");
+    assert!(ldp >= rhs.k, "pair rows must hold k columns");
+    assert!(pairs.len() >= rows.div_ceil(2) * ldp, "pairs too short");
+    product(
+        rows,
+        lhs,
+        lda,
+        rhs,
+        None,
+        None,
+        dst,
+        rhs.n,
+        Some((pairs, ldp)),
+    );
+    // SAFETY: `product` wrote every (row, column) of dst, which has no gaps.
+    unsafe { &mut *(dst as *mut [std::mem::MaybeUninit<f32>] as *mut [f32]) }
+}
+
+/// The left operand's rows as bf16 pairs across rows, to fill during a bf16 product: the
+/// buffer and its row stride.
+type KeepPairs<'p> = Option<(&'p mut [std::mem::MaybeUninit<u32>], usize)>;
+
+/// The products of [`gemm_rows_strided`], [`gemm_rows_plus`] and [`gemm_rows_keeping_pairs`];
+/// `residual`, when given, is `[rows, n]` contiguous.
 #[allow(clippy::too_many_arguments)]
 fn product(
     rows: usize,
@@ -337,6 +443,7 @@ fn product(
     residual: Option<&[f32]>,
     dst: &mut [std::mem::MaybeUninit<f32>],
     ldc: usize,
+    keep: KeepPairs<'_>,
 ) {
     let (k, n) = (rhs.k, rhs.n);
     if rows == 0 || n == 0 {
@@ -345,7 +452,7 @@ fn product(
     assert!(rows == 1 || ldc >= n, "dst rows overlap");
     assert!((rows - 1) * ldc + n <= dst.len(), "dst out of bounds");
     check_operands(rows, lhs, lda, rhs, bias);
-    if rhs.fallback || k == 0 {
+    if rhs.path == KernelPath::Portable || k == 0 {
         // the portable path: `gemm` into a contiguous buffer, copied into the rows
         let mut tmp = vec![0.0f32; rows * n];
         if let Some(b) = bias {
@@ -381,20 +488,98 @@ fn product(
         }
         return;
     }
-    // SAFETY: tile path available; operands checked; dst bounds asserted above; the residual
-    // (asserted [rows, n] by the caller) is read at the same offsets as a contiguous dst.
-    unsafe {
-        tiles(
-            rows,
-            lhs,
-            lda,
-            rhs,
-            bias,
-            residual.map_or(std::ptr::null(), |r| r.as_ptr()),
-            dst.as_mut_ptr().cast(),
-            ldc,
-        )
+    let (a, c) = (lhs.as_ptr(), dst.as_mut_ptr().cast::<f32>());
+    let bias = bias.map_or(std::ptr::null(), <[f32]>::as_ptr);
+    let res = residual.map_or(std::ptr::null(), <[f32]>::as_ptr);
+    #[cfg(target_arch = "x86_64")]
+    if let Some(pairs) = &rhs.pairs {
+        // SAFETY: as below; `new_bf16` checked the bf16 products.
+        unsafe { bf16_product(rows, lhs, lda, k, n, pairs, bias, res, c, ldc, keep) };
+        return;
+    }
+    let b = rhs.panels();
+    // SAFETY: the path's features are present (`path()` and `build` choose only supported
+    // ones); the operands were checked above (lhs rows, bias length, dst extent; the residual
+    // is [rows, n], asserted by the caller); the panels cover k rows of n columns, the last
+    // one zero-padded (or read in place, n a multiple of 16, bounds asserted in `in_place`).
+    match rhs.path {
+        #[cfg(target_arch = "x86_64")]
+        KernelPath::Avx512 => unsafe { avx512::sweep(rows, k, n, a, lda, b, bias, res, c, ldc) },
+        #[cfg(target_arch = "x86_64")]
+        KernelPath::Avx2 => unsafe { avx2::sweep(rows, k, n, a, lda, b, bias, res, c, ldc) },
+        _ => unreachable!("the portable path has no tiles"),
+    }
+}
+
+thread_local! {
+    /// The left operand's rows as bf16 pairs, per sweep.
+    static PAIRS: std::cell::RefCell<Vec<u32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// The bf16 product of [`product`]: the left operand converted to pairs one sweep of rows at a
+/// time (into a per-thread buffer, in cache), then the bf16 tiles.
+///
+/// # Safety
+/// bf16 products available; `pairs` packed by [`bf16::pack`] for `k x n` (`k, n > 0`); the
+/// other operands as the f32 sweeps take them (checked by [`product`]).
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn bf16_product(
+    rows: usize,
+    lhs: &[f32],
+    lda: usize,
+    k: usize,
+    n: usize,
+    pairs: &[u32],
+    bias: *const f32,
+    res: *const f32,
+    c: *mut f32,
+    ldc: usize,
+    mut keep: KeepPairs<'_>,
+) {
+    let kp = k.div_ceil(2);
+    let b = bf16::PairPanels {
+        base: pairs.as_ptr(),
+        ldb: NR,
+        pstride: kp * NR,
     };
+    PAIRS.with_borrow_mut(|buf| {
+        let sweep = bf16::ROWS_PER_SWEEP;
+        if buf.len() < sweep * kp {
+            buf.resize(sweep * kp, 0);
+        }
+        for r0 in (0..rows).step_by(sweep) {
+            let r = (rows - r0).min(sweep);
+            bf16::pairs_along(&lhs[r0 * lda..], r, k, lda, buf);
+            if let Some((keep, ldp)) = keep.as_mut() {
+                // the sweep's rows again, from cache (r0 is even: sweeps are whole pairs)
+                let at = r0 / 2 * *ldp;
+                bf16::pairs_across_into(&lhs[r0 * lda..], r, k, lda, &mut keep[at..], *ldp);
+            }
+            // the next sweep's rows fetched into cache while this one computes: converted right
+            // before their sweep, they would stall on memory with nothing to overlap
+            let next = (r0 + sweep).min(rows);
+            let ahead = &lhs[next * lda..((next + sweep).min(rows) * lda).min(lhs.len())];
+            for line in ahead.chunks(16) {
+                // SAFETY: a prefetch of an address inside `lhs`; it reads nothing.
+                unsafe {
+                    std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T1 }>(
+                        line.as_ptr().cast(),
+                    )
+                };
+            }
+            let a = bf16::PairRows {
+                base: buf.as_ptr(),
+                row: kp,
+                step: 1,
+            };
+            // SAFETY: forwarded (rows r0.. of the destination and residual).
+            unsafe {
+                let res = if res.is_null() { res } else { res.add(r0 * n) };
+                bf16::sweep(r, kp, n, a, b, bias, false, res, c.add(r0 * ldc), ldc);
+            }
+        }
+    });
 }
 
 fn check_operands(rows: usize, lhs: &[f32], lda: usize, rhs: &PackedRhs<'_>, bias: Option<&[f32]>) {
@@ -408,219 +593,39 @@ fn check_operands(rows: usize, lhs: &[f32], lda: usize, rhs: &PackedRhs<'_>, bia
     );
 }
 
-/// The register-tile sweep: writes `c[i * ldc + j]` for every `i < rows`, `j < n`, plus
-/// `res[i * n + j]` when `res` is not null.
-///
-/// # Safety
-/// `rhs` packed (not fallback, k > 0); `lhs` checked by `check_operands`; `c` writable for
-/// `rows` rows of `n` at stride `ldc`; `res` null or readable for `rows * n` floats.
-#[allow(unused_variables, clippy::too_many_arguments)]
-unsafe fn tiles(
-    rows: usize,
-    lhs: &[f32],
-    lda: usize,
-    rhs: &PackedRhs<'_>,
-    bias: Option<&[f32]>,
-    res: *const f32,
-    c: *mut f32,
-    ldc: usize,
-) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        let (k, n) = (rhs.k, rhs.n);
-        let mut padded_bias = [0.0f32; NR];
-        let mut tile = [0.0f32; MR * NR];
-        for r0 in (0..rows).step_by(ROWS_PER_SWEEP) {
-            let sweep = (rows - r0).min(ROWS_PER_SWEEP);
-            for p in 0..n.div_ceil(NR) {
-                let c0 = p * NR;
-                let cols = (n - c0).min(NR);
-                let (panel, ldb) = if rhs.borrowed {
-                    let rs = rhs.view.rs;
-                    (&rhs.view.data[c0..c0 + (k - 1) * rs + NR], rs)
-                } else {
-                    (&rhs.panels[p * k * NR..(p + 1) * k * NR], NR)
-                };
-                let bias = bias.map(|b| {
-                    padded_bias[..cols].copy_from_slice(&b[c0..c0 + cols]);
-                    &padded_bias
-                });
-                for i0 in (r0..r0 + sweep).step_by(MR) {
-                    let mr = (r0 + sweep - i0).min(MR);
-                    let a = &lhs[i0 * lda..(i0 + mr - 1) * lda + k];
-                    // SAFETY (both calls): AVX2 + FMA present (packed implies
-                    // register_tiles); `a` holds mr rows of k at stride lda, `panel` k rows
-                    // of NR at stride ldb;
-                    // the destination is inside `c`'s extent (caller) or the local tile.
-                    unsafe {
-                        let res = if res.is_null() {
-                            res
-                        } else {
-                            res.add(i0 * n + c0)
-                        };
-                        if cols == NR {
-                            let c = c.add(i0 * ldc + c0);
-                            tile_avx2(mr, a, lda, panel, ldb, k, bias, res, n, c, ldc);
-                        } else {
-                            let t = tile.as_mut_ptr();
-                            tile_avx2(mr, a, lda, panel, ldb, k, bias, std::ptr::null(), 0, t, NR);
-                            for i in 0..mr {
-                                for j in 0..cols {
-                                    let v = tile[i * NR + j];
-                                    *c.add((i0 + i) * ldc + c0 + j) = if res.is_null() {
-                                        v
-                                    } else {
-                                        *res.add(i * n + j) + v
-                                    };
-                                }
-                            }
-                        }
-                    }
-                }
-            }
-        }
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    unreachable!("register tiles are x86-64 only")
-}
-
-/// One `mr x 16` tile (`mr <= 6`): `c = a · panel (+ bias)`, accumulated in registers over `k`,
-/// then `res` (its rows at stride `ldr`) added when not null.
-///
-/// # Safety
-/// AVX2 and FMA available; `a` readable for `mr` rows of `k` at stride `lda`; `panel` holds
-/// `k` rows of 16 floats at stride `ldb`; `res` null or readable for `mr` rows of 16 at stride
-/// `ldr`; `c` writable for `mr` rows of 16 at stride `ldc`.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn tile_avx2(
-    mr: usize,
-    a: &[f32],
-    lda: usize,
-    panel: &[f32],
-    ldb: usize,
-    k: usize,
-    bias: Option<&[f32; NR]>,
-    res: *const f32,
-    ldr: usize,
-    c: *mut f32,
-    ldc: usize,
-) {
-    let (a, b) = (a.as_ptr(), panel.as_ptr());
-    // SAFETY: forwarded from the caller.
-    unsafe {
-        match mr {
-            6 => tile_n::<6>(a, lda, b, ldb, k, bias, res, ldr, c, ldc),
-            5 => tile_n::<5>(a, lda, b, ldb, k, bias, res, ldr, c, ldc),
-            4 => tile_n::<4>(a, lda, b, ldb, k, bias, res, ldr, c, ldc),
-            3 => tile_n::<3>(a, lda, b, ldb, k, bias, res, ldr, c, ldc),
-            2 => tile_n::<2>(a, lda, b, ldb, k, bias, res, ldr, c, ldc),
-            _ => tile_n::<1>(a, lda, b, ldb, k, bias, res, ldr, c, ldc),
-        }
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-#[inline]
-#[allow(clippy::too_many_arguments)]
-unsafe fn tile_n<const ROWS: usize>(
-    a: *const f32,
-    lda: usize,
-    b: *const f32,
-    ldb: usize,
-    k: usize,
-    bias: Option<&[f32; NR]>,
-    res: *const f32,
-    ldr: usize,
-    c: *mut f32,
-    ldc: usize,
-) {
-    use std::arch::x86_64::*;
-    // SAFETY: the caller guarantees the extents (see tile_avx2).
-    unsafe {
-        let (b0, b1) = match bias {
-            Some(b) => (
-                _mm256_loadu_ps(b.as_ptr()),
-                _mm256_loadu_ps(b.as_ptr().add(8)),
-            ),
-            None => (_mm256_setzero_ps(), _mm256_setzero_ps()),
-        };
-        let mut acc = [[b0, b1]; ROWS];
-        // Row pointers advanced together, k unrolled by two: fewer address computations per
-        // FMA (the loop is issue-bound, not FMA-bound, at 12 FMAs per step).
-        let rows: [*const f32; ROWS] = std::array::from_fn(|i| a.add(i * lda));
-        let mut bp = b;
-        let mut p = 0;
-        while p + 2 <= k {
-            let w0 = _mm256_loadu_ps(bp);
-            let w1 = _mm256_loadu_ps(bp.add(8));
-            let v0 = _mm256_loadu_ps(bp.add(ldb));
-            let v1 = _mm256_loadu_ps(bp.add(ldb + 8));
-            for (acc, row) in acc.iter_mut().zip(&rows) {
-                let x = _mm256_broadcast_ss(&*row.add(p));
-                acc[0] = _mm256_fmadd_ps(x, w0, acc[0]);
-                acc[1] = _mm256_fmadd_ps(x, w1, acc[1]);
-                let x = _mm256_broadcast_ss(&*row.add(p + 1));
-                acc[0] = _mm256_fmadd_ps(x, v0, acc[0]);
-                acc[1] = _mm256_fmadd_ps(x, v1, acc[1]);
-            }
-            bp = bp.wrapping_add(2 * ldb);
-            p += 2;
-        }
-        if p < k {
-            let w0 = _mm256_loadu_ps(bp);
-            let w1 = _mm256_loadu_ps(bp.add(8));
-            for (acc, row) in acc.iter_mut().zip(&rows) {
-                let x = _mm256_broadcast_ss(&*row.add(p));
-                acc[0] = _mm256_fmadd_ps(x, w0, acc[0]);
-                acc[1] = _mm256_fmadd_ps(x, w1, acc[1]);
-            }
-        }
-        if res.is_null() {
-            for (i, acc) in acc.iter().enumerate() {
-                _mm256_storeu_ps(c.add(i * ldc), acc[0]);
-                _mm256_storeu_ps(c.add(i * ldc + 8), acc[1]);
-            }
-        } else {
-            for (i, acc) in acc.iter().enumerate() {
-                let r = res.add(i * ldr);
-                _mm256_storeu_ps(c.add(i * ldc), _mm256_add_ps(_mm256_loadu_ps(r), acc[0]));
-                _mm256_storeu_ps(
-                    c.add(i * ldc + 8),
-                    _mm256_add_ps(_mm256_loadu_ps(r.add(8)), acc[1]),
-                );
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::ops::kernels::as_uninit;
     use crate::ops::kernels::testutil::*;
 
-    /// `gemm_rows` against an f64 reference: edge rows (m % 6) and columns (n % 16), k = 0,
-    /// bias or none, a transposed (strided) right operand, both the register-tile path and
-    /// the portable `gemm` path.
+    /// The kernel paths this CPU runs.
+    fn paths() -> impl Iterator<Item = KernelPath> {
+        KernelPath::ALL.into_iter().filter(|p| p.supported())
+    }
+
+    const SHAPES: [(usize, usize, usize); 9] = [
+        (1, 1, 1),
+        (5, 3, 17),
+        (6, 16, 16),
+        (7, 0, 5),
+        (13, 33, 40),
+        (50, 128, 100),
+        (20, 40, 48),
+        (29, 64, 80),
+        (37, 17, 32),
+    ];
+
+    /// `gemm_rows` against an f64 reference: edge rows (m % 6, m % 12) and columns (n % 16,
+    /// n % 32), k = 0, bias or none, a transposed (strided) right operand, on every kernel path
+    /// this CPU runs (the portable one is `gemm`).
     #[test]
     fn gemm_rows_vs_f64() {
         let mut rg = rng(7);
-        let shapes = [
-            (1, 1, 1),
-            (5, 3, 17),
-            (6, 16, 16),
-            (7, 0, 5),
-            (13, 33, 40),
-            (50, 128, 100),
-            (20, 40, 48),
-        ];
-        for &(m, k, n) in &shapes {
+        for &(m, k, n) in &SHAPES {
             for transposed in [false, true] {
                 for with_bias in [false, true] {
-                    for tiles in [false, register_tiles()] {
+                    for tiles in paths() {
                         let lda = k + 3; // a row stride wider than k
                         let a = uniform(&mut rg, m * lda, 1.0);
                         let b = uniform(&mut rg, k * n, 1.0);
@@ -645,7 +650,7 @@ mod tests {
                             })
                             .collect();
                         assert_close(
-                            &format!("{m}x{k}x{n} t={transposed} bias={with_bias} tiles={tiles}"),
+                            &format!("{m}x{k}x{n} t={transposed} bias={with_bias} {tiles}"),
                             got,
                             &want,
                             1e-6,
@@ -657,7 +662,7 @@ mod tests {
                         let b = with_bias.then_some(&bias[..]);
                         let plus = gemm_rows_plus(m, &a, lda, &rhs, b, &res, &mut dst);
                         let apart: Vec<f32> = got.iter().zip(&res).map(|(&y, &r)| r + y).collect();
-                        assert_eq!(plus, &apart[..], "{m}x{k}x{n} residual tiles={tiles}");
+                        assert_eq!(plus, &apart[..], "{m}x{k}x{n} residual {tiles}");
                         // strided destination: the gaps between rows keep their values;
                         // returns (the product's rows, the whole destination)
                         let ldc = n + 2;
@@ -677,9 +682,50 @@ mod tests {
                         assert_close(&format!("strided {m}x{k}x{n}"), &got, &want, 1e-6);
                         assert!(dst.chunks_exact(ldc).all(|r| r[n..] == [7.0, 7.0]));
                         // read in place (row-contiguous operands with n % 16 == 0), else packed
-                        let (got, _) = strided(&PackedRhs::in_place(bv, k, n));
+                        let (got, _) = strided(&PackedRhs::in_place_on(bv, k, n, tiles));
                         assert_close(&format!("in place {m}x{k}x{n}"), &got, &want, 1e-6);
                     }
+                }
+            }
+        }
+    }
+
+    /// The AVX-512 and AVX2 tiles compute every element the same way (bias, one fused
+    /// multiply-add per step of k in order, residual): the same bits, packed or in place.
+    #[test]
+    fn avx512_and_avx2_tiles_agree_bitwise() {
+        if !(KernelPath::Avx512.supported() && KernelPath::Avx2.supported()) {
+            println!("skipped: this CPU lacks AVX-512");
+            return;
+        }
+        let mut rg = rng(8);
+        for &(m, k, n) in SHAPES.iter().chain(&[(100, 96, 160), (64, 64, 16)]) {
+            let a = uniform(&mut rg, m * k, 1.0);
+            let b = uniform(&mut rg, k * n, 1.0);
+            let bias = uniform(&mut rg, n, 1.0);
+            let res = uniform(&mut rg, m * n, 1.0);
+            let run = |path, in_place: bool, residual: bool| {
+                let bv = View::rows(&b, n);
+                let rhs = if in_place {
+                    PackedRhs::in_place_on(bv, k, n, path)
+                } else {
+                    PackedRhs::build(bv, k, n, path)
+                };
+                let mut dst = crate::ops::kernels::uninit(m * n);
+                let out = if residual {
+                    gemm_rows_plus(m, &a, k, &rhs, Some(&bias), &res, &mut dst)
+                } else {
+                    gemm_rows(m, &a, k, &rhs, None, &mut dst)
+                };
+                bits(out)
+            };
+            for in_place in [false, true] {
+                for residual in [false, true] {
+                    assert_eq!(
+                        run(KernelPath::Avx512, in_place, residual),
+                        run(KernelPath::Avx2, in_place, residual),
+                        "{m}x{k}x{n} in place {in_place} residual {residual}"
+                    );
                 }
             }
         }
