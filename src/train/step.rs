@@ -233,3 +233,147 @@ pub fn train_step<B: crate::ops::TrainBackend>(
     let prediction = prediction_sum / accum as f64;
     Ok((nets, StepLosses { loss, prediction }))
 }
+
+#[cfg(test)]
+mod tests {
+    use burn::tensor::TensorData;
+
+    use super::*;
+    use crate::CpuAutodiff;
+    use crate::model::{EncoderConfig, Init, PredictorConfig};
+    use crate::train::objective::RegFeatures;
+    use crate::train::vicreg;
+
+    type B = CpuAutodiff;
+
+    /// A one-block encoder and predictor on 16x16 images (a 4x4 grid), four images, one
+    /// context block of 6 patches and two target blocks of 3.
+    fn setup() -> (Networks<B>, Batch<B>) {
+        let device = Default::default();
+        let enc = EncoderConfig {
+            image_size: 16,
+            patch_size: 4,
+            in_chans: 1,
+            embed_dim: 8,
+            depth: 1,
+            num_heads: 2,
+            mlp_hidden: 16,
+            qkv_bias: true,
+            layer_norm_eps: 1e-6,
+        };
+        let pred = PredictorConfig {
+            embed_dim: 8,
+            predictor_embed_dim: 8,
+            depth: 1,
+            num_heads: 2,
+            mlp_hidden: 16,
+            grid: 4,
+            qkv_bias: true,
+            layer_norm_eps: 1e-6,
+        };
+        let mut init = Init::new(3);
+        let encoder = VisionTransformer::<B>::new(&enc, &mut init, &device);
+        let predictor = Predictor::<B>::new(&pred, &mut init, &device);
+        let target = encoder.valid();
+        let pixels: Vec<f32> = (0..4 * 256)
+            .map(|i| ((i * 7919 % 255) as f32) / 128.0 - 1.0)
+            .collect();
+        let ctx: Vec<Vec<usize>> = (0..4).map(|b| (b..b + 6).collect()).collect();
+        let tgt = |j: usize| -> Vec<Vec<usize>> {
+            (0..4)
+                .map(|b| (10 + j..13 + j).map(|p| (p + b) % 16).collect())
+                .collect()
+        };
+        let mut tgt_sorted = vec![tgt(0), tgt(1)];
+        tgt_sorted
+            .iter_mut()
+            .flatten()
+            .for_each(|m| m.sort_unstable());
+        let batch = Batch {
+            images: Tensor::from_data(TensorData::new(pixels, [4, 1, 16, 16]), &device),
+            masks_enc: MaskIndices::new(&[ctx], 16).unwrap(),
+            masks_pred: MaskIndices::new(&tgt_sorted, 16).unwrap(),
+        };
+        let nets = Networks {
+            encoder,
+            predictor,
+            target,
+        };
+        (nets, batch)
+    }
+
+    fn grads_differ(a: &Gradients<B>, b: &Gradients<B>) -> bool {
+        a.grads.iter().any(|(name, g)| {
+            let h = &b.grads[name];
+            let (x, y) = (
+                g.clone().into_data().to_vec::<f32>().unwrap(),
+                h.clone().into_data().to_vec::<f32>().unwrap(),
+            );
+            x.iter().zip(&y).any(|(p, q)| (p - q).abs() > 1e-7)
+        })
+    }
+
+    /// The options reach the step `ijepa pretrain` runs: VICReg's terms are added to the
+    /// prediction loss with their weights (on the pooled context features), StoP's noise
+    /// changes the prediction reproducibly per (seed, step, replica) and vanishes with σ,
+    /// and the official objective is `loss_and_grads` exactly.
+    #[test]
+    fn options_reach_the_step() {
+        let (nets, batch) = setup();
+        let official = Objective::official(LossKind::SmoothL1);
+        let run = |o: &Objective, key: StepKey| {
+            loss_and_grads_with(&nets, &batch, o, key, Precision::F32)
+        };
+        let key = StepKey {
+            seed: 1,
+            step: 5,
+            replica: 0,
+        };
+        let base = loss_and_grads(&nets, &batch, LossKind::SmoothL1, Precision::F32);
+        assert_eq!(base.loss, base.prediction);
+        assert_eq!(run(&official, key).loss, base.loss);
+
+        let vic = Objective {
+            vicreg_variance_weight: 0.7,
+            vicreg_covariance_weight: 0.3,
+            features: RegFeatures::Pooled,
+            ..official
+        };
+        let g = run(&vic, key);
+        let z = nets
+            .encoder
+            .valid()
+            .forward(batch.images.clone(), Some(&batch.masks_enc))
+            .mean_dim(1)
+            .reshape([4, 8]);
+        let scalar = |t: Tensor<crate::Cpu, 1>| -> f64 { t.into_scalar().into() };
+        let want = 0.7 * scalar(vicreg::variance(z.clone())) + 0.3 * scalar(vicreg::covariance(z));
+        assert!(want > 1e-3, "{want}");
+        assert!((g.prediction - base.loss).abs() <= 1e-6 * base.loss);
+        assert!(
+            (g.loss - g.prediction - want).abs() <= 1e-5 * (1.0 + want),
+            "{} - {} vs {want}",
+            g.loss,
+            g.prediction
+        );
+        assert!(grads_differ(&g, &base));
+
+        let stop = |sigma| Objective {
+            stop_sigma: sigma,
+            ..official
+        };
+        let a = run(&stop(0.25), key);
+        let other = StepKey { replica: 1, ..key };
+        assert_eq!(a.loss, a.prediction);
+        assert_ne!(a.loss, base.loss);
+        assert_eq!(run(&stop(0.25), key).loss, a.loss);
+        assert_ne!(run(&stop(0.25), other).loss, a.loss);
+        assert!(grads_differ(&a, &base));
+        let tiny = run(&stop(1e-14), key).loss;
+        assert!(
+            (tiny - base.loss).abs() <= 1e-5 * base.loss,
+            "{tiny} vs {}",
+            base.loss
+        );
+    }
+}
