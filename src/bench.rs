@@ -98,10 +98,12 @@ pub fn run<B: crate::ops::TrainBackend>(
     let enc = &spec.encoder;
     let n = enc.num_patches();
     if spec.k_enc > n || spec.k_pred > n {
-        return Err(crate::Error::Config(format!(
-            "--k-enc {} / --k-pred {} exceed the {n} patches",
-            spec.k_enc, spec.k_pred
-        )));
+        return Err(crate::error::ConfigError::value(
+            "--k-enc / --k-pred",
+            format!("at most the {n} patches"),
+            format_args!("{} / {}", spec.k_enc, spec.k_pred),
+        )
+        .into());
     }
     let mut init = Init::new(spec.seed);
     let encoder = VisionTransformer::<B>::new(enc, &mut init, device);

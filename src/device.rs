@@ -1,7 +1,7 @@
 //! Choosing where to compute: `cpu` (burn's flex backend) or `cuda:N` (burn's CUDA backend,
 //! compiled in with the `cuda` cargo feature).
 
-use crate::error::{Error, Result};
+use crate::error::{ConfigError, Error, Result};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DeviceSpec {
@@ -20,7 +20,12 @@ impl std::str::FromStr for DeviceSpec {
                 .and_then(|n| n.parse().ok())
                 .map(Self::Cuda)
                 .ok_or_else(|| {
-                    Error::Config(format!("unknown device '{other}': use cpu or cuda:N"))
+                    ConfigError::Unknown {
+                        what: "device",
+                        name: other.into(),
+                        known: "cpu, cuda:N".into(),
+                    }
+                    .into()
                 }),
         }
     }
@@ -31,9 +36,7 @@ pub fn parse_devices(list: &str) -> Result<Vec<DeviceSpec>> {
     let devices: Vec<DeviceSpec> = list.split(',').map(str::parse).collect::<Result<_>>()?;
     let cpus = devices.iter().filter(|d| **d == DeviceSpec::Cpu).count();
     if devices.is_empty() || (cpus > 0 && devices.len() > 1) {
-        return Err(Error::Config(format!(
-            "--devices '{list}': give one cpu, or one or more cuda:N"
-        )));
+        return Err(ConfigError::value("--devices", "one cpu, or one or more cuda:N", list).into());
     }
     Ok(devices)
 }
@@ -54,19 +57,23 @@ pub fn cuda_device(index: usize) -> Result<burn_cuda::CudaDevice> {
     std::panic::set_hook(hook);
     match probe {
         Ok(4.0) => Ok(device),
-        Ok(v) => Err(Error::Config(format!(
-            "CUDA device {index} computed 1+1+1+1 = {v}: broken driver?"
-        ))),
+        Ok(v) => Err(Error::Device {
+            device: format!("cuda:{index}"),
+            why: format!("computed 1+1+1+1 = {v}: broken driver?"),
+        }),
         Err(e) => {
             let msg = e
                 .downcast_ref::<String>()
                 .cloned()
                 .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
                 .unwrap_or_else(|| "unknown error".into());
-            Err(Error::Config(format!(
-                "no usable CUDA GPU cuda:{index} (is an NVIDIA driver installed and the GPU visible?): {}",
-                msg.lines().next().unwrap_or("")
-            )))
+            Err(Error::Device {
+                device: format!("cuda:{index}"),
+                why: format!(
+                    "no usable CUDA GPU (is an NVIDIA driver installed and the GPU visible?): {}",
+                    msg.lines().next().unwrap_or("")
+                ),
+            })
         }
     }
 }
@@ -84,7 +91,8 @@ pub fn allow_tf32(allowed: bool) {
 
 #[cfg(not(feature = "cuda"))]
 pub fn cuda_device(index: usize) -> Result<()> {
-    Err(Error::Config(format!(
-        "cuda:{index} asked, but this binary was built without GPU support: rebuild with `cargo build --release --features cuda`"
-    )))
+    Err(Error::Device {
+        device: format!("cuda:{index}"),
+        why: "this binary was built without GPU support: rebuild with `cargo build --release --features cuda`".into(),
+    })
 }

@@ -2,11 +2,16 @@
 
 use std::path::{Path, PathBuf};
 
+mod config;
+
+pub use crate::checkpoint::error::{CheckpointError, ShapeMismatch, TensorReadError};
+pub use config::{ConfigError, OverrideProblem, Setting};
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// A setting that cannot work (model shapes, mask settings, training config).
-    #[error("invalid configuration: {0}")]
-    Config(String),
+    /// A setting that cannot work (model shapes, training config, flags).
+    #[error(transparent)]
+    Config(#[from] ConfigError),
     /// A data source, image or data file that cannot be read as asked.
     #[error(transparent)]
     Data(#[from] crate::data::DataError),
@@ -36,15 +41,55 @@ pub enum Error {
     /// Writing or reading JSON of this program's own structures.
     #[error(transparent)]
     Json(#[from] serde_json::Error),
-    /// A file that exists but whose contents are not what they should be.
-    #[error("{}: {msg}", path.display())]
-    Format { path: PathBuf, msg: String },
-    /// Tensors that do not fit the model (missing / unexpected keys, wrong shapes).
-    #[error("{0}")]
-    Checkpoint(String),
+    /// An array of pixels that does not fit the encoder: `[N, C, H, W]` with its C and size.
+    #[error(
+        "{}: array has shape {found:?}; the model expects [N, {channels}, {size}, {size}] float32 pixels",
+        path.display()
+    )]
+    Pixels {
+        path: PathBuf,
+        found: Vec<usize>,
+        channels: usize,
+        size: usize,
+    },
+    /// A checkpoint that cannot be read or does not fit the model.
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
     /// A data-parallel peer died, the network failed, or the peers disagree.
-    #[error("data-parallel run stopped: {0}")]
-    Peer(String),
+    #[error(transparent)]
+    Peer(#[from] crate::train::distributed::PeerError),
+    /// A device that cannot be used (no driver, no GPU support in this build).
+    #[error("{device}: {why}")]
+    Device { device: String, why: String },
+    /// A `.npy` file that cannot be read as the array asked for.
+    #[error(transparent)]
+    Npy(#[from] crate::npy::NpyError),
+    /// A `log.csv` that cannot be read or appended to.
+    #[error(
+        "{}: {}{error}",
+        path.display(),
+        if error.is_io_error() { "" } else { "not a training log: " }
+    )]
+    Log { path: PathBuf, error: csv::Error },
+    /// A plot (the loss curve, the monitor's curves) could not be drawn.
+    #[error("{}: cannot draw the {what}: {error}", path.display())]
+    Plot {
+        path: PathBuf,
+        what: &'static str,
+        error: crate::train::monitor::PlotError,
+    },
+    /// An image file (`ijepa viz`'s grid) that cannot be written.
+    #[error("{}: cannot write the image: {error}", path.display())]
+    ImageWrite {
+        path: PathBuf,
+        error: image::ImageError,
+    },
+    /// A helper thread or runtime the program needs could not be started.
+    #[error("cannot start {what}: {error}")]
+    Thread {
+        what: &'static str,
+        error: std::io::Error,
+    },
     /// Inputs of the wrong shape or with out-of-range values.
     #[error("{0}")]
     Shape(String),
@@ -72,13 +117,6 @@ impl Error {
         Error::InFile {
             path: path.as_ref().to_path_buf(),
             inner: Box::new(inner),
-        }
-    }
-
-    pub fn format(path: impl AsRef<Path>, msg: impl Into<String>) -> Self {
-        Error::Format {
-            path: path.as_ref().to_path_buf(),
-            msg: msg.into(),
         }
     }
 }

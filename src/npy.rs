@@ -1,6 +1,6 @@
 //! `.npy` arrays in and out (NumPy's format, via `npyz`), with errors that name the file.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use npyz::{NpyFile, Order, WriterBuilder};
 
@@ -8,13 +8,54 @@ use crate::checkpoint::HostTensor;
 use crate::error::{Error, Result};
 use crate::fsutil::write_atomic;
 
+/// A `.npy` file that cannot be read as the array asked for.
+#[derive(Debug, thiserror::Error)]
+pub enum NpyError {
+    /// A header NumPy's format reader rejects.
+    #[error("{}: not a valid .npy file: {error}", path.display())]
+    Header {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    /// Array data that cannot be read.
+    #[error("{}: cannot read the array data: {error}", path.display())]
+    Data {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    /// A header that announces more data than the file holds.
+    #[error(
+        "{}: array of shape {shape:?} needs more data than the file's {len} bytes (truncated file?)",
+        path.display()
+    )]
+    Truncated {
+        path: PathBuf,
+        shape: Vec<u64>,
+        len: u64,
+    },
+    /// Fewer values than the shape says.
+    #[error(
+        "{}: array data is shorter than its shape says (truncated file?)",
+        path.display()
+    )]
+    Short { path: PathBuf },
+    #[error("{}: array has dtype {dtype}, expected {expected}", path.display())]
+    Dtype {
+        path: PathBuf,
+        dtype: String,
+        expected: &'static str,
+    },
+}
+
 /// Opens an array, refusing one whose header announces more data than the file holds
 /// (before anything the size of the data is allocated).
 fn open(path: &Path) -> Result<NpyFile<std::io::BufReader<std::fs::File>>> {
     let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
     let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
-    let npy = NpyFile::new(std::io::BufReader::new(file))
-        .map_err(|e| Error::format(path, format!("not a valid .npy file: {e}")))?;
+    let npy = NpyFile::new(std::io::BufReader::new(file)).map_err(|error| NpyError::Header {
+        path: path.to_path_buf(),
+        error,
+    })?;
     let bytes = npy
         .shape()
         .iter()
@@ -22,13 +63,12 @@ fn open(path: &Path) -> Result<NpyFile<std::io::BufReader<std::fs::File>>> {
             a.checked_mul(d)
         });
     if bytes.is_none_or(|b| b > len) {
-        return Err(Error::format(
-            path,
-            format!(
-                "array of shape {:?} needs more data than the file's {len} bytes (truncated file?)",
-                npy.shape()
-            ),
-        ));
+        return Err(NpyError::Truncated {
+            path: path.to_path_buf(),
+            shape: npy.shape().to_vec(),
+            len,
+        }
+        .into());
     }
     Ok(npy)
 }
@@ -68,7 +108,10 @@ pub fn read_f32(path: &Path) -> Result<HostTensor> {
     let shape = shape_of(&npy);
     let order = npy.order();
     let dtype = npy.dtype().descr().trim_matches('\'').to_string();
-    let bad = |e: std::io::Error| Error::format(path, format!("cannot read the array data: {e}"));
+    let bad = |error| NpyError::Data {
+        path: path.to_path_buf(),
+        error,
+    };
     let data: Vec<f32> = match dtype.as_str() {
         "<f4" => npy.into_vec::<f32>().map_err(bad)?,
         "<f8" => npy
@@ -78,17 +121,19 @@ pub fn read_f32(path: &Path) -> Result<HostTensor> {
             .map(|v| v as f32)
             .collect(),
         other => {
-            return Err(Error::format(
-                path,
-                format!("array has dtype {other}, expected float32 (<f4) or float64"),
-            ));
+            return Err(NpyError::Dtype {
+                path: path.to_path_buf(),
+                dtype: other.into(),
+                expected: "float32 (<f4) or float64",
+            }
+            .into());
         }
     };
     if data.len() != shape.iter().product::<usize>() {
-        return Err(Error::format(
-            path,
-            "array data is shorter than its shape says (truncated file?)",
-        ));
+        return Err(NpyError::Short {
+            path: path.to_path_buf(),
+        }
+        .into());
     }
     let data = c_order(data, &shape, order);
     Ok(HostTensor::new(shape, data))
@@ -100,7 +145,10 @@ pub fn read_i64(path: &Path) -> Result<(Vec<usize>, Vec<i64>)> {
     let shape = shape_of(&npy);
     let order = npy.order();
     let dtype = npy.dtype().descr().trim_matches('\'').to_string();
-    let bad = |e: std::io::Error| Error::format(path, format!("cannot read the array data: {e}"));
+    let bad = |error| NpyError::Data {
+        path: path.to_path_buf(),
+        error,
+    };
     let data: Vec<i64> = match dtype.as_str() {
         "<i8" => npy.into_vec::<i64>().map_err(bad)?,
         "<i4" => npy
@@ -122,17 +170,19 @@ pub fn read_i64(path: &Path) -> Result<(Vec<usize>, Vec<i64>)> {
             .map(|v| v as i64)
             .collect(),
         other => {
-            return Err(Error::format(
-                path,
-                format!("array has dtype {other}, expected an integer type (int64)"),
-            ));
+            return Err(NpyError::Dtype {
+                path: path.to_path_buf(),
+                dtype: other.into(),
+                expected: "an integer type (int64)",
+            }
+            .into());
         }
     };
     if data.len() != shape.iter().product::<usize>() {
-        return Err(Error::format(
-            path,
-            "array data is shorter than its shape says (truncated file?)",
-        ));
+        return Err(NpyError::Short {
+            path: path.to_path_buf(),
+        }
+        .into());
     }
     let data = c_order(data, &shape, order);
     Ok((shape, data))

@@ -12,7 +12,7 @@ use crate::Cpu;
 use crate::checkpoint::{Checkpoint, EncoderChoice, HostTensor};
 use crate::data::Split;
 use crate::data::transform::Preprocess;
-use crate::error::{Error, Result};
+use crate::error::{ConfigError, Error, Result};
 use crate::eval::features::{Pool, choose_encoder, embed_pixels, list_images, load_image};
 
 /// Images ready for the encoder, with their shape `[N, C, S, S]`.
@@ -34,10 +34,9 @@ pub fn load_inputs(inputs: &[String], pre: &Preprocess, count: usize) -> Result<
     let mut data = Vec::new();
     match inputs {
         [spec] if is_dataset(spec) => {
-            let ds = crate::data::open_source(spec, Split::Test, pre.channels)
-                .map_err(|e| Error::Config(e.to_string()))?;
+            let ds = crate::data::open_source(spec, Split::Test, pre.channels)?;
             for i in 0..ds.len().min(count) {
-                let img = ds.get(i).map_err(|e| Error::Config(e.to_string()))?;
+                let img = ds.get(i)?;
                 data.extend(pre.apply_raw(&img));
                 names.push(ds.name(i));
             }
@@ -51,7 +50,12 @@ pub fn load_inputs(inputs: &[String], pre: &Preprocess, count: usize) -> Result<
         }
     }
     if names.is_empty() {
-        return Err(Error::Config(format!("no images in {inputs:?}")));
+        return Err(ConfigError::value(
+            "--input",
+            "image files, folders of images or a labelled set",
+            format_args!("{inputs:?} (no images)"),
+        )
+        .into());
     }
     let shape = vec![names.len(), pre.channels, pre.size, pre.size];
     Ok(Inputs {
@@ -242,7 +246,10 @@ pub fn visualise(
         output.file_stem().and_then(|x| x.to_str()).unwrap_or("viz")
     ));
     img.save_with_format(&tmp, image::ImageFormat::Png)
-        .map_err(|e| Error::format(output, format!("cannot write the PNG: {e}")))?;
+        .map_err(|error| Error::ImageWrite {
+            path: output.to_path_buf(),
+            error,
+        })?;
     std::fs::rename(&tmp, output).map_err(|e| Error::io(output, e))?;
     Ok(VizSummary {
         images: n,

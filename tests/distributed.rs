@@ -6,12 +6,12 @@
 mod common;
 
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use common::logged_losses as losses;
 use common::tmp;
-use common::{ijepa_bin, logged_losses as losses};
 use ijepa::checkpoint::{Checkpoint, LoadOptions, NamedTensors};
 
 const FMNIST: &str = "/usr/share/datasets/fashion-mnist";
@@ -43,32 +43,22 @@ fn settings(accum: usize) -> Vec<String> {
             .is_file(),
         "Fashion-MNIST not found in {FMNIST}: install the Debian package dataset-fashion-mnist (.ci/run does)"
     );
-    [
-        "meta.embed_dim=32",
-        "meta.depth=2",
-        "meta.num_heads=2",
-        "meta.pred_emb_dim=16",
-        "meta.pred_depth=1",
-        "meta.pred_num_heads=2",
-        "data.batch_size=16",
-        "data.max_images=256",
-        "optimization.epochs=2",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .chain([format!("optimization.accum_steps={accum}")])
-    .collect()
+    common::tiny_model()
+        .into_iter()
+        .chain(
+            [
+                "data.batch_size=16",
+                "data.max_images=256",
+                "optimization.epochs=2",
+            ]
+            .map(String::from),
+        )
+        .chain([format!("optimization.accum_steps={accum}")])
+        .collect()
 }
 
 fn command(out: &Path, sets: &[String], extra: &[String]) -> Command {
-    let mut cmd = Command::new(ijepa_bin());
-    cmd.args(["pretrain", "--quiet", "--threads", "1", "--config"])
-        .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("configs/fmnist_vit.yaml"))
-        .arg("--output")
-        .arg(out);
-    for s in sets {
-        cmd.args(["--set", s]);
-    }
+    let mut cmd = common::pretrain_command(out, sets, &["--threads", "1"]);
     cmd.args(extra);
     cmd
 }

@@ -34,6 +34,21 @@ fn failed(o: Output) -> String {
     t
 }
 
+/// `ijepa embed --model MODEL --input INPUT --output OUTPUT EXTRA...`.
+fn embed(model: &Path, input: &Path, output: &Path, extra: &[&str]) -> Output {
+    Command::new(ijepa_bin())
+        .arg("embed")
+        .arg("--model")
+        .arg(model)
+        .arg("--input")
+        .arg(input)
+        .arg("--output")
+        .arg(output)
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
@@ -187,15 +202,7 @@ fn a_fortran_order_npy_gives_the_same_embedding() {
     let (a, b) = (dir.join("a.npy"), dir.join("b.npy"));
     let hf = reference("hf");
     for (input, output) in [(reference("hf/pixel_values.npy"), &a), (fortran, &b)] {
-        ok(ijepa(&[
-            "embed",
-            "--model",
-            s(&hf),
-            "--input",
-            s(&input),
-            "--output",
-            s(output),
-        ]));
+        ok(embed(&hf, &input, output, &[]));
     }
     let (a, b) = (
         ijepa::npy::read_f32(&a).unwrap(),
@@ -343,15 +350,12 @@ fn mismatched_hf_qkv_shapes_are_an_error() {
         .clone();
     tensors.insert(key, HostTensor::new(vec![3], vec![0.0; 3]));
     safetensors_io::write(&hf.join("model.safetensors"), &tensors, meta).unwrap();
-    let e = failed(ijepa(&[
-        "embed",
-        "--model",
-        s(&hf),
-        "--input",
-        s(&reference("hf/pixel_values.npy")),
-        "--output",
-        s(&dir.join("y.npy")),
-    ]));
+    let e = failed(embed(
+        &hf,
+        &reference("hf/pixel_values.npy"),
+        &dir.join("y.npy"),
+        &[],
+    ));
     assert!(e.contains("key") && e.contains("[3]"), "{e}");
 }
 
@@ -377,15 +381,7 @@ fn bad_native_preprocessing_is_an_error() {
         meta.insert("ijepa".into(), desc.to_string());
         let bad = dir.join(format!("bad-{field}.safetensors"));
         safetensors_io::write(&bad, &tensors, meta).unwrap();
-        let e = failed(ijepa(&[
-            "embed",
-            "--model",
-            s(&bad),
-            "--input",
-            s(&photo),
-            "--output",
-            s(&dir.join("y.npy")),
-        ]));
+        let e = failed(embed(&bad, &photo, &dir.join("y.npy"), &[]));
         assert!(e.contains(field) && e.contains("bad-"), "{e}");
     }
 }
@@ -408,15 +404,12 @@ fn messages_say_what_went_wrong() {
     ));
     assert!(!e.contains("invalid configuration"), "{e}");
     // An I/O error is said once.
-    let e = failed(ijepa(&[
-        "embed",
-        "--model",
-        "/no/such/model.safetensors",
-        "--input",
-        s(&reference("hf/photo.png")),
-        "--output",
-        s(&dir.join("y.npy")),
-    ]));
+    let e = failed(embed(
+        Path::new("/no/such/model.safetensors"),
+        &reference("hf/photo.png"),
+        &dir.join("y.npy"),
+        &[],
+    ));
     assert_eq!(e.matches("No such file").count(), 1, "{e}");
     // A truncated native checkpoint is called truncated.
     let model = dir.join("m.safetensors");
@@ -432,29 +425,21 @@ fn messages_say_what_went_wrong() {
     let bytes = std::fs::read(&model).unwrap();
     let cut = dir.join("cut.safetensors");
     std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
-    let e = failed(ijepa(&[
-        "embed",
-        "--model",
-        s(&cut),
-        "--input",
-        s(&reference("hf/photo.png")),
-        "--output",
-        s(&dir.join("y.npy")),
-    ]));
+    let e = failed(embed(
+        &cut,
+        &reference("hf/photo.png"),
+        &dir.join("y.npy"),
+        &[],
+    ));
     assert!(!e.contains("not a checkpoint this program knows"), "{e}");
     assert!(e.contains("truncated") || e.contains("incomplete"), "{e}");
     // `--batch-size 0` is refused, not turned into 1.
-    failed(ijepa(&[
-        "embed",
-        "--model",
-        s(&model),
-        "--input",
-        s(&reference("hf/photo.png")),
-        "--output",
-        s(&dir.join("y.npy")),
-        "--batch-size",
-        "0",
-    ]));
+    failed(embed(
+        &model,
+        &reference("hf/photo.png"),
+        &dir.join("y.npy"),
+        &["--batch-size", "0"],
+    ));
     // `--layers last4` on a 2-block model is refused, not silently `last2`.
     let data = dir.join("data");
     image_folder(&data, &[("a", 10), ("b", 230)], 16);

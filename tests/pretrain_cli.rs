@@ -49,17 +49,7 @@ fn losses(dir: &Path) -> Vec<(u64, f64)> {
     let text = std::fs::read_to_string(dir.join("log.csv")).unwrap();
     let mut lines = text.lines();
     let header = lines.next().unwrap();
-    for col in [
-        "epoch",
-        "itr",
-        "loss",
-        "mask-A",
-        "mask-B",
-        "time (ms)",
-        "lr",
-        "wd",
-        "momentum",
-    ] {
+    for col in ijepa::train::log::columns() {
         assert!(
             header.split(',').any(|c| c == col),
             "log.csv lacks column {col}: {header}"

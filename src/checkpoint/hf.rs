@@ -7,10 +7,11 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use super::error::CheckpointError;
 use super::safetensors_io;
 use super::tensors::{HostTensor, NamedTensors};
 use crate::data::transform::Preprocess;
-use crate::error::{Error, Result};
+use crate::error::{ConfigError, Error, Result};
 use crate::fsutil::write_bytes_atomic;
 use crate::model::EncoderConfig;
 
@@ -63,16 +64,20 @@ fn default_act() -> String {
 impl HfConfig {
     pub fn to_encoder_config(&self) -> Result<EncoderConfig> {
         if self.model_type != "ijepa" && self.model_type != "vit" {
-            return Err(Error::Config(format!(
-                "config.json model_type is '{}', expected 'ijepa'",
-                self.model_type
-            )));
+            return Err(ConfigError::value(
+                "model_type",
+                "'ijepa'",
+                format_args!("'{}'", self.model_type),
+            )
+            .into());
         }
         if self.hidden_act != "gelu" {
-            return Err(Error::Config(format!(
-                "config.json hidden_act is '{}'; only the exact 'gelu' of I-JEPA is supported",
-                self.hidden_act
-            )));
+            return Err(ConfigError::value(
+                "hidden_act",
+                "'gelu' (only the exact GELU of I-JEPA is supported)",
+                format_args!("'{}'", self.hidden_act),
+            )
+            .into());
         }
         let cfg = EncoderConfig {
             image_size: self.image_size,
@@ -131,7 +136,13 @@ pub fn is_hf_dir(dir: &Path) -> bool {
 
 fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    serde_json::from_str(&text).map_err(|e| Error::format(path, format!("invalid JSON: {e}")))
+    serde_json::from_str(&text).map_err(|error| {
+        CheckpointError::Json {
+            path: path.to_path_buf(),
+            error,
+        }
+        .into()
+    })
 }
 
 pub fn read_dir(dir: &Path) -> Result<HfModel> {
@@ -141,8 +152,7 @@ pub fn read_dir(dir: &Path) -> Result<HfModel> {
         .map_err(|e| Error::in_file(dir.join("config.json"), e))?;
     let weights = dir.join("model.safetensors");
     let (tensors, _) = safetensors_io::read(&weights)?;
-    let encoder =
-        hf_to_official(&tensors, config.depth).map_err(|e| Error::in_file(&weights, e))?;
+    let encoder = hf_to_official(&tensors, config.depth, &weights)?;
 
     let proc_path = dir.join("preprocessor_config.json");
     let (mut size, mut mean, mut std) = (
@@ -178,7 +188,7 @@ pub fn read_dir(dir: &Path) -> Result<HfModel> {
 }
 
 /// Map HF names to official ones, merging q / k / v into qkv.
-pub fn hf_to_official(hf: &NamedTensors, depth: usize) -> Result<NamedTensors> {
+pub fn hf_to_official(hf: &NamedTensors, depth: usize, path: &Path) -> Result<NamedTensors> {
     let mut out = NamedTensors::new();
     let mut unexpected = vec![];
     let mut qkv: HashMap<(usize, &str), [Option<&HostTensor>; 3]> = HashMap::new();
@@ -277,9 +287,12 @@ pub fn hf_to_official(hf: &NamedTensors, depth: usize) -> Result<NamedTensors> {
         unexpected.push(format!("layers beyond num_hidden_layers={depth}"));
     }
     if !unexpected.is_empty() || !missing.is_empty() {
-        return Err(Error::Checkpoint(format!(
-            "not an IJepaModel state dict: unexpected keys {unexpected:?}, incomplete or mismatched q/k/v {missing:?}"
-        )));
+        return Err(CheckpointError::NotIJepa {
+            path: path.to_path_buf(),
+            unexpected,
+            incomplete: missing,
+        }
+        .into());
     }
     Ok(out)
 }

@@ -6,6 +6,7 @@
 //! * [`hf`]: Hugging Face `IJepaModel` directories (read and write);
 //! * [`native`]: this project's single-file safetensors checkpoint with a JSON description.
 
+pub mod error;
 pub mod hf;
 pub mod native;
 pub mod official;
@@ -15,10 +16,11 @@ pub mod tensors;
 
 use std::path::{Path, PathBuf};
 
+pub use error::CheckpointError;
 pub use tensors::{HostTensor, NamedTensors};
 
 use crate::data::transform::Preprocess;
-use crate::error::{Error, Result};
+use crate::error::{ConfigError, Error, Result};
 use crate::model::config::PRESETS;
 use crate::model::{EncoderConfig, Init, Predictor, PredictorConfig, VisionTransformer};
 use native::Description;
@@ -72,20 +74,20 @@ pub fn detect(path: &Path) -> Result<(Format, PathBuf)> {
         if let Some(dir) = file.parent().filter(|d| hf::is_hf_dir(d)) {
             return Ok((Format::HuggingFace, dir.to_path_buf()));
         }
-        return Err(Error::format(
-            &file,
-            "not a checkpoint this program knows: expected an official .pth.tar, a native ijepa .safetensors or a Hugging Face directory (config.json + model.safetensors)",
-        ));
+        return Err(CheckpointError::UnknownFormat { path: file }.into());
     }
     if path.is_dir() {
-        return Err(Error::format(
-            path,
-            "folder holds neither config.json + model.safetensors (Hugging Face) nor latest.safetensors (ijepa run)",
-        ));
+        return Err(CheckpointError::UnknownFolder {
+            path: path.to_path_buf(),
+        }
+        .into());
     }
     Err(match std::fs::metadata(path) {
         Err(e) => Error::io(path, e),
-        Ok(_) => Error::format(path, "neither a file nor a folder"),
+        Ok(_) => CheckpointError::NotAFile {
+            path: path.to_path_buf(),
+        }
+        .into(),
     })
 }
 
@@ -94,17 +96,22 @@ fn heads_for_width(width: usize, given: Option<usize>, what: &str) -> Result<usi
         return Ok(h);
     }
     PRESETS.iter().find(|p| p.1 == width).map(|p| p.3).ok_or_else(|| {
-        Error::Config(format!(
-            "the number of attention heads of the {what} (width {width}) is not stored in official checkpoints and {width} is not an official width: pass --num-heads / --pred-num-heads"
-        ))
+        ConfigError::needs(
+            format!("the {what} (width {width})"),
+            format!("--num-heads / --pred-num-heads: the number of attention heads is not stored in official checkpoints and {width} is not an official width"),
+        )
+        .into()
     })
 }
 
 fn dims(named: &NamedTensors, key: &str, path: &Path) -> Result<Vec<usize>> {
-    named
-        .get(key)
-        .map(|t| t.shape.clone())
-        .ok_or_else(|| Error::format(path, format!("state dict has no '{key}'")))
+    named.get(key).map(|t| t.shape.clone()).ok_or_else(|| {
+        CheckpointError::MissingTensor {
+            path: path.to_path_buf(),
+            key: key.into(),
+        }
+        .into()
+    })
 }
 
 fn count_blocks(named: &NamedTensors, prefix: &str) -> usize {
@@ -122,18 +129,23 @@ pub fn infer_encoder_config(
     let w = dims(named, "patch_embed.proj.weight", path)?;
     let pos = dims(named, "pos_embed", path)?;
     let fc1 = dims(named, "blocks.0.mlp.fc1.weight", path)?;
-    let ([d, c, p, _], [_, n, _]) = (w.as_slice(), pos.as_slice()) else {
-        return Err(Error::format(
-            path,
-            format!("patch_embed.proj.weight {w:?} / pos_embed {pos:?} have the wrong rank"),
-        ));
+    let shape_error = |key: &str, expected: &str, found: &[usize]| {
+        Error::from(CheckpointError::Shape {
+            path: path.to_path_buf(),
+            key: key.into(),
+            expected: expected.into(),
+            found: found.to_vec(),
+        })
+    };
+    let [d, c, p, _] = w.as_slice() else {
+        return Err(shape_error("patch_embed.proj.weight", "rank 4", &w));
+    };
+    let [_, n, _] = pos.as_slice() else {
+        return Err(shape_error("pos_embed", "rank 3", &pos));
     };
     let grid = (*n as f64).sqrt().round() as usize;
     if grid * grid != *n {
-        return Err(Error::format(
-            path,
-            format!("pos_embed has {n} tokens, not a square grid"),
-        ));
+        return Err(shape_error("pos_embed", "a square grid of tokens", &pos));
     }
     let cfg = EncoderConfig {
         image_size: grid * p,
@@ -232,7 +244,10 @@ impl Checkpoint {
         match which {
             EncoderChoice::Context => Ok(&self.encoder),
             EncoderChoice::Target => self.target_encoder.as_ref().ok_or_else(|| {
-                Error::format(&self.path, "holds no target encoder (Hugging Face models are the context encoder): use --encoder context")
+                CheckpointError::NoTargetEncoder {
+                    path: self.path.clone(),
+                }
+                .into()
             }),
         }
     }
@@ -256,7 +271,10 @@ impl Checkpoint {
         device: &B::Device,
     ) -> Result<Predictor<B>> {
         let (Some(cfg), Some(named)) = (&self.description.predictor, &self.predictor) else {
-            return Err(Error::format(&self.path, "holds no predictor"));
+            return Err(CheckpointError::NoPredictor {
+                path: self.path.clone(),
+            }
+            .into());
         };
         build_predictor(
             cfg,
@@ -287,10 +305,17 @@ fn load_table<B: crate::ops::IjepaBackend>(
     let [n, d] = current.dims();
     let ok = matches!(t.shape.as_slice(), [1, tn, td] if *tn == n && *td == d) || t.shape == [n, d];
     if !ok {
-        return Err(Error::Checkpoint(format!(
-            "{what}: {key} has shape {:?}, the model needs [1, {n}, {d}]",
-            t.shape
-        )));
+        return Err(CheckpointError::Mismatch {
+            what: what.into(),
+            missing: vec![],
+            unexpected: vec![],
+            wrong_shapes: vec![error::ShapeMismatch {
+                key: key.into(),
+                expected: vec![1, n, d],
+                found: t.shape.clone(),
+            }],
+        }
+        .into());
     }
     Ok(Some(
         HostTensor::new(vec![n, d], t.data.clone()).to_tensor(&current.device()),

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use super::error::CheckpointError;
 use super::safetensors_io;
 use super::tensors::NamedTensors;
 use crate::data::transform::Preprocess;
@@ -79,25 +80,24 @@ pub fn is_native(path: &Path) -> bool {
 
 pub fn read(path: &Path) -> Result<(Description, NamedTensors)> {
     let (tensors, meta) = safetensors_io::read(path)?;
+    let path_buf = || path.to_path_buf();
     if meta.get("format").map(String::as_str) != Some(FORMAT) {
-        return Err(Error::format(
-            path,
-            format!("safetensors file without '{FORMAT}' metadata: not a native ijepa checkpoint"),
-        ));
+        return Err(CheckpointError::NotNative { path: path_buf() }.into());
     }
     let text = meta
         .get("ijepa")
-        .ok_or_else(|| Error::format(path, "native checkpoint without its 'ijepa' description"))?;
-    let desc: Description = serde_json::from_str(text)
-        .map_err(|e| Error::format(path, format!("bad model description: {e}")))?;
+        .ok_or_else(|| CheckpointError::NoDescription { path: path_buf() })?;
+    let desc: Description =
+        serde_json::from_str(text).map_err(|error| CheckpointError::Description {
+            path: path_buf(),
+            error,
+        })?;
     if desc.format_version > FORMAT_VERSION {
-        return Err(Error::format(
-            path,
-            format!(
-                "written by a newer ijepa (format version {}, this build reads {FORMAT_VERSION})",
-                desc.format_version
-            ),
-        ));
+        return Err(CheckpointError::NewerVersion {
+            path: path_buf(),
+            version: desc.format_version,
+        }
+        .into());
     }
     desc.encoder
         .validate()

@@ -8,6 +8,7 @@ use std::path::Path;
 
 use burn_store::pytorch::PytorchReader;
 
+use super::error::{CheckpointError, TensorReadError};
 use super::pickle_guard;
 use super::tensors::{HostTensor, NamedTensors};
 use crate::error::{Error, Result};
@@ -40,27 +41,25 @@ pub fn check_pickle_safety(path: &Path) -> Result<()> {
         .take(4)
         .read_to_end(&mut head)
         .map_err(|e| Error::io(path, e))?;
-    let refuse = |why: String| {
-        Error::format(
-            path,
-            format!(
-                "refusing to read this PyTorch file: {why}; only tensors, storages and plain containers are accepted (no Python code is ever run)"
-            ),
-        )
+    let path_buf = || path.to_path_buf();
+    let refuse = |why: String| CheckpointError::UnsafePickle {
+        path: path_buf(),
+        why,
     };
     if head.starts_with(b"PK\x03\x04") {
-        let mut zip = zip::ZipArchive::new(std::io::BufReader::new(file))
-            .map_err(|e| Error::format(path, format!("not a readable torch zip archive: {e}")))?;
+        let mut zip = zip::ZipArchive::new(std::io::BufReader::new(file)).map_err(|error| {
+            CheckpointError::Zip {
+                path: path_buf(),
+                error,
+            }
+        })?;
         let names: Vec<String> = zip
             .file_names()
             .filter(|n| n.ends_with("data.pkl"))
             .map(String::from)
             .collect();
         let [name] = names.as_slice() else {
-            return Err(Error::format(
-                path,
-                "zip archive without exactly one data.pkl: not a torch.save file",
-            ));
+            return Err(CheckpointError::NoDataPickle { path: path_buf() }.into());
         };
         let mut pickle = Vec::new();
         zip.by_name(name)
@@ -69,7 +68,11 @@ pub fn check_pickle_safety(path: &Path) -> Result<()> {
                     .read_to_end(&mut pickle)
                     .map_err(Into::into)
             })
-            .map_err(|e| Error::format(path, format!("cannot read {name}: {e}")))?;
+            .map_err(|error| CheckpointError::ZipEntry {
+                path: path_buf(),
+                entry: name.clone(),
+                error,
+            })?;
         pickle_guard::scan(&pickle, 0).map_err(refuse)?;
     } else if head.first() == Some(&0x80) {
         // Legacy format: magic, protocol, sys-info and data pickles, then raw storages.
@@ -87,10 +90,7 @@ pub fn check_pickle_safety(path: &Path) -> Result<()> {
             pos = pickle_guard::scan(&bytes, pos).map_err(refuse)?;
         }
     } else {
-        return Err(Error::format(
-            path,
-            "not a PyTorch checkpoint (neither a zip archive nor a pickle)",
-        ));
+        return Err(CheckpointError::NotTorch { path: path_buf() }.into());
     }
     Ok(())
 }
@@ -99,18 +99,30 @@ fn read_state_dict(path: &Path, key: &str) -> Result<Option<NamedTensors>> {
     let reader = match PytorchReader::with_top_level_key(path, key) {
         Ok(r) => r,
         Err(burn_store::pytorch::PytorchError::KeyNotFound(_)) => return Ok(None),
-        Err(e) => return Err(Error::format(path, format!("cannot read '{key}': {e}"))),
+        Err(error) => {
+            return Err(CheckpointError::Torch {
+                path: path.to_path_buf(),
+                key: key.into(),
+                error,
+            }
+            .into());
+        }
+    };
+    let unreadable = |name: &str, error: TensorReadError| CheckpointError::TorchTensor {
+        path: path.to_path_buf(),
+        tensor: format!("{key}.{name}"),
+        error,
     };
     let mut out = NamedTensors::new();
     for (name, snapshot) in reader.into_tensors() {
         let data = snapshot
             .to_data()
-            .map_err(|e| Error::format(path, format!("tensor '{key}.{name}' unreadable: {e:?}")))?;
+            .map_err(|e| unreadable(&name, TensorReadError::Snapshot(e)))?;
         let shape = data.shape.to_vec();
         let values = data
             .convert::<f32>()
             .into_vec::<f32>()
-            .map_err(|e| Error::format(path, format!("tensor '{key}.{name}': {e:?}")))?;
+            .map_err(|e| unreadable(&name, TensorReadError::Data(e)))?;
         let name = name.strip_prefix("module.").unwrap_or(&name).to_string();
         out.insert(name, HostTensor::new(shape, values));
     }
@@ -127,10 +139,10 @@ impl OfficialCheckpoint {
             (Some(e), _) => e,
             (None, Some(t)) => t.clone(),
             (None, None) => {
-                return Err(Error::format(
-                    path,
-                    "no 'encoder' or 'target_encoder' state dict at the top level: not an I-JEPA checkpoint",
-                ));
+                return Err(CheckpointError::NoEncoder {
+                    path: path.to_path_buf(),
+                }
+                .into());
             }
         };
         Ok(Self {

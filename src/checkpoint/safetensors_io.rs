@@ -5,8 +5,9 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::path::Path;
 
-use safetensors::{Dtype, SafeTensors, tensor::TensorView};
+use safetensors::{Dtype, SafeTensorError, SafeTensors, tensor::TensorView};
 
+use super::error::CheckpointError;
 use super::tensors::{HostTensor, NamedTensors};
 use crate::error::{Error, Result};
 use crate::fsutil::write_atomic;
@@ -14,17 +15,7 @@ use crate::fsutil::write_atomic;
 /// All tensors of a safetensors file plus its `__metadata__`.
 pub fn read(path: &Path) -> Result<(NamedTensors, HashMap<String, String>)> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let bad = |e: safetensors::SafeTensorError| {
-        use safetensors::SafeTensorError as E;
-        let msg = match e {
-            E::MetadataIncompleteBuffer | E::InvalidHeaderLength => format!(
-                "truncated safetensors file: its header announces more data than the {} bytes it holds",
-                bytes.len()
-            ),
-            other => format!("not a valid safetensors file: {other}"),
-        };
-        Error::format(path, msg)
-    };
+    let bad = |e: SafeTensorError| invalid(path, bytes.len() as u64, e);
     let (_, meta) = SafeTensors::read_metadata(&bytes).map_err(bad)?;
     let st = SafeTensors::deserialize(&bytes).map_err(bad)?;
     let mut out = NamedTensors::new();
@@ -48,10 +39,12 @@ pub fn read(path: &Path) -> Result<(NamedTensors, HashMap<String, String>)> {
                 .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
                 .collect(),
             other => {
-                return Err(Error::format(
-                    path,
-                    format!("tensor '{name}' has dtype {other:?}; expected a float type"),
-                ));
+                return Err(CheckpointError::Dtype {
+                    path: path.to_path_buf(),
+                    tensor: name.to_string(),
+                    dtype: other,
+                }
+                .into());
             }
         };
         out.insert(
@@ -65,22 +58,26 @@ pub fn read(path: &Path) -> Result<(NamedTensors, HashMap<String, String>)> {
 /// Only the `__metadata__` map (cheap: reads the header).
 pub fn read_metadata(path: &Path) -> Result<HashMap<String, String>> {
     let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let file_len = f.metadata().map_err(|e| Error::io(path, e))?.len();
+    let mut read = |buf: &mut [u8], short: SafeTensorError| {
+        std::io::Read::read_exact(&mut f, buf).map_err(|e| match e.kind() {
+            std::io::ErrorKind::UnexpectedEof => invalid(path, file_len, short),
+            _ => Error::io(path, e),
+        })
+    };
     let mut len = [0u8; 8];
-    std::io::Read::read_exact(&mut f, &mut len).map_err(|e| Error::io(path, e))?;
+    read(&mut len, SafeTensorError::HeaderTooSmall)?;
     let n = u64::from_le_bytes(len);
     if n > 100_000_000 {
-        return Err(Error::format(
-            path,
-            "not a valid safetensors file: header too large",
-        ));
+        return Err(invalid(path, file_len, SafeTensorError::HeaderTooLarge));
     }
     let mut header = vec![0u8; n as usize];
-    std::io::Read::read_exact(&mut f, &mut header)
-        .map_err(|_| Error::format(path, "not a valid safetensors file: truncated header"))?;
+    read(&mut header, SafeTensorError::InvalidHeaderLength)?;
     let json: serde_json::Value = serde_json::from_slice(&header).map_err(|e| {
-        Error::format(
+        invalid(
             path,
-            format!("not a valid safetensors file: header is not JSON ({e})"),
+            file_len,
+            SafeTensorError::InvalidHeaderDeserialization(e),
         )
     })?;
     let meta = json
@@ -112,7 +109,7 @@ pub fn write(path: &Path, tensors: &NamedTensors, metadata: HashMap<String, Stri
         .map(|(k, b, s)| {
             TensorView::new(Dtype::F32, s.clone(), b)
                 .map(|v| (k.clone(), v))
-                .map_err(|e| Error::Checkpoint(format!("tensor '{k}': {e}")))
+                .map_err(|error| cannot_write(path, error))
         })
         .collect::<Result<_>>()?;
     let meta = if metadata.is_empty() {
@@ -120,7 +117,26 @@ pub fn write(path: &Path, tensors: &NamedTensors, metadata: HashMap<String, Stri
     } else {
         Some(metadata)
     };
-    let buffer = safetensors::serialize(views, meta)
-        .map_err(|e| Error::Checkpoint(format!("{}: {e}", path.display())))?;
+    let buffer = safetensors::serialize(views, meta).map_err(|error| cannot_write(path, error))?;
     write_atomic(path, |w| w.write_all(&buffer))
+}
+
+/// A file the safetensors format rejects; one shorter than its header says is `Truncated`.
+fn invalid(path: &Path, len: u64, error: SafeTensorError) -> Error {
+    let path = path.to_path_buf();
+    match error {
+        SafeTensorError::MetadataIncompleteBuffer | SafeTensorError::InvalidHeaderLength => {
+            CheckpointError::Truncated { path, len }
+        }
+        error => CheckpointError::Safetensors { path, error },
+    }
+    .into()
+}
+
+fn cannot_write(path: &Path, error: SafeTensorError) -> Error {
+    CheckpointError::Write {
+        path: path.to_path_buf(),
+        error,
+    }
+    .into()
 }

@@ -9,7 +9,8 @@ use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 
-use crate::error::{Error, Result};
+use super::error::{CheckpointError, ShapeMismatch};
+use crate::error::Result;
 
 /// A dense f32 array on the host.
 #[derive(Clone, Debug, PartialEq)]
@@ -178,49 +179,37 @@ pub fn check_named<B: Backend, M: Module<B>>(
     what: &str,
 ) -> Result<()> {
     let expected = parameter_shapes::<B, M>(module);
-    let missing: Vec<&String> = expected
+    let missing: Vec<String> = expected
         .keys()
         .filter(|k| !named.contains_key(*k))
+        .cloned()
         .collect();
-    let unexpected: Vec<&String> = named
+    let unexpected: Vec<String> = named
         .keys()
         .filter(|k| !expected.contains_key(*k) && !ignore.contains(&k.as_str()))
+        .cloned()
         .collect();
-    let wrong: Vec<String> = expected
+    let wrong_shapes: Vec<ShapeMismatch> = expected
         .iter()
         .filter_map(|(k, shape)| {
             let got = named.get(k)?;
-            (got.shape != *shape).then(|| format!("{k}: expected {shape:?}, found {:?}", got.shape))
+            (got.shape != *shape).then(|| ShapeMismatch {
+                key: k.clone(),
+                expected: shape.clone(),
+                found: got.shape.clone(),
+            })
         })
         .collect();
-    if missing.is_empty() && unexpected.is_empty() && wrong.is_empty() {
+    if missing.is_empty() && unexpected.is_empty() && wrong_shapes.is_empty() {
         return Ok(());
     }
-    let mut parts = vec![];
-    if !missing.is_empty() {
-        parts.push(format!("missing keys {}", preview(&missing)));
+    Err(CheckpointError::Mismatch {
+        what: what.into(),
+        missing,
+        unexpected,
+        wrong_shapes,
     }
-    if !unexpected.is_empty() {
-        parts.push(format!("unexpected keys {}", preview(&unexpected)));
-    }
-    if !wrong.is_empty() {
-        parts.push(format!("wrong shapes {}", preview(&wrong)));
-    }
-    Err(Error::Checkpoint(format!(
-        "{what} does not fit the model: {}",
-        parts.join("; ")
-    )))
-}
-
-fn preview<T: std::fmt::Display>(items: &[T]) -> String {
-    const SHOW: usize = 6;
-    let shown: Vec<String> = items.iter().take(SHOW).map(|s| s.to_string()).collect();
-    let more = items.len().saturating_sub(SHOW);
-    if more > 0 {
-        format!("[{}, ... and {more} more]", shown.join(", "))
-    } else {
-        format!("[{}]", shown.join(", "))
-    }
+    .into())
 }
 
 /// Load `named` into `module` after [`check_named`].

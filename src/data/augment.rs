@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::data::resize::{Rounding, resize_bilinear_aa};
 use crate::data::transform::{IMAGENET_MEAN, IMAGENET_STD};
 use crate::data::{DataError, RawImage, pil_luma};
+use crate::error::Setting;
 use crate::rng::{Rng, below, uniform, unit_f64};
 
 /// Fashion-MNIST train-set pixel statistics (of the unpadded 28x28 images).
@@ -293,18 +294,22 @@ fn normalize(img: &RawImage, mean: &[f32], std: &[f32]) -> Vec<f32> {
 
 fn check_norm(channels: usize, mean: &[f32], std: &[f32]) -> Result<(), DataError> {
     if channels != 1 && channels != 3 {
-        return Err(DataError::Config(format!(
-            "channels must be 1 or 3, got {channels}"
+        return Err(DataError::Config(Setting::new(
+            "channels", "1 or 3", channels,
         )));
     }
     if mean.len() != channels || std.len() != channels {
-        return Err(DataError::Config(format!(
-            "need one mean and one std per channel ({channels}), got mean {mean:?} std {std:?}"
+        return Err(DataError::Config(Setting::new(
+            "mean / std",
+            format!("one mean and one std per channel ({channels})"),
+            format_args!("mean {mean:?} std {std:?}"),
         )));
     }
     if std.iter().any(|s| !(*s > 0.0 && s.is_finite())) || mean.iter().any(|m| !m.is_finite()) {
-        return Err(DataError::Config(format!(
-            "std must be positive and finite, mean finite: mean {mean:?} std {std:?}"
+        return Err(DataError::Config(Setting::new(
+            "mean / std",
+            "std positive and finite, mean finite",
+            format_args!("mean {mean:?} std {std:?}"),
         )));
     }
     Ok(())
@@ -372,27 +377,31 @@ impl TrainTransform {
         let (s0, s1) = self.crop_scale;
         let (r0, r1) = self.ratio;
         if self.crop_size == 0 || self.crop_size > 65536 {
-            return Err(DataError::Config(format!(
-                "crop_size must be in 1..=65536, got {}",
-                self.crop_size
+            return Err(DataError::Config(Setting::new(
+                "crop_size",
+                "1..=65536",
+                self.crop_size,
             )));
         }
         if !(s0 > 0.0 && s0 <= s1 && s1.is_finite()) {
-            return Err(DataError::Config(format!(
-                "crop_scale must satisfy 0 < min <= max, got {:?}",
-                self.crop_scale
+            return Err(DataError::Config(Setting::new(
+                "crop_scale",
+                "0 < min <= max",
+                format_args!("{:?}", self.crop_scale),
             )));
         }
         if !(r0 > 0.0 && r0 <= r1 && r1.is_finite()) {
-            return Err(DataError::Config(format!(
-                "ratio must satisfy 0 < min <= max, got {:?}",
-                self.ratio
+            return Err(DataError::Config(Setting::new(
+                "ratio",
+                "0 < min <= max",
+                format_args!("{:?}", self.ratio),
             )));
         }
         if !(self.color_jitter >= 0.0 && self.color_jitter.is_finite()) {
-            return Err(DataError::Config(format!(
-                "color_jitter must be >= 0, got {}",
-                self.color_jitter
+            return Err(DataError::Config(Setting::new(
+                "color_jitter",
+                "a finite number >= 0",
+                self.color_jitter,
             )));
         }
         Ok(())

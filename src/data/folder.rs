@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use image::DynamicImage;
 
 use crate::data::{DataError, Dataset, RawImage, Split, pil_luma};
+use crate::error::Setting;
 
 /// File extensions read as images (compared case-insensitively).
 pub const IMAGE_EXTENSIONS: [&str; 8] = ["jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff"];
@@ -31,9 +32,10 @@ impl FolderDataset {
     /// Lists the images of `root` (or of its `train/` / `test/` / `val/` sub-folder).
     pub fn open(root: &Path, split: Split, channels: usize) -> Result<Self, DataError> {
         if channels != 1 && channels != 3 {
-            return Err(DataError::Config(format!(
-                "{}: channels must be 1 or 3, got {channels}",
-                root.display()
+            return Err(DataError::Config(Setting::new(
+                format!("{}: channels", root.display()),
+                "1 or 3",
+                channels,
             )));
         }
         let root = split_folder(root, split)?;

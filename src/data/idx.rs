@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use flate2::bufread::MultiGzDecoder;
 
 use crate::data::{DataError, Dataset, RawImage};
+use crate::error::Setting;
 
 /// Magic of an unsigned-byte, 3-dimensional IDX file (images).
 pub const IMAGES_MAGIC: u32 = 0x0000_0803;
@@ -41,7 +42,11 @@ pub fn read_idx(path: &Path, magic: u32) -> Result<IdxArray, DataError> {
         if e.kind() == std::io::ErrorKind::UnexpectedEof {
             DataError::format(path, format!("truncated {what} (IDX header incomplete)"))
         } else if gz {
-            DataError::format(path, format!("corrupt gzip stream: {e}"))
+            DataError::Gzip {
+                path: path.to_path_buf(),
+                error: e,
+                announced: None,
+            }
         } else {
             DataError::io(path, e)
         }
@@ -81,10 +86,11 @@ pub fn read_idx(path: &Path, magic: u32) -> Result<IdxArray, DataError> {
         .read_to_end(&mut data)
         .map_err(|e| {
             if gz {
-                DataError::format(
-                    path,
-                    format!("truncated or corrupt gzip stream ({e}); header announces {dims:?}"),
-                )
+                DataError::Gzip {
+                    path: path.to_path_buf(),
+                    error: e,
+                    announced: Some(dims.clone()),
+                }
             } else {
                 DataError::io(path, e)
             }
@@ -124,9 +130,10 @@ impl IdxDataset {
     /// does for the official RGB pipeline).
     pub fn open(images: &Path, labels: Option<&Path>, channels: usize) -> Result<Self, DataError> {
         if channels != 1 && channels != 3 {
-            return Err(DataError::Config(format!(
-                "{}: channels must be 1 or 3, got {channels}",
-                images.display()
+            return Err(DataError::Config(Setting::new(
+                format!("{}: channels", images.display()),
+                "1 or 3",
+                channels,
             )));
         }
         let img = read_idx(images, IMAGES_MAGIC)?;

@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::augment::TrainTransform;
 use crate::data::{DataError, Dataset};
+use crate::error::Setting;
 use crate::rng::{self, Expansion, Rng};
 
 /// Loader settings.
@@ -171,9 +172,7 @@ impl<T: Send + 'static> Prefetch<T> {
                 remaining,
                 pending_error: None,
             },
-            Err(e) => Self::failed(DataError::Config(format!(
-                "cannot start the data loader thread: {e}"
-            ))),
+            Err(e) => Self::failed(DataError::Thread(e)),
         }
     }
 }
@@ -390,21 +389,22 @@ impl Loader {
     ) -> Result<Self, DataError> {
         let dataset = dataset.into();
         transform.validate()?;
-        if config.batch_size == 0 || config.replicas == 0 {
-            return Err(DataError::Config(format!(
-                "batch_size ({}) and replicas ({}) must be at least 1",
-                config.batch_size, config.replicas
-            )));
+        for (key, value) in [
+            ("batch_size", config.batch_size),
+            ("replicas", config.replicas),
+        ] {
+            if value == 0 {
+                return Err(DataError::Config(Setting::new(key, "at least 1", value)));
+            }
         }
         let per_step = config.batch_size.checked_mul(config.replicas);
         if per_step.is_none_or(|p| dataset.len() < p) {
-            return Err(DataError::Config(format!(
-                "the dataset ({}: {} images) cannot fill one step of batch_size {} x replicas {}",
-                dataset.name(0),
-                dataset.len(),
-                config.batch_size,
-                config.replicas
-            )));
+            return Err(DataError::TooSmall {
+                dataset: dataset.name(0),
+                len: dataset.len(),
+                batch_size: config.batch_size,
+                replicas: config.replicas,
+            });
         }
         Ok(Self {
             dataset,
@@ -462,10 +462,10 @@ impl Loader {
 
     fn check_step(&self, step: usize) -> Result<(), DataError> {
         if step >= self.ipe() {
-            return Err(DataError::Config(format!(
-                "step {step} is past the end of the epoch ({} steps)",
-                self.ipe()
-            )));
+            return Err(DataError::PastEpoch {
+                step,
+                ipe: self.ipe(),
+            });
         }
         Ok(())
     }
@@ -473,10 +473,10 @@ impl Loader {
     /// Replica `replica`'s batches of steps `start_step..ipe` of `epoch`, built ahead.
     pub fn epoch(&self, epoch: u64, start_step: usize, replica: usize) -> EpochIter {
         if replica >= self.config.replicas {
-            return Prefetch::failed(DataError::Config(format!(
-                "replica {replica} requested but the loader has {} replicas",
-                self.config.replicas
-            )));
+            return Prefetch::failed(DataError::NoReplica {
+                replica,
+                replicas: self.config.replicas,
+            });
         }
         let job = self.job(epoch);
         Prefetch::spawn(

@@ -17,6 +17,8 @@ pub use spec::DataSpec;
 
 use std::path::{Path, PathBuf};
 
+use crate::error::Setting;
+
 /// One decoded image: 8-bit, interleaved HWC (row-major, channels innermost).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RawImage {
@@ -102,12 +104,45 @@ pub enum DataError {
         path: PathBuf,
         error: image::ImageError,
     },
+    /// A gzip stream that ends early or does not decompress.
+    #[error(
+        "{}: truncated or corrupt gzip stream: {error}{}",
+        path.display(),
+        announced.as_ref().map(|d| format!("; the header announces {d:?}")).unwrap_or_default()
+    )]
+    Gzip {
+        path: PathBuf,
+        error: std::io::Error,
+        /// The IDX dimensions, when the header was read.
+        announced: Option<Vec<usize>>,
+    },
+    /// The loader's background thread could not be started.
+    #[error("cannot start the data loader thread: {0}")]
+    Thread(std::io::Error),
     /// A data source string that cannot be opened as asked.
     #[error("data source `{spec}`: {msg}")]
     Source { spec: String, msg: String },
     /// Loader or transform settings that cannot work.
     #[error("invalid data settings: {0}")]
-    Config(String),
+    Config(Setting),
+    /// A dataset smaller than one optimizer step.
+    #[error(
+        "invalid data settings: the dataset ({dataset}: {len} images) cannot fill one step of batch_size {batch_size} x replicas {replicas}"
+    )]
+    TooSmall {
+        dataset: String,
+        len: usize,
+        batch_size: usize,
+        replicas: usize,
+    },
+    /// A step past the end of the epoch asked of the loader.
+    #[error("invalid data settings: step {step} is past the end of the epoch ({ipe} steps)")]
+    PastEpoch { step: usize, ipe: usize },
+    /// A replica the loader does not have.
+    #[error(
+        "invalid data settings: replica {replica} requested but the loader has {replicas} replicas"
+    )]
+    NoReplica { replica: usize, replicas: usize },
     /// An index past the end of a dataset.
     #[error("{dataset}: index {index} out of range (dataset has {len} images)")]
     OutOfRange {
@@ -118,6 +153,14 @@ pub enum DataError {
     /// Non-strict loading found nothing readable to substitute for a broken image.
     #[error("no readable image left in the dataset; the last failure was: {last}")]
     NothingReadable { last: Box<DataError> },
+    /// Inputs that hold no image file.
+    #[error("no image files found in {inputs:?}")]
+    NoImages { inputs: Vec<PathBuf> },
+    /// An image without the class label evaluation needs.
+    #[error(
+        "{image} has no class label (use a folder with one sub-folder per class, or an IDX set with labels)"
+    )]
+    Unlabelled { image: String },
     /// The loader's background thread ended without a result (it panicked).
     #[error("data loader thread stopped unexpectedly")]
     ProducerDied,

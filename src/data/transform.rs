@@ -164,9 +164,12 @@ impl Preprocess {
             || self.std.iter().any(|s| !(s.is_finite() && *s > 0.0))
             || self.mean.iter().any(|m| !m.is_finite())
         {
-            return Err(crate::error::Error::Config(format!(
-                "bad preprocessing settings {self:?}: channels must be 1 or 3 with one positive std per channel"
-            )));
+            return Err(crate::error::ConfigError::value(
+                "preprocess",
+                "channels 1 or 3, with one finite mean and one positive std per channel",
+                format_args!("{self:?}"),
+            )
+            .into());
         }
         Ok(())
     }

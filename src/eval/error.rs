@@ -1,5 +1,7 @@
 //! Errors of the evaluation code: every variant says which input is wrong and how.
 
+use crate::error::Setting;
+
 #[derive(Clone, Debug, PartialEq, thiserror::Error)]
 pub enum EvalError {
     #[error("empty input: {0}")]
@@ -20,7 +22,17 @@ pub enum EvalError {
         col: usize,
     },
     #[error("invalid configuration: {0}")]
-    Config(String),
+    Config(Setting),
+    /// A test class the training split does not have: it cannot be scored.
+    #[error(
+        "test data {spec}: class '{class}' does not occur in the training data (its classes: {})",
+        train_classes.join(", ")
+    )]
+    UnseenClass {
+        spec: String,
+        class: String,
+        train_classes: Vec<String>,
+    },
 }
 
 pub type Result<T> = std::result::Result<T, EvalError>;

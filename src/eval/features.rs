@@ -7,8 +7,10 @@ use rayon::prelude::*;
 
 use crate::Cpu;
 use crate::checkpoint::{Checkpoint, EncoderChoice, Format, HostTensor};
+use crate::data::DataError;
 use crate::data::transform::Preprocess;
-use crate::error::{Error, Result};
+use crate::error::{CheckpointError, Error, Result};
+use crate::eval::EvalError;
 use crate::model::VisionTransformer;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -83,7 +85,10 @@ pub fn list_images(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
         }
     }
     if out.is_empty() {
-        return Err(Error::Config(format!("no image files found in {inputs:?}")));
+        return Err(DataError::NoImages {
+            inputs: inputs.to_vec(),
+        }
+        .into());
     }
     Ok(out)
 }
@@ -95,7 +100,10 @@ pub fn load_image(path: &Path, pre: &Preprocess) -> Result<Vec<f32>> {
         .with_guessed_format()
         .map_err(|e| Error::io(path, e))?
         .decode()
-        .map_err(|e| Error::format(path, format!("not a readable image: {e}")))?;
+        .map_err(|error| DataError::Decode {
+            path: path.to_path_buf(),
+            error,
+        })?;
     Ok(pre.apply(&img))
 }
 
@@ -103,13 +111,12 @@ pub fn load_image(path: &Path, pre: &Preprocess) -> Result<Vec<f32>> {
 pub fn check_pixels(path: &Path, shape: &[usize], cfg: &crate::model::EncoderConfig) -> Result<()> {
     let ok = matches!(shape, [_, c, h, w] if *c == cfg.in_chans && *h == cfg.image_size && *w == cfg.image_size);
     if !ok {
-        return Err(Error::format(
-            path,
-            format!(
-                "array has shape {shape:?}; the model expects [N, {}, {}, {}] float32 pixels",
-                cfg.in_chans, cfg.image_size, cfg.image_size
-            ),
-        ));
+        return Err(Error::Pixels {
+            path: path.to_path_buf(),
+            found: shape.to_vec(),
+            channels: cfg.in_chans,
+            size: cfg.image_size,
+        });
     }
     Ok(())
 }
@@ -164,10 +171,14 @@ pub fn embed_paths(ck: &Checkpoint, inputs: &[PathBuf], req: &EmbedRequest) -> R
             let files = list_images(inputs)?;
             let pre = &ck.description.preprocess;
             if pre.channels != cfg.in_chans || pre.size != cfg.image_size {
-                return Err(Error::Config(format!(
-                    "preprocessing gives {} channels at {} px, the model takes {} at {}",
-                    pre.channels, pre.size, cfg.in_chans, cfg.image_size
-                )));
+                return Err(CheckpointError::Preprocess {
+                    path: ck.path.clone(),
+                    channels: pre.channels,
+                    size: pre.size,
+                    in_chans: cfg.in_chans,
+                    image_size: cfg.image_size,
+                }
+                .into());
             }
             let images: Vec<Vec<f32>> = files
                 .par_iter()
@@ -230,10 +241,7 @@ pub fn dataset_pixels(
 ) -> Result<LabeledFeatures> {
     let n = max.map_or(ds.len(), |m| m.min(ds.len()));
     let labels: Vec<usize> = (0..n)
-        .map(|i| {
-            ds.label(i)
-                .ok_or_else(|| Error::Config(format!("{} has no class label", ds.name(i))))
-        })
+        .map(|i| ds.label(i).ok_or_else(|| unlabelled(ds, i)))
         .collect::<Result<_>>()?;
     let pixels: Vec<Vec<f32>> = (0..n)
         .into_par_iter()
@@ -264,11 +272,11 @@ pub fn dataset_features(
 ) -> Result<LabeledFeatures> {
     let n = max.map_or(ds.len(), |m| m.min(ds.len()));
     if n == 0 {
-        return Err(Error::Config("the dataset is empty".into()));
+        return Err(EvalError::Empty("the dataset".into()).into());
     }
     let num_classes = ds.num_classes();
     let labels: Vec<usize> = (0..n)
-        .map(|i| ds.label(i).ok_or_else(|| Error::Config(format!("{} has no class label (use a folder with one sub-folder per class, or an IDX set with labels)", ds.name(i)))))
+        .map(|i| ds.label(i).ok_or_else(|| unlabelled(ds, i)))
         .collect::<Result<_>>()?;
     let dev = Default::default();
     let per = pre.channels * pre.size * pre.size;
@@ -299,4 +307,9 @@ pub fn dataset_features(
         num_classes,
         class_names: ds.class_names(),
     })
+}
+
+/// Evaluation needs a class label for image `i`, and `ds` has none.
+fn unlabelled(ds: &dyn crate::data::Dataset, i: usize) -> Error {
+    DataError::Unlabelled { image: ds.name(i) }.into()
 }

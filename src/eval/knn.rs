@@ -20,6 +20,7 @@ use crate::ops::kernels::matmul::{Parallelism, View, gemm_strided};
 
 use super::error::EvalError;
 use super::matrix::{Features, check_labels, top1_percent};
+use crate::error::Setting;
 
 type Result<T> = std::result::Result<T, EvalError>;
 
@@ -79,11 +80,13 @@ pub fn knn_predict(
     }
     check_labels(train_y, train.n, num_classes, "kNN train labels")?;
     if k == 0 {
-        return Err(EvalError::Config("kNN: k must be at least 1".into()));
+        return Err(EvalError::Config(Setting::new("kNN k", "at least 1", k)));
     }
     if !(temperature.is_finite() && temperature > 0.0) {
-        return Err(EvalError::Config(format!(
-            "kNN: temperature {temperature} must be finite and > 0"
+        return Err(EvalError::Config(Setting::new(
+            "kNN temperature",
+            "a finite number > 0",
+            temperature,
         )));
     }
     let k = k.min(train.n);

@@ -229,9 +229,9 @@ where
 /// The solver's gradient tolerance must be a finite number >= 0.
 pub fn check_solver_args(tol: f64) -> crate::eval::error::Result<()> {
     if !(tol.is_finite() && tol >= 0.0) {
-        return Err(crate::eval::error::EvalError::Config(format!(
-            "tol {tol} must be finite and >= 0"
-        )));
+        return Err(crate::eval::error::EvalError::Config(
+            crate::error::Setting::new("tol", "a finite number >= 0", tol),
+        ));
     }
     Ok(())
 }

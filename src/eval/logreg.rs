@@ -14,6 +14,7 @@ use serde::Serialize;
 use super::error::{EvalError, Result};
 use super::lbfgs::{FitInfo, check_solver_args, lbfgs};
 use super::matrix::{Features, check_labels};
+use crate::error::Setting;
 use crate::ops::kernels::matmul::{Parallelism, View, gemm_strided};
 
 /// Softmax classifier `argmax_c (W x + b)_c`.
@@ -97,8 +98,10 @@ pub fn train_logreg(
     x.validate("train features")?;
     check_labels(y, x.n, num_classes, "train labels")?;
     if !(l2.is_finite() && l2 >= 0.0) {
-        return Err(EvalError::Config(format!(
-            "l2 strength {l2} must be finite and >= 0"
+        return Err(EvalError::Config(Setting::new(
+            "l2 strength",
+            "a finite number >= 0",
+            l2,
         )));
     }
     check_solver_args(tol)?;

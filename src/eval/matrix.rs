@@ -1,6 +1,7 @@
 //! The feature matrix every evaluation reads, its labels, and the top-1 metric.
 
 use super::error::{EvalError, Result};
+use crate::error::Setting;
 
 /// A row-major `n x dim` matrix of f32 features (one row per sample).
 ///
@@ -74,7 +75,11 @@ impl Features {
 /// One label per row, each below `num_classes`.
 pub fn check_labels(y: &[usize], n: usize, num_classes: usize, what: &str) -> Result<()> {
     if num_classes == 0 {
-        return Err(EvalError::Config("num_classes must be at least 1".into()));
+        return Err(EvalError::Config(Setting::new(
+            "num_classes",
+            "at least 1",
+            0,
+        )));
     }
     if y.len() != n {
         return Err(EvalError::Shape(format!(

@@ -23,6 +23,7 @@ use super::lbfgs::{StopReason, check_solver_args};
 use super::logreg::{fit_theta, predict_theta, to_model};
 use super::matrix::{Features, check_labels, top1_percent};
 use super::standardize::standardize;
+use crate::error::Setting;
 use crate::rng;
 
 /// Settings of [`linear_probe`].
@@ -55,17 +56,24 @@ impl Default for ProbeConfig {
 impl ProbeConfig {
     fn validate(&self) -> Result<()> {
         if self.l2_grid.is_empty() {
-            return Err(EvalError::Config("l2_grid is empty".into()));
+            return Err(EvalError::Config(Setting::new(
+                "l2_grid",
+                "at least one strength",
+                "[]",
+            )));
         }
         if let Some(l) = self.l2_grid.iter().find(|l| !(l.is_finite() && **l >= 0.0)) {
-            return Err(EvalError::Config(format!(
-                "l2 strength {l} must be finite and >= 0"
+            return Err(EvalError::Config(Setting::new(
+                "l2 strength",
+                "a finite number >= 0",
+                l,
             )));
         }
         if !(self.val_fraction > 0.0 && self.val_fraction < 1.0) {
-            return Err(EvalError::Config(format!(
-                "val_fraction {} must lie in (0, 1)",
-                self.val_fraction
+            return Err(EvalError::Config(Setting::new(
+                "val_fraction",
+                "a number in (0, 1)",
+                self.val_fraction,
             )));
         }
         check_solver_args(self.tol)
@@ -193,8 +201,10 @@ pub fn train_val_split(
 ) -> Result<(Vec<usize>, Vec<usize>)> {
     check_labels(y, y.len(), num_classes, "labels to split")?;
     if !(val_fraction > 0.0 && val_fraction < 1.0) {
-        return Err(EvalError::Config(format!(
-            "val_fraction {val_fraction} must lie in (0, 1)"
+        return Err(EvalError::Config(Setting::new(
+            "val_fraction",
+            "a number in (0, 1)",
+            val_fraction,
         )));
     }
     let n = y.len();

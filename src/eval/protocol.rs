@@ -9,7 +9,7 @@ use super::features::{LabeledFeatures, Layers, choose_encoder, dataset_features,
 use super::{knn, probe};
 use crate::checkpoint::{Checkpoint, EncoderChoice};
 use crate::data::{Split, open_source};
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, Setting};
 
 /// Which data and features to evaluate on.
 #[derive(Clone, Debug)]
@@ -37,10 +37,14 @@ pub fn extract(
     let open = |spec: &str, split| Ok::<_, Error>(open_source(spec, split, pre.channels)?);
     let depth = ck.description.encoder.depth;
     if !data.pixels && data.layers.count() > depth {
-        return Err(EvalError::Config(format!(
-            "--layers {} pools the last {} blocks; the model has {depth}",
-            data.layers.name(),
-            data.layers.count()
+        return Err(EvalError::Config(Setting::new(
+            "--layers",
+            format!("at most the model's {depth} blocks"),
+            format_args!(
+                "{} (the last {} blocks)",
+                data.layers.name(),
+                data.layers.count()
+            ),
         ))
         .into());
     }
@@ -76,11 +80,11 @@ fn by_train_class(train: &[String], test: &LabeledFeatures, spec: &str) -> Resul
         .map(|name| train.iter().position(|t| t == name))
         .collect();
     if let Some(c) = index.iter().position(Option::is_none) {
-        return Err(EvalError::Config(format!(
-            "test data {spec}: class '{}' does not occur in the training data (its classes: {})",
-            test.class_names[c],
-            train.join(", ")
-        ))
+        return Err(EvalError::UnseenClass {
+            spec: spec.into(),
+            class: test.class_names[c].clone(),
+            train_classes: train.to_vec(),
+        }
         .into());
     }
     Ok(test.labels.iter().map(|&l| index[l].unwrap_or(l)).collect())

@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, Result};
+use crate::error::{ConfigError, Result};
 
 /// Shapes of a ViT encoder (context or target; both have the same).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -56,10 +56,11 @@ impl EncoderConfig {
         let (_, dim, depth, heads, ratio) =
             PRESETS.iter().find(|p| p.0 == name).ok_or_else(|| {
                 let names: Vec<&str> = PRESETS.iter().map(|p| p.0).collect();
-                Error::Config(format!(
-                    "unknown model preset '{name}' (known: {})",
-                    names.join(", ")
-                ))
+                ConfigError::Unknown {
+                    what: "model preset",
+                    name: name.into(),
+                    known: names.join(", "),
+                }
             })?;
         let cfg = Self {
             image_size,
@@ -86,23 +87,24 @@ impl EncoderConfig {
     }
 
     pub fn validate(&self) -> Result<()> {
-        let bad = |m: String| Err(Error::Config(m));
-        if self.patch_size == 0 || self.image_size < self.patch_size {
-            return bad(format!(
-                "image_size {} must be at least patch_size {} (> 0)",
-                self.image_size, self.patch_size
-            ));
+        let image = |expected: String| -> Result<()> {
+            Err(ConfigError::value("image_size", expected, self.image_size).into())
+        };
+        if self.patch_size == 0 {
+            return Err(ConfigError::value("patch_size", "a positive number", 0).into());
+        }
+        if self.image_size < self.patch_size {
+            return image(format!("at least patch_size {}", self.patch_size));
         }
         if !self.image_size.is_multiple_of(self.patch_size) {
-            return bad(format!(
-                "image_size {} is not a multiple of patch_size {}",
-                self.image_size, self.patch_size
-            ));
+            return image(format!("a multiple of patch_size {}", self.patch_size));
         }
         check_width("embed_dim", self.embed_dim, self.num_heads)?;
-        if self.in_chans == 0 || self.depth == 0 || self.mlp_hidden == 0 {
-            return bad("in_chans, depth and mlp_hidden must be positive".into());
-        }
+        check_positive(&[
+            ("in_chans", self.in_chans),
+            ("depth", self.depth),
+            ("mlp_hidden", self.mlp_hidden),
+        ])?;
         check_eps(self.layer_norm_eps)
     }
 }
@@ -139,34 +141,46 @@ impl PredictorConfig {
             self.predictor_embed_dim,
             self.num_heads,
         )?;
-        if self.embed_dim == 0 || self.depth == 0 || self.mlp_hidden == 0 || self.grid == 0 {
-            return Err(Error::Config(
-                "predictor embed_dim, depth, mlp_hidden and grid must be positive".into(),
-            ));
-        }
+        check_positive(&[
+            ("predictor embed_dim", self.embed_dim),
+            ("predictor depth", self.depth),
+            ("predictor mlp_hidden", self.mlp_hidden),
+            ("predictor grid", self.grid),
+        ])?;
         check_eps(self.layer_norm_eps)
     }
 }
 
 fn check_width(name: &str, dim: usize, heads: usize) -> Result<()> {
     if dim == 0 || heads == 0 || !dim.is_multiple_of(heads) {
-        return Err(Error::Config(format!(
-            "{name} {dim} must be a positive multiple of the number of heads {heads}"
-        )));
+        return Err(ConfigError::value(
+            name,
+            format!("a positive multiple of the number of heads {heads}"),
+            dim,
+        )
+        .into());
     }
     if !dim.is_multiple_of(4) {
-        return Err(Error::Config(format!(
-            "{name} {dim} must be divisible by 4 (2-D sin-cos position embedding)"
-        )));
+        return Err(ConfigError::value(
+            name,
+            "a multiple of 4 (2-D sin-cos position embedding)",
+            dim,
+        )
+        .into());
     }
     Ok(())
 }
 
+fn check_positive(fields: &[(&str, usize)]) -> Result<()> {
+    match fields.iter().find(|(_, v)| *v == 0) {
+        Some((name, v)) => Err(ConfigError::value(*name, "a positive number", v).into()),
+        None => Ok(()),
+    }
+}
+
 fn check_eps(eps: f64) -> Result<()> {
     if !(eps > 0.0 && eps.is_finite()) {
-        return Err(Error::Config(format!(
-            "layer_norm_eps must be positive, got {eps}"
-        )));
+        return Err(ConfigError::value("layer_norm_eps", "a positive number", eps).into());
     }
     Ok(())
 }

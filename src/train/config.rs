@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use serde_yaml_ng::Value;
 
-use crate::error::{Error, Result};
+use crate::error::{ConfigError, Error, OverrideProblem, Result};
 use crate::masks::{MaskConfig, MaskMode};
 use crate::model::{EncoderConfig, PredictorConfig};
 use crate::train::loss::{LossKind, TargetNorm, TargetNormKind};
@@ -279,25 +279,24 @@ fn default_ipe_scale() -> f64 {
 /// Apply `section.key=value` overrides (the value is parsed as YAML: numbers, lists, `null`).
 pub fn apply_overrides(root: &mut Value, overrides: &[String]) -> Result<()> {
     for o in overrides {
+        let bad = |problem| ConfigError::Override {
+            item: o.clone(),
+            problem,
+        };
         let (path, raw) = o
             .split_once('=')
-            .ok_or_else(|| Error::Config(format!("--set '{o}': expected SECTION.KEY=VALUE")))?;
-        let value: Value = serde_yaml_ng::from_str(raw)
-            .map_err(|e| Error::Config(format!("--set '{o}': bad value: {e}")))?;
+            .ok_or_else(|| bad(OverrideProblem::Syntax))?;
+        let value: Value =
+            serde_yaml_ng::from_str(raw).map_err(|e| bad(OverrideProblem::Value(e)))?;
         let mut node = &mut *root;
         let parts: Vec<&str> = path.split('.').collect();
         if parts.len() < 2 || parts.iter().any(|p| p.is_empty()) {
-            return Err(Error::Config(format!(
-                "--set '{o}': expected SECTION.KEY=VALUE"
-            )));
+            return Err(bad(OverrideProblem::Syntax).into());
         }
         for (i, part) in parts.iter().enumerate() {
-            let map = node.as_mapping_mut().ok_or_else(|| {
-                Error::Config(format!(
-                    "--set '{o}': '{}' is not a section",
-                    parts[..i].join(".")
-                ))
-            })?;
+            let map = node
+                .as_mapping_mut()
+                .ok_or_else(|| bad(OverrideProblem::NotASection(parts[..i].join("."))))?;
             let key = Value::String(part.to_string());
             if i + 1 == parts.len() {
                 map.insert(key, value.clone());
@@ -311,14 +310,17 @@ pub fn apply_overrides(root: &mut Value, overrides: &[String]) -> Result<()> {
     Ok(())
 }
 
-/// serde's `invalid type: string "lots", expected f64` as `expected a number, found "lots"`.
-fn plain_words(msg: &str) -> String {
+/// A value serde cannot read at `key`: serde's `invalid type: string "lots", expected f64`
+/// becomes `key: expected a number, found "lots"`; other faults (unknown or missing keys)
+/// keep serde's words.
+fn key_error(key: String, error: serde_yaml_ng::Error) -> ConfigError {
+    let msg = error.to_string();
     let Some((found, expected)) = msg
         .strip_prefix("invalid type: ")
         .or_else(|| msg.strip_prefix("invalid value: "))
         .and_then(|m| m.split_once(", expected "))
     else {
-        return msg.to_string();
+        return ConfigError::Layout { key, error };
     };
     let expected = match expected.split(' ').next().unwrap_or(expected) {
         "f64" | "f32" => "a number",
@@ -327,23 +329,21 @@ fn plain_words(msg: &str) -> String {
         _ => expected,
     };
     let found = found.strip_prefix("string ").unwrap_or(found);
-    format!("expected {expected}, found {found}")
+    ConfigError::value(key, expected, found)
 }
 
 impl TrainConfig {
     /// Parse YAML text, apply overrides, check everything.
     pub fn from_yaml(text: &str, overrides: &[String], origin: &Path) -> Result<Self> {
-        let mut root: Value = serde_yaml_ng::from_str(text)
-            .map_err(|e| Error::format(origin, format!("invalid YAML: {e}")))?;
+        let in_file = |e: Error| Error::in_file(origin, e);
+        let mut root: Value =
+            serde_yaml_ng::from_str(text).map_err(|e| in_file(ConfigError::Yaml(e).into()))?;
         apply_overrides(&mut root, overrides)?;
         let cfg: TrainConfig = serde_path_to_error::deserialize(root).map_err(|e| {
             let key = e.path().to_string();
-            Error::format(
-                origin,
-                format!("{key}: {}", plain_words(&e.inner().to_string())),
-            )
+            in_file(key_error(key, e.into_inner()).into())
         })?;
-        cfg.validate().map_err(|e| Error::in_file(origin, e))?;
+        cfg.validate().map_err(in_file)?;
         Ok(cfg)
     }
 
@@ -365,7 +365,11 @@ impl TrainConfig {
             (Some(root), Some(folder)) => Ok(crate::data::DataSpec::parse(
                 &PathBuf::from(root).join(folder).display().to_string(),
             )?),
-            _ => Err(Error::Config("no dataset: set data.dataset (e.g. fmnist:/usr/share/datasets/fashion-mnist or a folder) or data.root_path + data.image_folder".into())),
+            _ => Err(ConfigError::needs(
+                "training",
+                "a dataset: set data.dataset (e.g. fmnist:/usr/share/datasets/fashion-mnist or a folder) or data.root_path + data.image_folder",
+            )
+            .into()),
         }
     }
 
@@ -379,9 +383,11 @@ impl TrainConfig {
         let cfg = match m.embed_dim {
             Some(dim) => {
                 let (Some(depth), Some(heads)) = (m.depth, m.num_heads) else {
-                    return Err(Error::Config(
-                        "meta.embed_dim needs meta.depth and meta.num_heads".into(),
-                    ));
+                    return Err(ConfigError::needs(
+                        "meta.embed_dim",
+                        "meta.depth and meta.num_heads",
+                    )
+                    .into());
                 };
                 EncoderConfig {
                     image_size: image,
@@ -396,7 +402,12 @@ impl TrainConfig {
                 }
             }
             None => {
-                let name = m.model_name.as_deref().ok_or_else(|| Error::Config("set meta.model_name (vit_tiny ... vit_giant) or meta.embed_dim/depth/num_heads".into()))?;
+                let name = m.model_name.as_deref().ok_or_else(|| {
+                    ConfigError::needs(
+                        "the model",
+                        "meta.model_name (vit_tiny ... vit_giant) or meta.embed_dim/depth/num_heads",
+                    )
+                })?;
                 let mut cfg = EncoderConfig::preset(name, image, patch, chans)?;
                 if let Some(d) = m.depth {
                     cfg.depth = d;
@@ -480,31 +491,39 @@ impl TrainConfig {
     }
 
     pub fn validate(&self) -> Result<()> {
-        let bad = |m: String| Err(Error::Config(m));
+        let bad = |key: &str, expected: &str, found: &dyn std::fmt::Display| -> Result<()> {
+            Err(ConfigError::value(key, expected, found).into())
+        };
+        let positive = "a positive number";
         let d = &self.data;
         if d.batch_size == 0 {
-            return bad("data.batch_size must be positive".into());
+            return bad("data.batch_size", positive, &0);
         }
         if !(d.in_chans == 1 || d.in_chans == 3) {
-            return bad(format!("data.in_chans must be 1 or 3, got {}", d.in_chans));
+            return bad("data.in_chans", "1 or 3", &d.in_chans);
         }
         let (lo, hi) = d.crop_scale;
         if !(0.0 < lo && lo <= hi && hi <= 1.0) {
-            return bad(format!(
-                "data.crop_scale must satisfy 0 < a <= b <= 1, got {:?}",
-                d.crop_scale
-            ));
+            return bad(
+                "data.crop_scale",
+                "[a, b] with 0 < a <= b <= 1",
+                &format_args!("{:?}", d.crop_scale),
+            );
         }
         let (mean, std) = self.normalisation();
         if mean.len() != d.in_chans || std.len() != d.in_chans || std.iter().any(|s| *s <= 0.0) {
-            return bad(format!(
-                "data.mean / data.std need {} values each (std > 0)",
-                d.in_chans
-            ));
+            return bad(
+                "data.mean / data.std",
+                &format!("{} values each (std > 0)", d.in_chans),
+                &format_args!("mean {mean:?}, std {std:?}"),
+            );
         }
         let o = &self.optimization;
-        if o.epochs == 0 || o.accum_steps == 0 {
-            return bad("optimization.epochs and optimization.accum_steps must be positive".into());
+        if o.epochs == 0 {
+            return bad("optimization.epochs", positive, &0);
+        }
+        if o.accum_steps == 0 {
+            return bad("optimization.accum_steps", positive, &0);
         }
         for (k, v) in [
             ("lr", o.lr),
@@ -516,51 +535,51 @@ impl TrainConfig {
             ("ipe_scale", o.ipe_scale),
         ] {
             if !(v.is_finite() && v >= 0.0) {
-                return bad(format!(
-                    "optimization.{k} must be a finite number >= 0, got {v}"
-                ));
+                return bad(&format!("optimization.{k}"), "a finite number >= 0", &v);
             }
         }
         if o.ipe_scale <= 0.0 {
-            return bad("optimization.ipe_scale must be positive".into());
+            return bad("optimization.ipe_scale", positive, &o.ipe_scale);
         }
         if !(0.0..=1.0).contains(&o.ema.0) || !(0.0..=1.0).contains(&o.ema.1) {
-            return bad(format!(
-                "optimization.ema must lie in [0, 1], got {:?}",
-                o.ema
-            ));
+            return bad(
+                "optimization.ema",
+                "two values in [0, 1]",
+                &format_args!("{:?}", o.ema),
+            );
         }
         if let Some(c) = o.grad_clip
             && (c.is_nan() || c <= 0.0)
         {
-            return bad(format!("optimization.grad_clip must be positive, got {c}"));
+            return bad("optimization.grad_clip", positive, &c);
         }
         let lg = &self.logging;
         if (lg.knn_monitor_bank == 0) != (lg.knn_monitor_queries == 0) {
-            return bad(format!(
-                "logging.knn_monitor_bank ({}) and logging.knn_monitor_queries ({}) must both be positive (monitor on) or both 0 (off)",
-                lg.knn_monitor_bank, lg.knn_monitor_queries
-            ));
+            return bad(
+                "logging.knn_monitor_bank / logging.knn_monitor_queries",
+                "both positive (monitor on) or both 0 (off)",
+                &format_args!("{} and {}", lg.knn_monitor_bank, lg.knn_monitor_queries),
+            );
         }
         let m = &self.meta;
         if let Some(a) = m.target_dyntanh_alpha {
             if m.target_norm != TargetNormKind::Dyntanh {
-                return bad(format!(
-                    "meta.target_dyntanh_alpha ({a}) is only used with meta.target_norm: dyntanh (it is {:?})",
-                    m.target_norm
-                ));
+                return Err(ConfigError::Needs {
+                    key: "meta.target_dyntanh_alpha".into(),
+                    needs: "meta.target_norm: dyntanh".into(),
+                }
+                .into());
             }
             if !(a.is_finite() && a > 0.0) {
-                return bad(format!(
-                    "meta.target_dyntanh_alpha must be a finite number > 0, got {a}"
-                ));
+                return bad("meta.target_dyntanh_alpha", "a finite number > 0", &a);
             }
         }
         if !(m.stop_sigma.is_finite() && m.stop_sigma >= 0.0) {
-            return bad(format!(
-                "meta.stop_sigma must be a finite number >= 0 (0: StoP off), got {}",
-                m.stop_sigma
-            ));
+            return bad(
+                "meta.stop_sigma",
+                "a finite number >= 0 (0: StoP off)",
+                &m.stop_sigma,
+            );
         }
         let r = &self.regularization;
         for (k, v) in [
@@ -569,16 +588,22 @@ impl TrainConfig {
             ("vicreg_covariance_weight", r.vicreg_covariance_weight),
         ] {
             if !(v.is_finite() && v >= 0.0) {
-                return bad(format!(
-                    "regularization.{k} must be a finite number >= 0 (0: off), got {v}"
-                ));
+                return bad(
+                    &format!("regularization.{k}"),
+                    "a finite number >= 0 (0: off)",
+                    &v,
+                );
             }
         }
         if r.sigreg_weight > 0.0 && r.sigreg_projections == 0 {
-            return bad("regularization.sigreg_projections must be positive when regularization.sigreg_weight is".into());
+            return bad(
+                "regularization.sigreg_projections",
+                "a positive number (regularization.sigreg_weight is on)",
+                &0,
+            );
         }
         if self.meta.threads == Some(0) {
-            return bad("meta.threads must be positive".into());
+            return bad("meta.threads", positive, &0);
         }
         self.encoder_config()?;
         self.predictor_config()?;

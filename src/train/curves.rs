@@ -7,7 +7,7 @@ use std::path::Path;
 
 use plotters::prelude::*;
 
-use super::monitor::EpochRecord;
+use super::monitor::{EpochRecord, PlotError};
 use crate::error::{Error, Result};
 
 static FONT: &[u8] = include_bytes!("../../assets/DejaVuSansMono.ttf");
@@ -47,9 +47,16 @@ type Metric = fn(&EpochRecord) -> Option<f64>;
 
 /// Draw the three panels side by side into `png` (written atomically).
 pub fn plot_runs(runs: &[Run], png: &Path) -> Result<()> {
-    let err = |e: String| Error::format(png, format!("cannot draw the curves: {e}"));
+    let err = |error: PlotError| Error::Plot {
+        path: png.to_path_buf(),
+        what: "monitor curves",
+        error,
+    };
     if runs.iter().all(|r| r.records.is_empty()) {
-        return Err(err("no epoch rows to draw".into()));
+        return Err(Error::Shape(format!(
+            "{}: no epoch rows to draw",
+            png.display()
+        )));
     }
     let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, FONT);
     let (cpu, x_of) = minutes(runs);
@@ -70,7 +77,7 @@ pub fn plot_runs(runs: &[Run], png: &Path) -> Result<()> {
     ));
     {
         let root = BitMapBackend::new(&tmp, (1500, 480)).into_drawing_area();
-        root.fill(&WHITE).map_err(|e| err(e.to_string()))?;
+        root.fill(&WHITE).map_err(err)?;
         let areas = root.split_evenly((1, 3));
         for (area, (title, metric)) in areas.iter().zip(panels) {
             let values: Vec<f64> = runs
@@ -93,12 +100,8 @@ pub fn plot_runs(runs: &[Run], png: &Path) -> Result<()> {
                 .x_label_area_size(36)
                 .y_label_area_size(56)
                 .build_cartesian_2d(0.0..x_max * 1.02, lo..hi)
-                .map_err(|e| err(e.to_string()))?;
-            chart
-                .configure_mesh()
-                .x_desc(x_desc)
-                .draw()
-                .map_err(|e| err(e.to_string()))?;
+                .map_err(err)?;
+            chart.configure_mesh().x_desc(x_desc).draw().map_err(err)?;
             for (i, run) in runs.iter().enumerate() {
                 let color = COLORS[i % COLORS.len()];
                 let points: Vec<(f64, f64)> = run
@@ -109,7 +112,7 @@ pub fn plot_runs(runs: &[Run], png: &Path) -> Result<()> {
                     .collect();
                 chart
                     .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))
-                    .map_err(|e| err(e.to_string()))?
+                    .map_err(err)?
                     .label(run.label.clone())
                     .legend(move |(x, y)| {
                         PathElement::new(vec![(x, y), (x + 16, y)], color.stroke_width(2))
@@ -120,7 +123,7 @@ pub fn plot_runs(runs: &[Run], png: &Path) -> Result<()> {
                             .into_iter()
                             .map(|p| Circle::new(p, 3, color.filled())),
                     )
-                    .map_err(|e| err(e.to_string()))?;
+                    .map_err(err)?;
             }
             if runs.len() > 1 {
                 chart
@@ -129,10 +132,10 @@ pub fn plot_runs(runs: &[Run], png: &Path) -> Result<()> {
                     .border_style(BLACK)
                     .label_font(("sans-serif", 13))
                     .draw()
-                    .map_err(|e| err(e.to_string()))?;
+                    .map_err(err)?;
             }
         }
-        root.present().map_err(|e| err(e.to_string()))?;
+        root.present().map_err(err)?;
     }
     std::fs::rename(&tmp, png).map_err(|e| Error::io(png, e))
 }

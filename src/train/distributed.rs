@@ -13,7 +13,39 @@ use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
 
 use super::optim::TensorMap;
-use crate::error::{Error, Result};
+use crate::error::{ConfigError, Result};
+
+/// Why a data-parallel run stopped: a peer died, the network failed, or a thread panicked.
+#[derive(Debug, thiserror::Error)]
+pub enum PeerError {
+    #[cfg(feature = "collective")]
+    #[error(
+        "data-parallel run stopped: burn-collective failed while {what} ({error:?}): another peer stopped or the network failed"
+    )]
+    Failed {
+        what: &'static str,
+        error: burn_collective::CollectiveError,
+    },
+    /// The helper thread ended without an answer (burn-collective panics on a dropped peer).
+    #[error(
+        "data-parallel run stopped: burn-collective failed while {what}: another peer stopped or the network failed"
+    )]
+    Disconnected { what: &'static str },
+    #[error(
+        "data-parallel run stopped: no answer from the other peers within {secs} s while {what}: a peer died or the network failed (--peer-timeout)"
+    )]
+    Timeout { what: &'static str, secs: u64 },
+    #[error("data-parallel run stopped: a training thread panicked")]
+    Panicked,
+}
+
+/// What a run on several nodes needs besides `--nodes`.
+fn multi_node_needs() -> ConfigError {
+    ConfigError::needs(
+        "a multi-node run",
+        "--coordinator HOST:PORT and this node's --node-address HOST:PORT",
+    )
+}
 
 /// Averages gradients (and the loss) over all peers; the identity for one process.
 pub trait GradReducer<B: Backend>: Send {
@@ -89,13 +121,15 @@ impl Cluster {
 
     pub fn validate(&self) -> Result<()> {
         if self.nodes == 0 || self.local_devices == 0 || self.node_rank >= self.nodes {
-            return Err(Error::Config(format!(
-                "--node-rank {} must be below --nodes {} (and both positive)",
-                self.node_rank, self.nodes
-            )));
+            return Err(ConfigError::value(
+                "--node-rank",
+                format!("below --nodes {} (and both positive)", self.nodes),
+                self.node_rank,
+            )
+            .into());
         }
         if self.nodes > 1 && (self.coordinator.is_none() || self.node_address.is_none()) {
-            return Err(Error::Config("a multi-node run needs --coordinator HOST:PORT and this node's --node-address HOST:PORT".into()));
+            return Err(multi_node_needs().into());
         }
         Ok(())
     }
@@ -114,8 +148,8 @@ mod collective {
     use burn_collective::{AllReduceStrategy, CollectiveConfig, PeerId, ReduceOperation};
     use burn_communication::Address;
 
-    use super::{Cluster, GradReducer, TensorMap, pack, unpack};
-    use crate::error::{Error, Result};
+    use super::{Cluster, GradReducer, PeerError, TensorMap, pack, unpack};
+    use crate::error::{ConfigError, Error, Result};
 
     fn ws(addr: &str) -> Result<Address> {
         let full = if addr.contains("://") {
@@ -123,13 +157,17 @@ mod collective {
         } else {
             format!("ws://{addr}")
         };
-        Address::from_str(&full).map_err(|e| Error::Config(format!("bad address '{addr}': {e}")))
+        Address::from_str(&full).map_err(|e| {
+            ConfigError::value("address", "HOST:PORT", format!("'{addr}' ({e})")).into()
+        })
     }
 
     /// Run the global orchestrator of a multi-node run until the process ends.
     pub fn run_coordinator(port: u16) -> Result<()> {
-        let rt = tokio::runtime::Runtime::new()
-            .map_err(|e| Error::Config(format!("cannot start the coordinator runtime: {e}")))?;
+        let rt = tokio::runtime::Runtime::new().map_err(|error| Error::Thread {
+            what: "the coordinator runtime",
+            error,
+        })?;
         rt.block_on(burn_collective::start_global_orchestrator(port));
         Ok(())
     }
@@ -155,17 +193,13 @@ mod collective {
             if cluster.nodes > 1 {
                 let (Some(coord), Some(node)) = (&cluster.coordinator, &cluster.node_address)
                 else {
-                    return Err(Error::Config(
-                        "multi-node run without --coordinator / --node-address".into(),
-                    ));
+                    return Err(super::multi_node_needs().into());
                 };
                 let port = node
                     .rsplit(':')
                     .next()
                     .and_then(|p| p.parse::<u16>().ok())
-                    .ok_or_else(|| {
-                        Error::Config(format!("--node-address '{node}' needs a port (HOST:PORT)"))
-                    })?;
+                    .ok_or_else(|| ConfigError::value("--node-address", "HOST:PORT", node))?;
                 config = config
                     .with_num_nodes(cluster.nodes as u32)
                     .with_global_address(ws(coord)?)
@@ -182,7 +216,7 @@ mod collective {
             let id = PeerId(rank as u32);
             let timeout = cluster.timeout;
             with_timeout(timeout, "joining the other peers", move || {
-                burn_collective::register::<B>(id, device, config).map_err(|e| format!("{e:?}"))
+                burn_collective::register::<B>(id, device, config)
             })?;
             Ok(Self {
                 id,
@@ -196,8 +230,8 @@ mod collective {
     /// Run `f` on a helper thread; give up after `timeout` (a peer died or the network broke).
     fn with_timeout<T: Send + 'static>(
         timeout: std::time::Duration,
-        what: &str,
-        f: impl FnOnce() -> std::result::Result<T, String> + Send + 'static,
+        what: &'static str,
+        f: impl FnOnce() -> std::result::Result<T, burn_collective::CollectiveError> + Send + 'static,
     ) -> Result<T> {
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
@@ -205,18 +239,17 @@ mod collective {
         });
         match rx.recv_timeout(timeout) {
             Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(Error::Peer(format!(
-                "burn-collective failed while {what} ({e}): another peer stopped or the network failed"
-            ))),
+            Ok(Err(error)) => Err(PeerError::Failed { what, error }.into()),
             // The helper thread dies with a panic inside burn-collective when a peer's
             // connection drops: the channel is closed without an answer.
-            Err(mpsc::RecvTimeoutError::Disconnected) => Err(Error::Peer(format!(
-                "burn-collective failed while {what}: another peer stopped or the network failed"
-            ))),
-            Err(mpsc::RecvTimeoutError::Timeout) => Err(Error::Peer(format!(
-                "no answer from the other peers within {} s while {what}: a peer died or the network failed (--peer-timeout)",
-                timeout.as_secs()
-            ))),
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                Err(PeerError::Disconnected { what }.into())
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => Err(PeerError::Timeout {
+                what,
+                secs: timeout.as_secs(),
+            }
+            .into()),
         }
     }
 
@@ -233,7 +266,6 @@ mod collective {
             let primitive = flat.into_primitive().tensor();
             let reduced = with_timeout(self.timeout, "averaging gradients", move || {
                 burn_collective::all_reduce::<B>(id, primitive, ReduceOperation::Mean)
-                    .map_err(|e| format!("{e:?}"))
             })?;
             Ok(unpack(
                 Tensor::<B, 1>::from_primitive(TensorPrimitive::Float(reduced)),

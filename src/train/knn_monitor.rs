@@ -111,10 +111,10 @@ impl KnnMonitor {
                 f.into_data()
                     .convert::<f32>()
                     .into_vec::<f32>()
-                    .map_err(|e| Error::Config(format!("kNN monitor features: {e:?}")))?,
+                    .map_err(|e| Error::Shape(format!("kNN monitor features: {e:?}")))?,
             );
         }
-        let bad = |e: EvalError| Error::Config(format!("kNN monitor: {e}"));
+        let bad = |e: EvalError| Error::Eval(e);
         let bank = Features::new(self.bank, dim, feats[..self.bank * dim].to_vec()).map_err(bad)?;
         let queries =
             Features::new(n - self.bank, dim, feats[self.bank * dim..].to_vec()).map_err(bad)?;

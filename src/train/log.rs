@@ -14,7 +14,7 @@ use crate::fsutil::write_atomic;
 pub const LOG: &str = "log.csv";
 
 /// One optimizer step.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct LogRow {
     /// 1-based epoch.
     pub epoch: usize,
@@ -38,17 +38,18 @@ pub struct LogRow {
 
 /// Every row of a run's log.
 pub fn read(path: &Path) -> Result<Vec<LogRow>> {
-    let mut reader = csv::Reader::from_path(path).map_err(|e| csv_error(path, e))?;
+    let file = File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut reader = csv::Reader::from_reader(file);
     reader
         .deserialize()
         .map(|row| row.map_err(|e| csv_error(path, e)))
         .collect()
 }
 
-fn csv_error(path: &Path, e: csv::Error) -> Error {
-    match e.into_kind() {
-        csv::ErrorKind::Io(io) => Error::io(path, io),
-        other => Error::format(path, format!("not a training log: {other:?}")),
+fn csv_error(path: &Path, error: csv::Error) -> Error {
+    Error::Log {
+        path: path.to_path_buf(),
+        error,
     }
 }
 
@@ -71,7 +72,7 @@ impl LogWriter {
         write_atomic(path, |w| {
             let mut csv = csv::Writer::from_writer(w);
             if kept.is_empty() {
-                csv.write_record(HEADER)?;
+                csv.write_record(columns())?;
             }
             for row in &kept {
                 csv.serialize(row)?;
@@ -98,19 +99,20 @@ impl LogWriter {
     }
 }
 
-/// The column names (what `serialize` writes as the header of the first row).
-const HEADER: [&str; 10] = [
-    "epoch",
-    "itr",
-    "step",
-    "loss",
-    "mask-A",
-    "mask-B",
-    "time (ms)",
-    "lr",
-    "wd",
-    "momentum",
-];
+/// The column names, in order: the header `serialize` writes for a [`LogRow`].
+pub fn columns() -> Vec<String> {
+    let mut csv = csv::Writer::from_writer(Vec::new());
+    // Serialising a plain struct into memory cannot fail.
+    let bytes = csv
+        .serialize(LogRow::default())
+        .ok()
+        .and_then(|()| csv.into_inner().ok())
+        .unwrap_or_default();
+    csv::Reader::from_reader(bytes.as_slice())
+        .headers()
+        .map(|h| h.iter().map(String::from).collect())
+        .unwrap_or_default()
+}
 
 #[cfg(test)]
 mod tests {
@@ -131,6 +133,24 @@ mod tests {
         }
     }
 
+    /// The official logger's columns, in its order.
+    #[test]
+    fn columns_are_the_official_ones() {
+        let official = [
+            "epoch",
+            "itr",
+            "step",
+            "loss",
+            "mask-A",
+            "mask-B",
+            "time (ms)",
+            "lr",
+            "wd",
+            "momentum",
+        ];
+        assert_eq!(columns(), official);
+    }
+
     #[test]
     fn written_rows_read_back_and_resume_truncates() {
         let dir = tempfile::tempdir().unwrap();
@@ -141,7 +161,7 @@ mod tests {
         }
         drop(log);
         let text = std::fs::read_to_string(&path).unwrap();
-        assert_eq!(text.lines().next().unwrap(), HEADER.join(","));
+        assert_eq!(text.lines().next().unwrap(), columns().join(","));
         assert_eq!(read(&path).unwrap(), (1..=5).map(row).collect::<Vec<_>>());
         let mut log = LogWriter::start(&path, Some(3)).unwrap();
         log.append(&row(4)).unwrap();

@@ -203,6 +203,11 @@ pub fn process_cpu_seconds() -> Option<f64> {
 
 static FONT: &[u8] = include_bytes!("../../assets/DejaVuSansMono.ttf");
 
+/// Why the loss curve could not be drawn (plotters' error for its bitmap backend).
+pub type PlotError = plotters::drawing::DrawingAreaErrorKind<
+    <plotters::backend::BitMapBackend<'static> as plotters::backend::DrawingBackend>::ErrorType,
+>;
+
 /// Draw `loss` against `step` from the CSV log (a raw and a smoothed line).
 pub fn plot_losses(csv: &Path, png: &Path) -> Result<()> {
     use plotters::prelude::*;
@@ -215,7 +220,11 @@ pub fn plot_losses(csv: &Path, png: &Path) -> Result<()> {
         return Ok(());
     }
     let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, FONT);
-    let err = |e: String| Error::format(png, format!("cannot draw the loss curve: {e}"));
+    let err = |error: PlotError| Error::Plot {
+        path: png.to_path_buf(),
+        what: "loss curve",
+        error,
+    };
     let (x0, x1) = (
         points[0].0,
         points[points.len() - 1].0.max(points[0].0 + 1.0),
@@ -237,30 +246,30 @@ pub fn plot_losses(csv: &Path, png: &Path) -> Result<()> {
     let tmp = png.with_file_name(".loss.tmp.png");
     {
         let root = BitMapBackend::new(&tmp, (900, 500)).into_drawing_area();
-        root.fill(&WHITE).map_err(|e| err(e.to_string()))?;
+        root.fill(&WHITE).map_err(err)?;
         let mut chart = ChartBuilder::on(&root)
             .caption("I-JEPA pretraining loss", ("sans-serif", 22))
             .margin(15)
             .x_label_area_size(40)
             .y_label_area_size(70)
             .build_cartesian_2d(x0..x1, (lo - pad)..(hi + pad))
-            .map_err(|e| err(e.to_string()))?;
+            .map_err(err)?;
         chart
             .configure_mesh()
             .x_desc("optimizer step")
             .y_desc("loss")
             .draw()
-            .map_err(|e| err(e.to_string()))?;
+            .map_err(err)?;
         chart
             .draw_series(LineSeries::new(
                 points.iter().copied(),
                 RGBColor(170, 200, 230),
             ))
-            .map_err(|e| err(e.to_string()))?;
+            .map_err(err)?;
         chart
             .draw_series(LineSeries::new(smooth, BLUE.stroke_width(2)))
-            .map_err(|e| err(e.to_string()))?;
-        root.present().map_err(|e| err(e.to_string()))?;
+            .map_err(err)?;
+        root.present().map_err(err)?;
     }
     std::fs::rename(&tmp, png).map_err(|e| Error::io(png, e))
 }

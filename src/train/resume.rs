@@ -12,7 +12,7 @@ use super::run::Run;
 use super::state::{self, Progress, TrainingMeta};
 use super::step::Networks;
 use crate::checkpoint::{Checkpoint, EncoderChoice, LoadOptions, build_encoder, build_predictor};
-use crate::error::{Error, Result};
+use crate::error::{CheckpointError, Error, Result};
 use crate::model::{Init, Predictor, VisionTransformer};
 
 /// What training continues from.
@@ -66,24 +66,21 @@ fn resume_from<B: crate::ops::TrainBackend>(
     if ck.description.encoder != run.encoder
         || ck.description.predictor.as_ref() != Some(&run.predictor)
     {
-        return Err(Error::format(
-            latest,
-            "was trained with other model shapes than the configuration says; resume with the same config",
-        ));
+        return Err(CheckpointError::OtherModel {
+            path: latest.to_path_buf(),
+        }
+        .into());
     }
     let meta = state::training_meta(&ck.description, latest)?;
     if meta.progress.ipe != run.ipe || meta.progress.replicas != run.replicas {
-        return Err(Error::format(
-            latest,
-            format!(
-                "was written for {} steps per epoch x {} replicas (ranks x optimization.accum_steps), this run has {} x {}: resume with the same dataset and batch size, and ranks x accum_steps = {} (e.g. 2 ranks -> 1 process with accum_steps 2)",
-                meta.progress.ipe,
-                meta.progress.replicas,
-                run.ipe,
-                run.replicas,
-                meta.progress.replicas
-            ),
-        ));
+        return Err(CheckpointError::OtherRun {
+            path: latest.to_path_buf(),
+            ipe: meta.progress.ipe,
+            replicas: meta.progress.replicas,
+            run_ipe: run.ipe,
+            run_replicas: run.replicas,
+        }
+        .into());
     }
     let nets = Networks::<B> {
         encoder: ck.build_encoder(EncoderChoice::Context, device)?,
@@ -94,6 +91,7 @@ fn resume_from<B: crate::ops::TrainBackend>(
         &ck.raw,
         &ck.description,
         &state::trainable_shapes(&nets),
+        latest,
         device,
     )?;
     Ok(Start { nets, adam, meta })
@@ -135,7 +133,9 @@ fn fresh_networks<B: crate::ops::TrainBackend>(
         let pred = ck
             .predictor
             .as_ref()
-            .ok_or_else(|| Error::format(path, "holds no predictor to start from"))?;
+            .ok_or_else(|| CheckpointError::NoPredictor {
+                path: ck.path.clone(),
+            })?;
         nets.predictor = build_predictor(pred_cfg, pred, &what("predictor"), device)?;
     }
     Ok(nets)

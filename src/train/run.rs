@@ -12,7 +12,7 @@ use crate::data::augment::TrainTransform;
 use crate::data::loader::{Loader, LoaderConfig};
 use crate::data::transform::{Preprocess, Resize};
 use crate::data::{DataSpec, Dataset, Split, with_max_images};
-use crate::error::{Error, Result};
+use crate::error::{ConfigError, Result};
 use crate::masks::MaskSampler;
 use crate::model::{EncoderConfig, PredictorConfig};
 
@@ -58,10 +58,12 @@ impl Run {
         let loader = Loader::new(dataset, train_transform(cfg), loader_cfg)?;
         let ipe = loader.ipe();
         if ipe == 0 {
-            return Err(Error::Config(format!(
-                "the dataset has {n_images} images, fewer than one step needs ({} x {replicas})",
-                d.batch_size
-            )));
+            return Err(ConfigError::value(
+                "data.batch_size",
+                format!("at most {n_images} images / {replicas} replicas (the dataset's size)"),
+                d.batch_size,
+            )
+            .into());
         }
         let o = &cfg.optimization;
         let schedules = Schedules::official(

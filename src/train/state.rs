@@ -15,7 +15,7 @@ use super::step::Networks;
 use crate::checkpoint::native::{self, Description};
 use crate::checkpoint::tensors::{is_linear_weight, parameter_shapes};
 use crate::checkpoint::{HostTensor, NamedTensors, encoder_state, predictor_state, prefixed};
-use crate::error::{Error, Result};
+use crate::error::{CheckpointError, Result, ShapeMismatch};
 
 /// Where a run stands.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -94,6 +94,7 @@ pub fn restore_adam<B: burn::tensor::backend::Backend>(
     raw: &NamedTensors,
     desc: &Description,
     shapes: &BTreeMap<String, Vec<usize>>,
+    path: &Path,
     device: &B::Device,
 ) -> Result<AdamW<B>> {
     let step = desc
@@ -106,15 +107,24 @@ pub fn restore_adam<B: burn::tensor::backend::Backend>(
         let mut out = TensorMap::new();
         for (name, t) in native::section(raw, prefix) {
             let Some(shape) = shapes.get(&name) else {
-                return Err(Error::Checkpoint(format!(
-                    "optimizer state for unknown parameter '{name}'"
-                )));
+                return Err(CheckpointError::OptimizerKey {
+                    path: path.to_path_buf(),
+                    name,
+                }
+                .into());
             };
             if &t.shape != shape {
-                return Err(Error::Checkpoint(format!(
-                    "optimizer state '{prefix}.{name}' has shape {:?}, the parameter {:?}",
-                    t.shape, shape
-                )));
+                return Err(CheckpointError::Mismatch {
+                    what: format!("{} (optimizer state)", path.display()),
+                    missing: vec![],
+                    unexpected: vec![],
+                    wrong_shapes: vec![ShapeMismatch {
+                        key: format!("{prefix}.{name}"),
+                        expected: shape.clone(),
+                        found: t.shape,
+                    }],
+                }
+                .into());
             }
             let t = if is_linear_weight(&name, shape.len()) {
                 t.transposed()
@@ -136,11 +146,9 @@ pub fn restore_adam<B: burn::tensor::backend::Backend>(
 
 /// The training metadata of a checkpoint written by [`save`].
 pub fn training_meta(desc: &Description, path: &Path) -> Result<TrainingMeta> {
-    let t = desc.training.clone().ok_or_else(|| {
-        Error::format(
-            path,
-            "not a training checkpoint (no training state): cannot resume from it",
-        )
-    })?;
-    serde_json::from_value(t).map_err(|e| Error::format(path, format!("bad training state: {e}")))
+    let path = path.to_path_buf();
+    let Some(t) = desc.training.clone() else {
+        return Err(CheckpointError::NotTraining { path }.into());
+    };
+    serde_json::from_value(t).map_err(|error| CheckpointError::TrainingState { path, error }.into())
 }

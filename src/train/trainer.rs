@@ -21,7 +21,7 @@ use super::state::TrainingMeta;
 use super::step::{Batch, Networks, StepSettings, UpdateHyper, train_step};
 use crate::data::Dataset;
 use crate::data::transform::Preprocess;
-use crate::error::{Error, Result};
+use crate::error::{ConfigError, Error, Result};
 use crate::fsutil::{self, write_bytes_atomic};
 use crate::model::MaskIndices;
 
@@ -466,10 +466,10 @@ fn prepare_folder(out: &std::path::Path, resume: bool, overwrite: bool) -> Resul
         return Ok(());
     }
     if !overwrite {
-        return Err(Error::Config(format!(
-            "{} holds a run already: pass --resume to continue it or --overwrite to start afresh (its checkpoints and log are removed)",
-            out.display()
-        )));
+        return Err(ConfigError::RunExists {
+            folder: out.to_path_buf(),
+        }
+        .into());
     }
     let entries = std::fs::read_dir(out).map_err(|e| Error::io(out, e))?;
     for entry in entries.flatten() {

@@ -32,7 +32,7 @@ pub fn run(a: Args) -> Result<()> {
     let masks = |path: &PathBuf| -> Result<MaskIndices> {
         let (shape, values) = ijepa::npy::read_i64(path)?;
         MaskIndices::from_array(&shape, &values, cfg.num_patches())
-            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+            .map_err(|e| ijepa::Error::in_file(path, e).into())
     };
     let (m_enc, m_pred) = (masks(&a.masks_enc)?, masks(&a.masks_pred)?);
     let p = ijepa::eval::predict::predict(&ck, &x, &m_enc, &m_pred)?;

@@ -249,9 +249,8 @@ fn run_collective<B: TrainBackend>(
         handles
             .into_iter()
             .map(|h| {
-                h.join().unwrap_or_else(|_| {
-                    Err(ijepa::Error::Config("a training thread panicked".into()))
-                })
+                h.join()
+                    .unwrap_or_else(|_| Err(ijepa::train::distributed::PeerError::Panicked.into()))
             })
             .collect()
     });

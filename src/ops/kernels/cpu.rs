@@ -114,7 +114,9 @@ fn chosen() -> &'static Result<KernelPath, String> {
 
 /// The path of this process, or the error of an unusable `IJEPA_CPU_KERNELS`.
 pub fn check() -> crate::Result<KernelPath> {
-    chosen().clone().map_err(crate::Error::Config)
+    chosen()
+        .clone()
+        .map_err(|why| crate::error::ConfigError::Env { var: ENV, why }.into())
 }
 
 /// The path of this process (the kernels' dispatch: one atomic load after the first call).
