@@ -71,11 +71,18 @@ pub enum Error {
         if error.is_io_error() { "" } else { "not a training log: " }
     )]
     Log { path: PathBuf, error: csv::Error },
-    /// The loss curve could not be drawn.
-    #[error("{}: cannot draw the loss curve: {error}", path.display())]
+    /// A plot (the loss curve, the monitor's curves) could not be drawn.
+    #[error("{}: cannot draw the {what}: {error}", path.display())]
     Plot {
         path: PathBuf,
+        what: &'static str,
         error: crate::train::monitor::PlotError,
+    },
+    /// An image file (`ijepa viz`'s grid) that cannot be written.
+    #[error("{}: cannot write the image: {error}", path.display())]
+    ImageWrite {
+        path: PathBuf,
+        error: image::ImageError,
     },
     /// A helper thread or runtime the program needs could not be started.
     #[error("cannot start {what}: {error}")]

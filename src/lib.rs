@@ -18,6 +18,7 @@ pub mod npy;
 pub mod ops;
 pub mod rng;
 pub mod train;
+pub mod viz;
 
 pub use error::{Error, Result};
 

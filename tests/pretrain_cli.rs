@@ -76,6 +76,18 @@ fn two_epochs_on_fmnist_lower_the_loss() {
     ] {
         assert!(out.join(f).is_file(), "{f} missing");
     }
+    // monitor.csv: a row per epoch with the online kNN of the labelled data (well above
+    // the 10 % of chance), and, with no regulariser on, the prediction loss is the loss.
+    assert!(text.contains("online kNN top-1"), "{text}");
+    let rows = ijepa::train::monitor::read_records(&out.join("monitor.csv")).unwrap();
+    assert_eq!(rows.iter().map(|r| r.epoch).collect::<Vec<_>>(), [1, 2]);
+    assert_eq!(rows[1].step, 40);
+    for r in &rows {
+        let knn = r.knn_top1.expect("online kNN on labelled data");
+        assert!(knn > 30.0 && knn <= 100.0, "{r:?}");
+        assert!((r.loss - r.prediction_loss).abs() < 1e-5, "{r:?}");
+        assert!(r.seconds > 0.0 && r.health.effective_rank > 1.0, "{r:?}");
+    }
     // The checkpoint is a model `embed` reads, with the training state in it.
     let ck = checkpoint(&out);
     assert!(ck.target_encoder.is_some() && ck.predictor.is_some());

@@ -18,6 +18,7 @@ use ijepa::model::{
 };
 use ijepa::ops::{Precision, TrainBackend};
 use ijepa::train::loss::LossKind;
+use ijepa::train::objective::Objective;
 use ijepa::train::step::{Batch, Networks, loss_and_grads};
 
 fn config() -> (EncoderConfig, PredictorConfig) {
@@ -254,7 +255,9 @@ fn train_step_with_static_shapes_takes_the_unpadded_step() {
             .collect();
         let settings = StepSettings {
             step: 1,
-            loss: LossKind::SmoothL1,
+            objective: Objective::official(LossKind::SmoothL1),
+            seed: 0,
+            first_replica: 0,
             precision: Precision::F32,
             hyper: UpdateHyper {
                 lr: 1e-3,
@@ -268,7 +271,7 @@ fn train_step_with_static_shapes_takes_the_unpadded_step() {
         let (nets, loss) = train_step(nets, &mut adam, &batches, &Single, settings).unwrap();
         let enc = floats(nets.encoder.forward(probe.clone(), None));
         let target = floats(nets.target.forward(probe.clone().inner(), None));
-        (loss, enc, target)
+        (loss.loss, enc, target)
     };
     let (loss, enc, target) = step(false);
     let (loss_p, enc_p, target_p) = step(true);

@@ -316,7 +316,7 @@ fn check_norm(channels: usize, mean: &[f32], std: &[f32]) -> Result<(), DataErro
 }
 
 /// The training augmentation (official `make_transforms`, in its order): pad, random resized
-/// crop, optional flip, optional colour distortion, normalise.
+/// crop, optional flip, optional colour distortion, optional Gaussian blur, normalise.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TrainTransform {
     /// Output side in pixels.
@@ -330,6 +330,9 @@ pub struct TrainTransform {
     pub horizontal_flip: bool,
     /// Colour distortion strength `s` of the official `get_color_distortion`; 0 = off.
     pub color_jitter: f32,
+    /// The official Gaussian blur (probability 0.5, radius 0.1-2.0), see [`super::blur`].
+    #[serde(default)]
+    pub gaussian_blur: bool,
     /// 1 (grayscale) or 3 (RGB); images with the other count are converted first.
     pub channels: usize,
     pub mean: Vec<f32>,
@@ -352,6 +355,7 @@ impl TrainTransform {
             pad: 0,
             horizontal_flip: false,
             color_jitter: 0.0,
+            gaussian_blur: false,
             channels,
             mean,
             std,
@@ -441,6 +445,9 @@ impl TrainTransform {
         }
         if self.color_jitter > 0.0 {
             color_distortion(&mut out, self.color_jitter as f64, rng);
+        }
+        if self.gaussian_blur {
+            super::blur::random_blur(&mut out, rng);
         }
         normalize(&out, &self.mean, &self.std)
     }

@@ -5,6 +5,7 @@
 //! the transforms and the loader never care whether pixels came from an IDX file or a JPEG.
 
 pub mod augment;
+pub mod blur;
 pub mod folder;
 pub mod idx;
 pub mod loader;

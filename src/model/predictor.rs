@@ -1,4 +1,11 @@
 //! The narrow predictor of the official `VisionTransformerPredictor` (spec 1.7).
+//!
+//! Option: StoP (Bar et al., ICML 2024, "Stochastic positional embeddings improve masked image
+//! modeling"). The position of every target query becomes a random variable
+//! `ψ̂_j = ψ_j + A n_j`, `n_j ~ N(0, σ I)` in the encoder's width, with `A` tied to the
+//! projection that brings the context tokens into the predictor (`predictor_embed`'s weight,
+//! without its bias): the predictor cannot silence the noise without also silencing its
+//! context. Off (no noise) the forward is the official one.
 
 use burn::module::{Module, Param};
 use burn::tensor::{Tensor, TensorData};
@@ -69,6 +76,18 @@ impl<B: crate::ops::IjepaBackend> Predictor<B> {
         masks_x: &MaskIndices,
         masks: &MaskIndices,
     ) -> Tensor<B, 3> {
+        self.forward_stop(z, masks_x, masks, None)
+    }
+
+    /// [`Self::forward`] with StoP: `noise` (`[npred*nenc*B, K_pred, D]`, already scaled to
+    /// N(0, σ I)) perturbs the target queries' positions through `predictor_embed`'s weight.
+    pub fn forward_stop(
+        &self,
+        z: Tensor<B, 3>,
+        masks_x: &MaskIndices,
+        masks: &MaskIndices,
+        noise: Option<Tensor<B, 3>>,
+    ) -> Tensor<B, 3> {
         let nenc = masks_x.n_masks();
         let npred = masks.n_masks();
         let k_pred = masks.k();
@@ -79,7 +98,12 @@ impl<B: crate::ops::IjepaBackend> Predictor<B> {
             .predictor_embed
             .forward_residual(z, gather_table(pos.clone(), masks_x, 1));
         // One query per target patch: mask token + the target's position, rows (j, i, b).
-        let queries = self.mask_token.val() + gather_table(pos, masks, nenc);
+        let queries = stop_queries(
+            self.mask_token.val(),
+            gather_table(pos, masks, nenc),
+            noise,
+            self.predictor_embed.weight.val(),
+        );
         // Context tiled once per target mask (`x.repeat(npred, 1, 1)`), queries appended.
         // (`cat` of copies rather than `repeat_dim`: burn 0.21's autodiff backward of
         // `repeat_dim` sums the copies as if they were interleaved, which is wrong for a tile.)
@@ -115,5 +139,115 @@ impl<B: crate::ops::IjepaBackend> Predictor<B> {
             None => queries_only(x),
         };
         self.predictor_proj.forward(self.predictor_norm.forward(x))
+    }
+}
+
+/// The target queries: `mask_token + ψ_j`, plus `n_j A` when StoP noise is given (`A` the
+/// `[D, Dp]` weight of `predictor_embed`, rows of `noise` in the encoder's width `D`).
+pub fn stop_queries<B: crate::ops::IjepaBackend>(
+    mask_token: Tensor<B, 3>,
+    positions: Tensor<B, 3>,
+    noise: Option<Tensor<B, 3>>,
+    a: Tensor<B, 2>,
+) -> Tensor<B, 3> {
+    let queries = mask_token + positions;
+    match noise {
+        None => queries,
+        Some(n) => {
+            let [rows, k, d] = n.dims();
+            let dp = a.dims()[1];
+            let shift = crate::ops::linear(n.reshape([rows * k, d]), a, None);
+            queries + shift.reshape([rows, k, dp])
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::CpuAutodiff;
+
+    type B = CpuAutodiff;
+
+    fn t<const D: usize>(v: &[f64], shape: [usize; D]) -> Tensor<B, D> {
+        let f: Vec<f32> = v.iter().map(|x| *x as f32).collect();
+        Tensor::from_data(TensorData::new(f, shape), &Default::default()).require_grad()
+    }
+
+    fn vals(n: usize, salt: usize) -> Vec<f64> {
+        (0..n)
+            .map(|i| (((i * 31 + salt * 17) % 23) as f64 / 11.0) - 1.0)
+            .collect()
+    }
+
+    fn host<const D: usize>(x: Tensor<burn::backend::Flex, D>) -> Vec<f64> {
+        x.into_data()
+            .to_vec::<f32>()
+            .unwrap()
+            .into_iter()
+            .map(f64::from)
+            .collect()
+    }
+
+    /// `q_rkc = m_c + ψ_rkc + Σ_i n_rki A_ic`, and for the loss `L = Σ w_rkc q_rkc` the
+    /// gradients `∂L/∂m_c = Σ_rk w_rkc` and `∂L/∂A_ic = Σ_rk n_rki w_rkc`, in f64.
+    #[test]
+    fn stop_queries_and_gradients_match_f64() {
+        let (r, k, d, dp) = (3, 4, 5, 6);
+        let (m, psi, n, a, w) = (
+            vals(dp, 1),
+            vals(r * k * dp, 2),
+            vals(r * k * d, 3),
+            vals(d * dp, 4),
+            vals(r * k * dp, 5),
+        );
+        let (mt, at) = (t(&m, [1, 1, dp]), t(&a, [d, dp]));
+        let q = stop_queries(
+            mt.clone(),
+            t(&psi, [r, k, dp]).detach(),
+            Some(t(&n, [r, k, d]).detach()),
+            at.clone(),
+        );
+        let loss = (q.clone() * t(&w, [r, k, dp]).detach()).sum();
+        let grads = loss.backward();
+        let (got_q, got_m, got_a) = (
+            host(q.inner()),
+            host(mt.grad(&grads).unwrap()),
+            host(at.grad(&grads).unwrap()),
+        );
+        let mut want_q = vec![0.0; r * k * dp];
+        let mut want_m = vec![0.0; dp];
+        let mut want_a = vec![0.0; d * dp];
+        for row in 0..r * k {
+            for c in 0..dp {
+                let shift: f64 = (0..d).map(|i| n[row * d + i] * a[i * dp + c]).sum();
+                want_q[row * dp + c] = m[c] + psi[row * dp + c] + shift;
+                want_m[c] += w[row * dp + c];
+                for i in 0..d {
+                    want_a[i * dp + c] += n[row * d + i] * w[row * dp + c];
+                }
+            }
+        }
+        for (what, got, want) in [
+            ("q", got_q, want_q),
+            ("dm", got_m, want_m),
+            ("dA", got_a, want_a),
+        ] {
+            for (g, w) in got.iter().zip(&want) {
+                assert!(
+                    (g - w).abs() <= 1e-5 * (1.0 + w.abs()),
+                    "{what}: {g} vs {w}"
+                );
+            }
+        }
+        // Without noise: the official mask token + position, and no gradient reaches A.
+        let at = t(&a, [d, dp]);
+        let q = stop_queries(t(&m, [1, 1, dp]), t(&psi, [r, k, dp]), None, at.clone());
+        let grads = q.clone().sum().backward();
+        assert!(at.grad(&grads).is_none());
+        let plain: Vec<f64> = (0..r * k * dp).map(|i| m[i % dp] + psi[i]).collect();
+        for (g, w) in host(q.inner()).iter().zip(&plain) {
+            assert!((g - w).abs() <= 1e-6);
+        }
     }
 }

@@ -11,7 +11,8 @@ use serde_yaml_ng::Value;
 use crate::error::{ConfigError, Error, OverrideProblem, Result};
 use crate::masks::{MaskConfig, MaskMode};
 use crate::model::{EncoderConfig, PredictorConfig};
-use crate::train::loss::LossKind;
+use crate::train::loss::{LossKind, TargetNorm, TargetNormKind};
+use crate::train::objective::{Objective, RegFeatures};
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -22,6 +23,40 @@ pub struct TrainConfig {
     pub mask: MaskSection,
     pub meta: MetaSection,
     pub optimization: OptimizationSection,
+    /// Regularisers of the follow-up methods (this project's section; all off by default).
+    #[serde(default)]
+    pub regularization: RegularizationSection,
+}
+
+/// SIGReg (LeJEPA) and VICReg's variance / covariance terms (C-JEPA) on the context
+/// encoder's features, added to the prediction loss with these weights (0: off).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegularizationSection {
+    #[serde(default)]
+    pub sigreg_weight: f64,
+    /// Random directions the SIGReg test projects on, drawn afresh every step.
+    #[serde(default = "default_projections")]
+    pub sigreg_projections: usize,
+    #[serde(default)]
+    pub vicreg_variance_weight: f64,
+    #[serde(default)]
+    pub vicreg_covariance_weight: f64,
+    /// `pooled` (one vector per image: the mean of its context tokens) or `tokens`.
+    #[serde(default)]
+    pub features: RegFeatures,
+}
+
+impl Default for RegularizationSection {
+    fn default() -> Self {
+        Self {
+            sigreg_weight: 0.0,
+            sigreg_projections: default_projections(),
+            vicreg_variance_weight: 0.0,
+            vicreg_covariance_weight: 0.0,
+            features: RegFeatures::Pooled,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -74,7 +109,7 @@ pub struct DataSection {
     pub prefetch: usize,
 }
 
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LoggingSection {
     #[serde(default)]
@@ -87,6 +122,26 @@ pub struct LoggingSection {
     /// Keep a copy of every epoch's checkpoint (`ep{N}.safetensors`) besides `latest`.
     #[serde(default = "default_true")]
     pub keep_epochs: bool,
+    /// Online kNN monitor: the first N pretraining images are the memory bank (0 with
+    /// `knn_monitor_queries` 0 turns the monitor off; it needs labelled data).
+    #[serde(default = "default_knn_bank")]
+    pub knn_monitor_bank: usize,
+    /// ... and the next N images are classified against it, every epoch.
+    #[serde(default = "default_knn_queries")]
+    pub knn_monitor_queries: usize,
+}
+
+impl Default for LoggingSection {
+    fn default() -> Self {
+        Self {
+            folder: None,
+            write_tag: None,
+            checkpoint_every: 0,
+            keep_epochs: true,
+            knn_monitor_bank: default_knn_bank(),
+            knn_monitor_queries: default_knn_queries(),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -148,9 +203,19 @@ pub struct MetaSection {
     /// Compute threads (default: all cores).
     #[serde(default)]
     pub threads: Option<usize>,
-    /// `smooth_l1` (the official code) or `l2` (the paper).
+    /// `smooth_l1` (the official code), `l2` (the paper) or `l1` (V-JEPA 2).
     #[serde(default)]
     pub loss: LossKind,
+    /// Targets: `layer_norm` (official), `dyntanh` (`tanh(alpha h)`) or `none`.
+    #[serde(default)]
+    pub target_norm: TargetNormKind,
+    /// `alpha` of `dyntanh` targets (default 1; only with `target_norm: dyntanh`).
+    #[serde(default)]
+    pub target_dyntanh_alpha: Option<f64>,
+    /// StoP: variance σ of the noise on the target queries' positions (0: off; the
+    /// paper uses 0.25).
+    #[serde(default)]
+    pub stop_sigma: f64,
     /// Start from the weights of an official `.pth.tar` (encoder, predictor, target encoder).
     #[serde(default)]
     pub init_from: Option<String>,
@@ -195,6 +260,15 @@ fn default_prefetch() -> usize {
 }
 fn default_true() -> bool {
     true
+}
+fn default_projections() -> usize {
+    crate::train::objective::DEFAULT_PROJECTIONS
+}
+fn default_knn_bank() -> usize {
+    5000
+}
+fn default_knn_queries() -> usize {
+    1000
 }
 fn default_one() -> usize {
     1
@@ -375,6 +449,28 @@ impl TrainConfig {
         Ok(cfg)
     }
 
+    /// What a training step minimises (the official objective unless options are set).
+    pub fn objective(&self) -> Objective {
+        let m = &self.meta;
+        let r = &self.regularization;
+        Objective {
+            loss: m.loss,
+            target_norm: match m.target_norm {
+                TargetNormKind::LayerNorm => TargetNorm::LayerNorm,
+                TargetNormKind::Dyntanh => TargetNorm::Dyntanh {
+                    alpha: m.target_dyntanh_alpha.unwrap_or(1.0),
+                },
+                TargetNormKind::None => TargetNorm::None,
+            },
+            stop_sigma: m.stop_sigma,
+            sigreg_weight: r.sigreg_weight,
+            sigreg_projections: r.sigreg_projections,
+            vicreg_variance_weight: r.vicreg_variance_weight,
+            vicreg_covariance_weight: r.vicreg_covariance_weight,
+            features: r.features,
+        }
+    }
+
     /// Normalisation statistics (ImageNet's by default, averaged for one channel).
     pub fn normalisation(&self) -> (Vec<f32>, Vec<f32>) {
         use crate::data::transform::{IMAGENET_MEAN, IMAGENET_STD};
@@ -416,13 +512,6 @@ impl TrainConfig {
                 "data.crop_scale",
                 "[a, b] with 0 < a <= b <= 1",
                 &format_args!("{:?}", d.crop_scale),
-            );
-        }
-        if d.use_gaussian_blur {
-            return bad(
-                "data.use_gaussian_blur",
-                "false (blur is not supported; the official configs leave it off)",
-                &true,
             );
         }
         let (mean, std) = self.normalisation();
@@ -467,6 +556,55 @@ impl TrainConfig {
             && (c.is_nan() || c <= 0.0)
         {
             return bad("optimization.grad_clip", positive, &c);
+        }
+        let lg = &self.logging;
+        if (lg.knn_monitor_bank == 0) != (lg.knn_monitor_queries == 0) {
+            return bad(
+                "logging.knn_monitor_bank / logging.knn_monitor_queries",
+                "both positive (monitor on) or both 0 (off)",
+                &format_args!("{} and {}", lg.knn_monitor_bank, lg.knn_monitor_queries),
+            );
+        }
+        let m = &self.meta;
+        if let Some(a) = m.target_dyntanh_alpha {
+            if m.target_norm != TargetNormKind::Dyntanh {
+                return Err(ConfigError::Needs {
+                    key: "meta.target_dyntanh_alpha".into(),
+                    needs: "meta.target_norm: dyntanh".into(),
+                }
+                .into());
+            }
+            if !(a.is_finite() && a > 0.0) {
+                return bad("meta.target_dyntanh_alpha", "a finite number > 0", &a);
+            }
+        }
+        if !(m.stop_sigma.is_finite() && m.stop_sigma >= 0.0) {
+            return bad(
+                "meta.stop_sigma",
+                "a finite number >= 0 (0: StoP off)",
+                &m.stop_sigma,
+            );
+        }
+        let r = &self.regularization;
+        for (k, v) in [
+            ("sigreg_weight", r.sigreg_weight),
+            ("vicreg_variance_weight", r.vicreg_variance_weight),
+            ("vicreg_covariance_weight", r.vicreg_covariance_weight),
+        ] {
+            if !(v.is_finite() && v >= 0.0) {
+                return bad(
+                    &format!("regularization.{k}"),
+                    "a finite number >= 0 (0: off)",
+                    &v,
+                );
+            }
+        }
+        if r.sigreg_weight > 0.0 && r.sigreg_projections == 0 {
+            return bad(
+                "regularization.sigreg_projections",
+                "a positive number (regularization.sigreg_weight is on)",
+                &0,
+            );
         }
         if self.meta.threads == Some(0) {
             return bad("meta.threads", positive, &0);
@@ -564,5 +702,75 @@ optimization:
                 .to_string()
                 .contains("invalid YAML")
         );
+    }
+
+    /// Every option is off unless asked for, and a bad value names its key.
+    #[test]
+    fn options_default_off_and_bad_values_name_their_key() {
+        let cfg = TrainConfig::from_yaml(OFFICIAL_H14, &[], Path::new("x.yaml")).unwrap();
+        assert_eq!(cfg.objective(), Objective::official(LossKind::SmoothL1));
+        let with = |sets: &[&str]| {
+            let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+            TrainConfig::from_yaml(OFFICIAL_H14, &sets, Path::new("x.yaml"))
+        };
+        let cfg = with(&[
+            "meta.loss=l1",
+            "meta.target_norm=dyntanh",
+            "meta.target_dyntanh_alpha=0.5",
+            "meta.stop_sigma=0.25",
+            "regularization.sigreg_weight=0.1",
+            "regularization.sigreg_projections=64",
+            "regularization.vicreg_variance_weight=1.0",
+            "regularization.vicreg_covariance_weight=0.04",
+            "regularization.features=tokens",
+        ])
+        .unwrap();
+        let o = cfg.objective();
+        assert_eq!(o.loss, LossKind::L1);
+        assert_eq!(o.target_norm, TargetNorm::Dyntanh { alpha: 0.5 });
+        assert_eq!(
+            (o.stop_sigma, o.sigreg_weight, o.sigreg_projections),
+            (0.25, 0.1, 64)
+        );
+        assert_eq!(
+            (
+                o.vicreg_variance_weight,
+                o.vicreg_covariance_weight,
+                o.features
+            ),
+            (1.0, 0.04, RegFeatures::Tokens)
+        );
+        for (set, key) in [
+            ("meta.loss=huber", "loss"),
+            ("meta.target_norm=batch_norm", "target_norm"),
+            ("meta.target_dyntanh_alpha=2", "target_dyntanh_alpha"),
+            ("meta.stop_sigma=-1", "stop_sigma"),
+            ("regularization.sigreg_weight=-0.1", "sigreg_weight"),
+            (
+                "regularization.vicreg_variance_weight=.nan",
+                "vicreg_variance_weight",
+            ),
+            (
+                "regularization.vicreg_covariance_weight=-1",
+                "vicreg_covariance_weight",
+            ),
+            ("regularization.features=cls", "features"),
+            ("regularization.sigreg_weigth=1", "sigreg_weigth"),
+            ("logging.knn_monitor_bank=0", "knn_monitor"),
+        ] {
+            let e = with(&[set]).unwrap_err().to_string();
+            assert!(e.contains(key), "{set}: {e}");
+        }
+        let e = with(&[
+            "regularization.sigreg_weight=1",
+            "regularization.sigreg_projections=0",
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("sigreg_projections"), "{e}");
+        let e = with(&["meta.target_norm=dyntanh", "meta.target_dyntanh_alpha=0"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("target_dyntanh_alpha"), "{e}");
     }
 }

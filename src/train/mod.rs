@@ -5,15 +5,20 @@
 
 pub mod checkpoints;
 pub mod config;
+pub mod curves;
 pub mod distributed;
 pub mod ema;
+pub mod knn_monitor;
 pub mod log;
 pub mod loss;
 pub mod monitor;
+pub mod objective;
 pub mod optim;
 pub mod resume;
 pub mod run;
 pub mod schedule;
+pub mod sigreg;
 pub mod state;
 pub mod step;
 pub mod trainer;
+pub mod vicreg;

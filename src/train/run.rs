@@ -5,6 +5,7 @@
 use std::ops::Range;
 
 use super::config::TrainConfig;
+use super::objective::Objective;
 use super::schedule::Schedules;
 use crate::checkpoint::native::Description;
 use crate::data::augment::TrainTransform;
@@ -22,6 +23,8 @@ pub struct Run {
     pub sampler: MaskSampler,
     pub loader: Loader,
     pub schedules: Schedules,
+    /// What every step minimises (the loss and the options on top of it).
+    pub objective: Objective,
     /// Steps per epoch.
     pub ipe: usize,
     pub epochs: usize,
@@ -84,6 +87,7 @@ impl Run {
             sampler,
             loader,
             schedules,
+            objective: cfg.objective(),
             ipe,
             epochs: o.epochs,
             replicas,
@@ -108,6 +112,7 @@ fn train_transform(cfg: &TrainConfig) -> TrainTransform {
         ratio: (3.0 / 4.0, 4.0 / 3.0),
         pad: d.pad,
         horizontal_flip: d.use_horizontal_flip,
+        gaussian_blur: d.use_gaussian_blur,
         color_jitter: if d.use_color_distortion {
             d.color_jitter_strength
         } else {

@@ -7,6 +7,7 @@ use burn::tensor::{ElementConversion, Tensor};
 
 use super::distributed::GradReducer;
 use super::loss::{self, LossKind};
+use super::objective::{Objective, StepKey};
 use super::optim::{AdamW, StepHyper, TensorMap, collect_grads, grad_norm};
 use crate::error::{Error, Result};
 use crate::model::padding::pad_batch;
@@ -31,6 +32,8 @@ pub struct Batch<B: crate::ops::TrainBackend> {
 /// Loss and gradients of one batch (before any optimizer update).
 pub struct Gradients<B: crate::ops::TrainBackend> {
     pub loss: f64,
+    /// The prediction loss alone (equal to `loss` unless a regulariser is on).
+    pub prediction: f64,
     /// `encoder.<name>` / `predictor.<name>`.
     pub grads: TensorMap<B::InnerBackend>,
 }
@@ -43,39 +46,76 @@ pub fn loss_and_grads<B: crate::ops::TrainBackend>(
     kind: LossKind,
     precision: Precision,
 ) -> Gradients<B> {
-    with_precision(precision, || forward_backward(nets, batch, kind))
+    loss_and_grads_with(
+        nets,
+        batch,
+        &Objective::official(kind),
+        StepKey::default(),
+        precision,
+    )
+}
+
+/// [`loss_and_grads`] for any [`Objective`]; `key` names the random streams of the options
+/// (unused by the official objective).
+pub fn loss_and_grads_with<B: crate::ops::TrainBackend>(
+    nets: &Networks<B>,
+    batch: &Batch<B>,
+    objective: &Objective,
+    key: StepKey,
+    precision: Precision,
+) -> Gradients<B> {
+    with_precision(precision, || forward_backward(nets, batch, objective, key))
 }
 
 fn forward_backward<B: crate::ops::TrainBackend>(
     nets: &Networks<B>,
     batch: &Batch<B>,
-    kind: LossKind,
+    objective: &Objective,
+    key: StepKey,
 ) -> Gradients<B> {
     let nenc = batch.masks_enc.n_masks();
     let targets = {
-        // normalize_targets(gather_targets(target(imgs))): row-wise ops commute with the gather
+        // normalize(gather_targets(target(imgs))): row-wise ops commute with the gather
         let h = nets
             .target
             .forward_kept(batch.images.clone(), &batch.masks_pred, nenc);
-        loss::normalize_targets(h)
+        loss::normalize_targets_with(h, objective.target_norm)
     };
     let images = Tensor::<B, 4>::from_inner(batch.images.clone());
     let z = nets.encoder.forward(images, Some(&batch.masks_enc));
+    let regulariser = objective.regulariser(z.clone(), key);
+    let [_, _, d] = z.dims();
+    let noise = objective.stop_noise::<B>(
+        [
+            batch.masks_pred.n_masks() * z.dims()[0],
+            batch.masks_pred.k(),
+            d,
+        ],
+        key,
+        &z.device(),
+    );
     let pred = nets
         .predictor
-        .forward(z, &batch.masks_enc, &batch.masks_pred);
-    let loss = loss::loss_valid(
-        kind,
+        .forward_stop(z, &batch.masks_enc, &batch.masks_pred, noise);
+    // Padded target rows (static shapes) are left out of the mean and the gradients.
+    let prediction = loss::loss_valid(
+        objective.loss,
         pred,
         Tensor::from_inner(targets),
         batch.masks_pred.valid(),
     );
+    let prediction_value: f64 = prediction.clone().into_scalar().elem();
+    let loss = match regulariser {
+        Some(r) => prediction + r,
+        None => prediction,
+    };
     let value: f64 = loss.clone().into_scalar().elem();
     let grads = loss.backward();
     let mut map = collect_grads(&nets.encoder, &grads, "encoder");
     map.extend(collect_grads(&nets.predictor, &grads, "predictor"));
     Gradients {
         loss: value,
+        prediction: prediction_value,
         grads: map,
     }
 }
@@ -130,9 +170,14 @@ pub fn apply_update<B: crate::ops::TrainBackend>(
 /// How the step computes: the objective, the arithmetic of the forward passes, the update.
 #[derive(Clone, Copy, Debug)]
 pub struct StepSettings {
-    /// The step's number in the run (1-based), for messages.
+    /// The step's number in the run (1-based), for messages and the options' random streams.
     pub step: u64,
-    pub loss: LossKind,
+    pub objective: Objective,
+    /// The run's seed, for the options' random streams.
+    pub seed: u64,
+    /// The replica number of this peer's first micro-batch (the options' streams are keyed
+    /// by replica, so that peers and accumulated micro-batches draw different numbers).
+    pub first_replica: u64,
     pub precision: Precision,
     pub hyper: UpdateHyper,
     /// Pad every micro-batch's context and target token counts to their buckets
@@ -140,21 +185,30 @@ pub struct StepSettings {
     pub static_shapes: bool,
 }
 
+/// The losses of a step, averaged over its micro-batches and peers.
+#[derive(Clone, Copy, Debug)]
+pub struct StepLosses {
+    /// What was minimised (prediction plus the regularisers, if any).
+    pub loss: f64,
+    /// The prediction loss alone, averaged over this peer's micro-batches only.
+    pub prediction: f64,
+}
+
 /// The training step `ijepa pretrain` runs: loss and gradients of each of this peer's
 /// micro-batches, summed and averaged over them, averaged over all peers by `reducer` (the
 /// official AllReduce of the loss, DDP's gradient average), a finite-loss check (nothing is
-/// updated on NaN / inf), then AdamW and the EMA. Returns the networks and the mean loss.
+/// updated on NaN / inf), then AdamW and the EMA. Returns the networks and the losses.
 pub fn train_step<B: crate::ops::TrainBackend>(
     nets: Networks<B>,
     adam: &mut AdamW<B::InnerBackend>,
     micro_batches: &[Batch<B>],
     reducer: &dyn GradReducer<B::InnerBackend>,
     s: StepSettings,
-) -> Result<(Networks<B>, f64)> {
+) -> Result<(Networks<B>, StepLosses)> {
     let mut grads: Option<TensorMap<B::InnerBackend>> = None;
-    let mut loss_sum = 0.0;
+    let (mut loss_sum, mut prediction_sum) = (0.0, 0.0);
     let num_patches = nets.encoder.num_patches();
-    for batch in micro_batches {
+    for (i, batch) in micro_batches.iter().enumerate() {
         let padded;
         let batch = if s.static_shapes {
             let (masks_enc, masks_pred) =
@@ -168,8 +222,14 @@ pub fn train_step<B: crate::ops::TrainBackend>(
         } else {
             batch
         };
-        let g = loss_and_grads(&nets, batch, s.loss, s.precision);
+        let key = StepKey {
+            seed: s.seed,
+            step: s.step,
+            replica: s.first_replica + i as u64,
+        };
+        let g = loss_and_grads_with(&nets, batch, &s.objective, key, s.precision);
         loss_sum += g.loss;
+        prediction_sum += g.prediction;
         grads = Some(match grads {
             None => g.grads,
             Some(mut acc) => {
@@ -194,5 +254,150 @@ pub fn train_step<B: crate::ops::TrainBackend>(
         return Err(Error::Diverged { step: s.step, loss });
     }
     let (nets, _) = apply_update(nets, adam, grads, s.hyper);
-    Ok((nets, loss))
+    let prediction = prediction_sum / accum as f64;
+    Ok((nets, StepLosses { loss, prediction }))
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::tensor::TensorData;
+
+    use super::*;
+    use crate::CpuAutodiff;
+    use crate::model::{EncoderConfig, Init, PredictorConfig};
+    use crate::train::objective::RegFeatures;
+    use crate::train::vicreg;
+
+    type B = CpuAutodiff;
+
+    /// A one-block encoder and predictor on 16x16 images (a 4x4 grid), four images, one
+    /// context block of 6 patches and two target blocks of 3.
+    fn setup() -> (Networks<B>, Batch<B>) {
+        let device = Default::default();
+        let enc = EncoderConfig {
+            image_size: 16,
+            patch_size: 4,
+            in_chans: 1,
+            embed_dim: 8,
+            depth: 1,
+            num_heads: 2,
+            mlp_hidden: 16,
+            qkv_bias: true,
+            layer_norm_eps: 1e-6,
+        };
+        let pred = PredictorConfig {
+            embed_dim: 8,
+            predictor_embed_dim: 8,
+            depth: 1,
+            num_heads: 2,
+            mlp_hidden: 16,
+            grid: 4,
+            qkv_bias: true,
+            layer_norm_eps: 1e-6,
+        };
+        let mut init = Init::new(3);
+        let encoder = VisionTransformer::<B>::new(&enc, &mut init, &device);
+        let predictor = Predictor::<B>::new(&pred, &mut init, &device);
+        let target = encoder.valid();
+        let pixels: Vec<f32> = (0..4 * 256)
+            .map(|i| ((i * 7919 % 255) as f32) / 128.0 - 1.0)
+            .collect();
+        let ctx: Vec<Vec<usize>> = (0..4).map(|b| (b..b + 6).collect()).collect();
+        let tgt = |j: usize| -> Vec<Vec<usize>> {
+            (0..4)
+                .map(|b| (10 + j..13 + j).map(|p| (p + b) % 16).collect())
+                .collect()
+        };
+        let mut tgt_sorted = vec![tgt(0), tgt(1)];
+        tgt_sorted
+            .iter_mut()
+            .flatten()
+            .for_each(|m| m.sort_unstable());
+        let batch = Batch {
+            images: Tensor::from_data(TensorData::new(pixels, [4, 1, 16, 16]), &device),
+            masks_enc: MaskIndices::new(&[ctx], 16).unwrap(),
+            masks_pred: MaskIndices::new(&tgt_sorted, 16).unwrap(),
+        };
+        let nets = Networks {
+            encoder,
+            predictor,
+            target,
+        };
+        (nets, batch)
+    }
+
+    fn grads_differ(a: &Gradients<B>, b: &Gradients<B>) -> bool {
+        a.grads.iter().any(|(name, g)| {
+            let h = &b.grads[name];
+            let (x, y) = (
+                g.clone().into_data().to_vec::<f32>().unwrap(),
+                h.clone().into_data().to_vec::<f32>().unwrap(),
+            );
+            x.iter().zip(&y).any(|(p, q)| (p - q).abs() > 1e-7)
+        })
+    }
+
+    /// The options reach the step `ijepa pretrain` runs: VICReg's terms are added to the
+    /// prediction loss with their weights (on the pooled context features), StoP's noise
+    /// changes the prediction reproducibly per (seed, step, replica) and vanishes with σ,
+    /// and the official objective is `loss_and_grads` exactly.
+    #[test]
+    fn options_reach_the_step() {
+        let (nets, batch) = setup();
+        let official = Objective::official(LossKind::SmoothL1);
+        let run = |o: &Objective, key: StepKey| {
+            loss_and_grads_with(&nets, &batch, o, key, Precision::F32)
+        };
+        let key = StepKey {
+            seed: 1,
+            step: 5,
+            replica: 0,
+        };
+        let base = loss_and_grads(&nets, &batch, LossKind::SmoothL1, Precision::F32);
+        assert_eq!(base.loss, base.prediction);
+        assert_eq!(run(&official, key).loss, base.loss);
+
+        let vic = Objective {
+            vicreg_variance_weight: 0.7,
+            vicreg_covariance_weight: 0.3,
+            features: RegFeatures::Pooled,
+            ..official
+        };
+        let g = run(&vic, key);
+        let z = nets
+            .encoder
+            .valid()
+            .forward(batch.images.clone(), Some(&batch.masks_enc))
+            .mean_dim(1)
+            .reshape([4, 8]);
+        let scalar = |t: Tensor<crate::Cpu, 1>| -> f64 { t.into_scalar().into() };
+        let want = 0.7 * scalar(vicreg::variance(z.clone())) + 0.3 * scalar(vicreg::covariance(z));
+        assert!(want > 1e-3, "{want}");
+        assert!((g.prediction - base.loss).abs() <= 1e-6 * base.loss);
+        assert!(
+            (g.loss - g.prediction - want).abs() <= 1e-5 * (1.0 + want),
+            "{} - {} vs {want}",
+            g.loss,
+            g.prediction
+        );
+        assert!(grads_differ(&g, &base));
+
+        let stop = |sigma| Objective {
+            stop_sigma: sigma,
+            ..official
+        };
+        let a = run(&stop(0.25), key);
+        let other = StepKey { replica: 1, ..key };
+        assert_eq!(a.loss, a.prediction);
+        assert_ne!(a.loss, base.loss);
+        assert_eq!(run(&stop(0.25), key).loss, a.loss);
+        assert_ne!(run(&stop(0.25), other).loss, a.loss);
+        assert!(grads_differ(&a, &base));
+        let tiny = run(&stop(1e-14), key).loss;
+        assert!(
+            (tiny - base.loss).abs() <= 1e-5 * base.loss,
+            "{tiny} vs {}",
+            base.loss
+        );
+    }
 }

@@ -2,7 +2,8 @@
 //! config once ([`super::run`]), resumed or started ([`super::resume`]); then every step
 //! draws this peer's micro-batches and masks, takes the step, logs it ([`super::log`]) and
 //! leaves checkpointing to [`super::checkpoints`]; every epoch ends with a checkpoint and the
-//! collapse monitor, the run with the loss curve.
+//! monitors (collapse: spread and effective rank; quality: online kNN top-1 when the data has
+//! labels) in `monitor.csv`, the run with the loss and monitor curves.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -12,11 +13,12 @@ use burn::tensor::{Tensor, TensorData};
 use super::checkpoints::Checkpoints;
 use super::config::TrainConfig;
 use super::distributed::{GradReducer, Single};
+use super::knn_monitor::KnnMonitor;
 use super::log::{LogRow, LogWriter};
-use super::monitor;
+use super::monitor::{self, EpochRecord, Health};
 use super::run::Run;
 use super::state::TrainingMeta;
-use super::step::{Batch, StepSettings, UpdateHyper, train_step};
+use super::step::{Batch, Networks, StepSettings, UpdateHyper, train_step};
 use crate::data::Dataset;
 use crate::data::transform::Preprocess;
 use crate::error::{ConfigError, Error, Result};
@@ -87,6 +89,49 @@ fn monitor_batch(ds: &dyn Dataset, pre: &Preprocess) -> (Vec<f32>, [usize; 4]) {
     (pixels, [used, pre.channels, pre.size, pre.size])
 }
 
+/// The per-epoch monitors of the writing peer: the collapse monitor's fixed batch and the
+/// online kNN's labelled subset (when the data has labels).
+struct Monitors {
+    fixed_batch: (Vec<f32>, [usize; 4]),
+    knn: Option<KnnMonitor>,
+}
+
+impl Monitors {
+    fn new(cfg: &TrainConfig, run: &Run, writer: bool) -> Self {
+        let ds = run.loader.dataset();
+        let pre = &run.description.preprocess;
+        let lg = &cfg.logging;
+        Monitors {
+            fixed_batch: monitor_batch(ds.as_ref(), pre),
+            knn: writer
+                .then(|| {
+                    KnnMonitor::new(
+                        ds.as_ref(),
+                        pre,
+                        lg.knn_monitor_bank,
+                        lg.knn_monitor_queries,
+                    )
+                })
+                .flatten(),
+        }
+    }
+
+    /// The target encoder's health on the fixed batch (warning on collapse) and its online
+    /// kNN top-1.
+    fn measure<B: crate::ops::TrainBackend>(
+        &self,
+        nets: &Networks<B>,
+        device: &B::Device,
+    ) -> Result<(Health, Option<f64>)> {
+        let health = monitor::health::<B::InnerBackend>(&nets.target, &self.fixed_batch, device);
+        let knn = match &self.knn {
+            Some(k) => Some(k.top1::<B::InnerBackend>(&nets.target, device)?),
+            None => None,
+        };
+        Ok((health, knn))
+    }
+}
+
 fn progress_bar(show: bool, total: u64, at: u64) -> indicatif::ProgressBar {
     let bar = if show {
         indicatif::ProgressBar::new(total)
@@ -138,20 +183,42 @@ pub fn pretrain_peer<B: crate::ops::TrainBackend>(
     );
     let start = super::resume::resume_or_init::<B>(cfg, &run, &checkpoints.latest, resume, device)?;
     let (mut nets, mut adam, mut meta) = (start.nets, start.adam, start.meta);
-    let fixed_batch = monitor_batch(run.loader.dataset().as_ref(), &run.description.preprocess);
+    let monitors = Monitors::new(cfg, &run, writer);
+    // Training time so far (the monitors' own time left out), continued on resume.
+    let (mut train_secs, mut train_cpu) = (0.0, 0.0);
     // Written once the run is known to start: a refused resume or bad data leaves the
     // folder's settings alone; a read-only or full folder still fails before any step.
     if writer {
         write_bytes_atomic(&out.join(PARAMS), cfg.to_yaml().as_bytes())?;
+        if let Some(k) = &monitors.knn {
+            eprintln!("online kNN monitor: {}", k.describe());
+        }
+        let epoch = if resume { meta.progress.epoch } else { 0 };
+        (train_secs, train_cpu) = monitor::resume_records(out, epoch)?;
         if resume {
             checkpoints.restore_epoch_copy(&nets, &adam, &meta)?;
-            let epoch = meta.progress.epoch;
-            monitor::keep_epochs_up_to(out, epoch)?;
-            if epoch > 0 && !monitor::logged_epochs(out).contains(&epoch) {
-                monitor::check::<B::InnerBackend>(&nets.target, &fixed_batch, device, out, epoch)?;
+            // A run killed between its epoch's checkpoint and its monitor row gets the row
+            // now (its loss and clocks as far as they are known).
+            let logged = monitor::read_records(&out.join(monitor::MONITOR)).unwrap_or_default();
+            if epoch > 0 && !logged.iter().any(|r| r.epoch == epoch) {
+                let (health, knn_top1) = monitors.measure::<B>(&nets, device)?;
+                monitor::append_record(
+                    out,
+                    &EpochRecord {
+                        epoch,
+                        step: meta.progress.global_step,
+                        seconds: train_secs,
+                        cpu_seconds: monitor::process_cpu_seconds().map(|_| train_cpu),
+                        loss: meta.epoch_losses.last().copied().unwrap_or(f64::NAN),
+                        prediction_loss: f64::NAN,
+                        health,
+                        knn_top1,
+                    },
+                )?;
             }
         }
     }
+    let mut clock = (Instant::now(), monitor::process_cpu_seconds());
     let signals = Signals::register(out)?;
     let mut log = match writer {
         true => Some(LogWriter::start(
@@ -195,6 +262,9 @@ pub fn pretrain_peer<B: crate::ops::TrainBackend>(
     let mut shapes_seen = std::collections::HashSet::new();
     'epochs: for epoch in meta.progress.epoch..run.epochs {
         let epoch_start = Instant::now();
+        // This peer's prediction loss alone (without the regularisers), since the epoch
+        // (re)started.
+        let mut epoch_prediction = (0.0, 0usize);
         let mut batches =
             run.loader
                 .epoch_replicas(epoch as u64, meta.progress.step_in_epoch, run.mine.clone());
@@ -249,15 +319,21 @@ pub fn pretrain_peer<B: crate::ops::TrainBackend>(
             };
             let settings = StepSettings {
                 step: global,
-                loss: cfg.meta.loss,
+                objective: run.objective,
+                seed: cfg.meta.seed,
+                first_replica: run.mine.start as u64,
                 precision: opts.precision,
                 hyper,
                 static_shapes: opts.static_shapes,
             };
             let loss = match train_step(nets, &mut adam, &micro, reducer, settings) {
-                Ok((next, loss)) => {
+                Ok((next, losses)) => {
                     nets = next;
-                    loss
+                    epoch_prediction = (
+                        epoch_prediction.0 + losses.prediction,
+                        epoch_prediction.1 + 1,
+                    );
+                    losses.loss
                 }
                 Err(e) => {
                     bar.abandon();
@@ -334,26 +410,58 @@ pub fn pretrain_peer<B: crate::ops::TrainBackend>(
         meta.epoch_loss_so_far = (0.0, 0);
         checkpoints.after_epoch(&nets, &adam, &meta)?;
         let secs = epoch_start.elapsed().as_secs_f64();
-        let health = if writer {
-            monitor::check::<B::InnerBackend>(&nets.target, &fixed_batch, device, out, epoch + 1)
-                .ok()
-        } else {
-            None
-        };
+        train_secs += clock.0.elapsed().as_secs_f64();
+        let cpu_now = monitor::process_cpu_seconds();
+        if let (Some(now), Some(then)) = (cpu_now, clock.1) {
+            train_cpu += now - then;
+        }
+        let mut shown = String::new();
+        if writer {
+            let (health, knn_top1) = monitors.measure::<B>(&nets, device)?;
+            monitor::append_record(
+                out,
+                &EpochRecord {
+                    epoch: epoch + 1,
+                    step: meta.progress.global_step,
+                    seconds: train_secs,
+                    cpu_seconds: cpu_now.map(|_| train_cpu),
+                    loss: mean_loss,
+                    prediction_loss: epoch_prediction.0 / epoch_prediction.1.max(1) as f64,
+                    health,
+                    knn_top1,
+                },
+            )?;
+            shown = format!(
+                ", target features std {:.3} effective rank {:.1}",
+                health.std, health.effective_rank
+            );
+            if let Some(t) = knn_top1 {
+                shown.push_str(&format!(", online kNN top-1 {t:.2} %"));
+            }
+        }
         bar.suspend(|| {
             eprintln!(
-                "epoch {}/{}: loss {mean_loss:.5}, {secs:.1} s, {:.0} img/s (data pipeline alone: {data_rate:.0} img/s){}",
+                "epoch {}/{}: loss {mean_loss:.5}, {secs:.1} s, {:.0} img/s (data pipeline alone: {data_rate:.0} img/s){shown}",
                 epoch + 1,
                 run.epochs,
                 (count * b * run.replicas) as f64 / secs,
-                health.map(|h| format!(", target features std {:.3} effective rank {:.1}", h.std, h.effective_rank)).unwrap_or_default()
             )
         });
+        // The monitors' time is not training time.
+        clock = (Instant::now(), monitor::process_cpu_seconds());
     }
     bar.finish_and_clear();
     let elapsed = run_start.elapsed().as_secs_f64();
     if writer {
         monitor::plot_losses(&out.join(LOG), &out.join("loss.png"))?;
+        let records = monitor::read_records(&out.join(monitor::MONITOR)).unwrap_or_default();
+        if !records.is_empty() {
+            let curve = super::curves::Run {
+                label: out.display().to_string(),
+                records,
+            };
+            super::curves::plot_runs(&[curve], &out.join(MONITOR_PNG))?;
+        }
     }
     Ok(summary(
         &meta,
@@ -363,13 +471,17 @@ pub fn pretrain_peer<B: crate::ops::TrainBackend>(
     ))
 }
 
+/// The monitor curves (loss, effective rank, online kNN against CPU time) of a run.
+pub const MONITOR_PNG: &str = "monitor.png";
+
 /// Files of a run in its folder (besides the `epN` copies).
-const RUN_FILES: [&str; 6] = [
+const RUN_FILES: [&str; 7] = [
     LATEST,
     "latest.json",
     LOG,
     monitor::MONITOR,
     "loss.png",
+    MONITOR_PNG,
     PARAMS,
 ];
 

@@ -8,6 +8,8 @@ use ijepa::model::padding::StaticShapes;
 use ijepa::model::{EncoderConfig, PredictorConfig};
 use ijepa::ops::Precision;
 use ijepa::train::config::TrainConfig;
+use ijepa::train::loss::LossKind;
+use ijepa::train::objective::Objective;
 
 /// Time the training iteration and inference (flags of shared/bench/torch_ijepa_step.py).
 #[derive(clap::Args)]
@@ -72,7 +74,7 @@ pub struct Args {
 
 pub fn run_cli(a: Args) -> Result<()> {
     crate::common::set_threads(Some(a.threads))?;
-    let (encoder, predictor, sampler, batch_size) = match &a.config {
+    let (encoder, predictor, sampler, batch_size, objective) = match &a.config {
         Some(path) => {
             let cfg = TrainConfig::from_file(path, &[])?;
             let sampler = MaskSampler::new(cfg.mask_config()?, cfg.meta.seed)?;
@@ -81,6 +83,7 @@ pub fn run_cli(a: Args) -> Result<()> {
                 cfg.predictor_config()?,
                 Some(sampler),
                 cfg.data.batch_size,
+                cfg.objective(),
             )
         }
         None => {
@@ -98,7 +101,13 @@ pub fn run_cli(a: Args) -> Result<()> {
             encoder.validate()?;
             let predictor =
                 PredictorConfig::for_encoder(&encoder, a.pred_dim, a.pred_depth, a.pred_heads)?;
-            (encoder, predictor, None, a.batch_size)
+            (
+                encoder,
+                predictor,
+                None,
+                a.batch_size,
+                Objective::official(LossKind::SmoothL1),
+            )
         }
     };
     let mut spec = BenchSpec {
@@ -120,6 +129,7 @@ pub fn run_cli(a: Args) -> Result<()> {
         },
         verbose: a.verbose,
         static_shapes: false,
+        objective,
     };
     ijepa::device::allow_tf32(a.tf32);
     let device: DeviceSpec = a.device.parse()?;

@@ -8,12 +8,14 @@ use clap::{Parser, Subcommand};
 mod bench;
 mod common;
 mod coordinator;
+mod curves;
 mod embed;
 mod evaluate;
 mod export;
 mod masks;
 mod predict;
 mod pretrain;
+mod viz;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -51,6 +53,10 @@ enum Command {
     Predict(predict::Args),
     /// Convert a checkpoint (to a Hugging Face directory or a native file).
     Export(export::Args),
+    /// Draw loss, effective rank and online kNN of several runs against CPU time (PNG).
+    Curves(curves::Args),
+    /// Each image beside the first three principal components of its patch features (PNG).
+    Viz(viz::Args),
 }
 
 /// Keep freed memory instead of returning it to the OS: a training step frees and re-allocates
@@ -98,6 +104,8 @@ fn main() -> ExitCode {
         Command::Embed(a) => embed::run(a),
         Command::Predict(a) => predict::run(a),
         Command::Export(a) => export::run(a),
+        Command::Curves(a) => curves::run(a),
+        Command::Viz(a) => viz::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

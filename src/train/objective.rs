@@ -1,0 +1,259 @@
+//! What a training step minimises: the I-JEPA prediction loss, and the follow-up methods'
+//! options on top of it (all off in [`Objective::official`]):
+//!
+//! - the loss between prediction and target: smooth-L1 (official), L2 (the paper), L1
+//!   (V-JEPA 2), see [`super::loss`];
+//! - the targets' normalisation: layer norm (official), DynTanh, none;
+//! - StoP noise on the target queries' positions (Bar et al. 2024), see
+//!   [`crate::model::predictor`];
+//! - SIGReg (LeJEPA) and VICReg's variance and covariance terms (C-JEPA) on the context
+//!   encoder's features, average-pooled per image or token by token, each added to the loss
+//!   with its weight: `loss = prediction + λ_sig SIGReg + λ_var v + λ_cov c`.
+//!
+//! The random parts of a step (StoP's noise, SIGReg's directions) come from streams keyed by
+//! the run's seed, the step and the replica ([`StepKey`]), so that a resumed run and a
+//! data-parallel run draw the same numbers as an uninterrupted single process.
+
+use burn::tensor::{Tensor, TensorData};
+use rand_distr::{Distribution, StandardNormal};
+use serde::{Deserialize, Serialize};
+
+use crate::rng::{self, Expansion, Rng};
+
+use super::loss::{LossKind, TargetNorm};
+use super::{sigreg, vicreg};
+
+/// Which context features the regularisers see.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RegFeatures {
+    /// One vector per image and context block: the mean of its context tokens (what the
+    /// evaluation protocol pools).
+    #[default]
+    Pooled,
+    /// Every context token on its own.
+    Tokens,
+}
+
+/// SIGReg's random directions per step unless configured (LeJEPA uses a few hundred).
+pub const DEFAULT_PROJECTIONS: usize = 256;
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Objective {
+    pub loss: LossKind,
+    pub target_norm: TargetNorm,
+    /// StoP's σ (variance of the position noise); 0 is off.
+    pub stop_sigma: f64,
+    pub sigreg_weight: f64,
+    pub sigreg_projections: usize,
+    pub vicreg_variance_weight: f64,
+    pub vicreg_covariance_weight: f64,
+    pub features: RegFeatures,
+}
+
+impl Objective {
+    /// The official objective with the given loss.
+    pub fn official(loss: LossKind) -> Self {
+        Self {
+            loss,
+            target_norm: TargetNorm::LayerNorm,
+            stop_sigma: 0.0,
+            sigreg_weight: 0.0,
+            sigreg_projections: DEFAULT_PROJECTIONS,
+            vicreg_variance_weight: 0.0,
+            vicreg_covariance_weight: 0.0,
+            features: RegFeatures::Pooled,
+        }
+    }
+
+    fn regularised(&self) -> bool {
+        self.sigreg_weight > 0.0
+            || self.vicreg_variance_weight > 0.0
+            || self.vicreg_covariance_weight > 0.0
+    }
+
+    /// The regularisers' weighted sum on the context encoder's output `z`
+    /// (`[nenc*B, K_enc, D]`); `None` when they are all off.
+    pub fn regulariser<B: crate::ops::IjepaBackend>(
+        &self,
+        z: Tensor<B, 3>,
+        key: StepKey,
+    ) -> Option<Tensor<B, 1>> {
+        if !self.regularised() {
+            return None;
+        }
+        let [rows, k, d] = z.dims();
+        let feats: Tensor<B, 2> = match self.features {
+            RegFeatures::Pooled => z.mean_dim(1).reshape([rows, d]),
+            RegFeatures::Tokens => z.reshape([rows * k, d]),
+        };
+        let mut terms = Vec::new();
+        if self.sigreg_weight > 0.0 {
+            let m = self.sigreg_projections;
+            let dirs = Tensor::from_data(
+                TensorData::new(
+                    sigreg::directions(d, m, &mut key.rng(SIGREG_DOMAIN)),
+                    [d, m],
+                ),
+                &feats.device(),
+            );
+            terms.push(sigreg::sigreg(feats.clone(), dirs).mul_scalar(self.sigreg_weight));
+        }
+        if self.vicreg_variance_weight > 0.0 {
+            terms.push(vicreg::variance(feats.clone()).mul_scalar(self.vicreg_variance_weight));
+        }
+        if self.vicreg_covariance_weight > 0.0 {
+            terms.push(vicreg::covariance(feats).mul_scalar(self.vicreg_covariance_weight));
+        }
+        terms.into_iter().reduce(|a, b| a + b)
+    }
+
+    /// StoP's noise for `rows x k` target queries in width `d`, N(0, σ I); `None` when off.
+    pub fn stop_noise<B: crate::ops::IjepaBackend>(
+        &self,
+        [rows, k, d]: [usize; 3],
+        key: StepKey,
+        device: &B::Device,
+    ) -> Option<Tensor<B, 3>> {
+        if self.stop_sigma <= 0.0 {
+            return None;
+        }
+        let std = self.stop_sigma.sqrt();
+        let mut rng = key.rng(STOP_DOMAIN);
+        let v: Vec<f32> = (0..rows * k * d)
+            .map(|_| {
+                let g: f64 = StandardNormal.sample(&mut rng);
+                (std * g) as f32
+            })
+            .collect();
+        Some(Tensor::from_data(TensorData::new(v, [rows, k, d]), device))
+    }
+}
+
+/// Names the random streams of one step of one replica: `(seed, step, replica)`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StepKey {
+    pub seed: u64,
+    pub step: u64,
+    pub replica: u64,
+}
+
+/// Stream domains ([`crate::rng::keyed`], counter expansion).
+pub const STOP_DOMAIN: u64 = u64::from_le_bytes(*b"IJEPAstp");
+pub const SIGREG_DOMAIN: u64 = u64::from_le_bytes(*b"IJEPAsig");
+
+impl StepKey {
+    fn rng(&self, domain: u64) -> Rng {
+        rng::keyed(
+            &[domain, self.seed, self.step, self.replica],
+            Expansion::Counter,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Cpu;
+
+    #[test]
+    fn official_objective_adds_nothing() {
+        let o = Objective::official(LossKind::SmoothL1);
+        let z = Tensor::<Cpu, 3>::ones([2, 3, 4], &Default::default());
+        let key = StepKey::default();
+        assert!(o.regulariser(z, key).is_none());
+        assert!(
+            o.stop_noise::<Cpu>([2, 3, 4], key, &Default::default())
+                .is_none()
+        );
+    }
+
+    /// The regulariser is the weighted sum of the terms on the pooled or token features.
+    #[test]
+    fn regulariser_is_the_weighted_sum() {
+        let device = Default::default();
+        let v: Vec<f32> = (0..2 * 3 * 4)
+            .map(|i| ((i * 37 % 11) as f32) / 5.0 - 1.0)
+            .collect();
+        let z = Tensor::<Cpu, 3>::from_data(TensorData::new(v, [2, 3, 4]), &device);
+        let scalar = |t: Tensor<Cpu, 1>| -> f64 { t.into_scalar().into() };
+        let o = Objective {
+            sigreg_weight: 0.5,
+            sigreg_projections: 8,
+            vicreg_variance_weight: 2.0,
+            vicreg_covariance_weight: 3.0,
+            features: RegFeatures::Tokens,
+            ..Objective::official(LossKind::SmoothL1)
+        };
+        let tokens = z.clone().reshape([6, 4]);
+        let key = StepKey {
+            seed: 7,
+            step: 3,
+            replica: 1,
+        };
+        let dirs = Tensor::from_data(
+            TensorData::new(
+                sigreg::directions(4, 8, &mut key.rng(SIGREG_DOMAIN)),
+                [4, 8],
+            ),
+            &device,
+        );
+        let want = 0.5 * scalar(sigreg::sigreg(tokens.clone(), dirs))
+            + 2.0 * scalar(vicreg::variance(tokens.clone()))
+            + 3.0 * scalar(vicreg::covariance(tokens));
+        let got = scalar(o.regulariser(z.clone(), key).unwrap());
+        assert!(
+            (got - want).abs() < 1e-5 * want.abs().max(1.0),
+            "{got} vs {want}"
+        );
+        let pooled = Objective {
+            features: RegFeatures::Pooled,
+            sigreg_weight: 0.0,
+            ..o
+        };
+        let p = z.clone().mean_dim(1).reshape([2, 4]);
+        let want = 2.0 * scalar(vicreg::variance(p.clone())) + 3.0 * scalar(vicreg::covariance(p));
+        let got = scalar(pooled.regulariser(z, key).unwrap());
+        assert!(
+            (got - want).abs() < 1e-5 * want.abs().max(1.0),
+            "{got} vs {want}"
+        );
+    }
+
+    #[test]
+    fn stop_noise_has_the_asked_variance_and_is_reproducible() {
+        let o = Objective {
+            stop_sigma: 0.25,
+            ..Objective::official(LossKind::SmoothL1)
+        };
+        let device = Default::default();
+        let key = |step| StepKey {
+            seed: 0,
+            step,
+            replica: 0,
+        };
+        let a = o.stop_noise::<Cpu>([8, 10, 50], key(3), &device).unwrap();
+        let b = o.stop_noise::<Cpu>([8, 10, 50], key(3), &device).unwrap();
+        let c = o.stop_noise::<Cpu>([8, 10, 50], key(4), &device).unwrap();
+        assert_ne!(
+            c.into_data().to_vec::<f32>().unwrap(),
+            b.clone().into_data().to_vec::<f32>().unwrap()
+        );
+        let (a, b) = (
+            a.into_data().to_vec::<f32>().unwrap(),
+            b.into_data().to_vec::<f32>().unwrap(),
+        );
+        assert_eq!(a, b);
+        let n = a.len() as f64;
+        let mean = a.iter().map(|v| f64::from(*v)).sum::<f64>() / n;
+        let var = a
+            .iter()
+            .map(|v| (f64::from(*v) - mean).powi(2))
+            .sum::<f64>()
+            / n;
+        assert!(
+            mean.abs() < 0.02 && (var - 0.25).abs() < 0.02,
+            "{mean} {var}"
+        );
+    }
+}
