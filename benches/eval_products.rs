@@ -12,23 +12,12 @@
 //! evaluation runs one such product per rayon task). Measured on this project's 2-core
 //! machine: GEMM 2-3x faster for kNN, 1.2-2.4x for the probe, so the tiles were removed.
 
-use std::time::Instant;
+mod common;
 
+use common::best_pair;
 use ijepa::eval::Features;
 use ijepa::eval::logreg::Objective;
 use ijepa::ops::kernels::matmul::{Parallelism, View, gemm_strided};
-
-/// Best seconds of `f` and of `g` over 15 alternating runs each.
-fn best_pair(mut f: impl FnMut(), mut g: impl FnMut()) -> (f64, f64) {
-    let time = |h: &mut dyn FnMut()| {
-        let t = Instant::now();
-        h();
-        t.elapsed().as_secs_f64()
-    };
-    (0..15).fold((f64::MAX, f64::MAX), |(bf, bg), _| {
-        (bf.min(time(&mut f)), bg.min(time(&mut g)))
-    })
-}
 
 fn values(len: usize, a: usize, b: usize) -> Vec<f32> {
     (0..len)
@@ -88,6 +77,7 @@ mod probe_tiles {
     use rayon::prelude::*;
 
     use ijepa::eval::Features;
+    use ijepa::eval::logreg::softmax_residual;
 
     const TILE: usize = 4;
 
@@ -281,21 +271,6 @@ mod probe_tiles {
             }
             grow[k0..k0 + TILE].copy_from_slice(&gv);
         }
-    }
-
-    fn softmax_residual(z: &mut [f64], label: usize) -> f64 {
-        let max = z.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-        // From the raw logit, not from exp(): a far-off label must cost a large finite CE, not inf.
-        let z_label = z[label];
-        let mut sum = 0.0;
-        for v in z.iter_mut() {
-            *v = (*v - max).exp();
-            sum += *v;
-        }
-        let inv = 1.0 / sum;
-        z.iter_mut().for_each(|v| *v *= inv);
-        z[label] -= 1.0;
-        max + sum.ln() - z_label
     }
 }
 

@@ -17,7 +17,9 @@ use ijepa::ops::kernels::cpu;
 use ijepa::ops::kernels::linear::{linear_backward, linear_forward};
 use ijepa::ops::kernels::matmul::{PackedRhs, Parallelism, View, gemm_rows, gemm_strided};
 use rayon::prelude::*;
-use std::time::Instant;
+
+mod common;
+use common::best_pair;
 
 const ROWS: usize = 256;
 
@@ -43,18 +45,6 @@ fn with_tiles(x: &[f32], w: &[f32], y: &mut [std::mem::MaybeUninit<f32>], k: usi
         .for_each(|(yb, xb)| {
             gemm_rows(yb.len() / n, xb, k, &rhs, None, yb);
         });
-}
-
-/// Best seconds of `f` and of `g` over 15 alternating runs each.
-fn best_pair(mut f: impl FnMut(), mut g: impl FnMut()) -> (f64, f64) {
-    let time = |h: &mut dyn FnMut()| {
-        let t = Instant::now();
-        h();
-        t.elapsed().as_secs_f64()
-    };
-    (0..15).fold((f64::MAX, f64::MAX), |(bf, bg), _| {
-        (bf.min(time(&mut f)), bg.min(time(&mut g)))
-    })
 }
 
 fn values(len: usize, a: usize, b: usize) -> Vec<f32> {

@@ -74,12 +74,20 @@ pub(crate) fn is_linear_weight(name: &str, rank: usize) -> bool {
     rank == 2 && name.ends_with(".weight")
 }
 
-struct Collect {
-    path: Vec<String>,
-    out: NamedTensors,
+/// What [`named_parameters`] keeps of each parameter, told whether it is a Linear weight
+/// (stored transposed by burn).
+trait Keep<B: Backend> {
+    type Out;
+    fn keep<const D: usize>(param: &Param<Tensor<B, D>>, linear_weight: bool) -> Self::Out;
 }
 
-impl<B: Backend> ModuleVisitor<B> for Collect {
+/// The visitor of [`named_parameters`]: the module path as it descends.
+struct Named<B: Backend, K: Keep<B>> {
+    path: Vec<String>,
+    out: BTreeMap<String, K::Out>,
+}
+
+impl<B: Backend, K: Keep<B>> ModuleVisitor<B> for Named<B, K> {
     fn enter_module(&mut self, name: &str, _: &str) {
         self.path.push(name.to_string());
     }
@@ -88,54 +96,54 @@ impl<B: Backend> ModuleVisitor<B> for Collect {
     }
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
         let name = self.path.join(".");
+        let kept = K::keep(param, is_linear_weight(&name, D));
+        self.out.insert(name, kept);
+    }
+}
+
+/// `K`'s view of every trainable parameter of `module`, under its official name.
+fn named_parameters<B: Backend, M: Module<B>, K: Keep<B>>(module: &M) -> BTreeMap<String, K::Out> {
+    let mut v = Named::<B, K> {
+        path: vec![],
+        out: BTreeMap::new(),
+    };
+    module.visit(&mut v);
+    v.out
+}
+
+/// The values in PyTorch layout.
+struct Values;
+
+impl<B: Backend> Keep<B> for Values {
+    type Out = HostTensor;
+    fn keep<const D: usize>(param: &Param<Tensor<B, D>>, linear_weight: bool) -> HostTensor {
         let t = HostTensor::from_tensor(param.val());
-        let t = if is_linear_weight(&name, D) {
-            t.transposed()
-        } else {
-            t
-        };
-        self.out.insert(name, t);
+        if linear_weight { t.transposed() } else { t }
+    }
+}
+
+/// The shapes in PyTorch layout.
+struct Shapes;
+
+impl<B: Backend> Keep<B> for Shapes {
+    type Out = Vec<usize>;
+    fn keep<const D: usize>(param: &Param<Tensor<B, D>>, linear_weight: bool) -> Vec<usize> {
+        let mut dims = param.shape().dims::<D>().to_vec();
+        if linear_weight {
+            dims.reverse();
+        }
+        dims
     }
 }
 
 /// Every trainable parameter of `module` under its official name and PyTorch layout.
 pub fn module_to_named<B: Backend, M: Module<B>>(module: &M) -> NamedTensors {
-    let mut c = Collect {
-        path: vec![],
-        out: NamedTensors::new(),
-    };
-    module.visit::<Collect>(&mut c);
-    c.out
+    named_parameters::<B, M, Values>(module)
 }
 
 /// Names and PyTorch-layout shapes of the parameters of `module`.
 pub fn parameter_shapes<B: Backend, M: Module<B>>(module: &M) -> BTreeMap<String, Vec<usize>> {
-    struct Shapes {
-        path: Vec<String>,
-        out: BTreeMap<String, Vec<usize>>,
-    }
-    impl<B: Backend> ModuleVisitor<B> for Shapes {
-        fn enter_module(&mut self, name: &str, _: &str) {
-            self.path.push(name.to_string());
-        }
-        fn exit_module(&mut self, _: &str, _: &str) {
-            self.path.pop();
-        }
-        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-            let name = self.path.join(".");
-            let mut dims = param.shape().dims::<D>().to_vec();
-            if is_linear_weight(&name, D) {
-                dims.reverse();
-            }
-            self.out.insert(name, dims);
-        }
-    }
-    let mut s = Shapes {
-        path: vec![],
-        out: BTreeMap::new(),
-    };
-    module.visit::<Shapes>(&mut s);
-    s.out
+    named_parameters::<B, M, Shapes>(module)
 }
 
 struct Load<'a, B: Backend> {

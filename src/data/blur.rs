@@ -27,36 +27,50 @@ pub fn gaussian_blur(img: &mut RawImage, sigma: f64) {
         return;
     }
     let k = kernel(sigma);
-    let r = (k.len() / 2) as i64;
-    let (w, h, c) = (img.width as i64, img.height as i64, img.channels);
-    let at = |x: i64, lim: i64| x.clamp(0, lim - 1) as usize;
+    let (w, h, c) = (img.width, img.height, img.channels);
     // Horizontal pass in f64, then vertical, one rounding at the end.
-    let mut tmp = vec![0f64; img.pixels.len()];
+    let pixels: Vec<f64> = img.pixels.iter().map(|&v| v as f64).collect();
+    let tmp = blur_pass(&pixels, &k, (w, h, c), true);
+    for (p, s) in img
+        .pixels
+        .iter_mut()
+        .zip(blur_pass(&tmp, &k, (w, h, c), false))
+    {
+        *p = (s + 0.5).floor().clamp(0.0, 255.0) as u8;
+    }
+}
+
+/// One pass of the separable blur over `src` (`w x h` pixels of `c` channels): each value
+/// the sum of `k`'s taps along the rows (`horizontal`) or the columns, centred on it, the
+/// edge pixels extended outwards.
+fn blur_pass(
+    src: &[f64],
+    k: &[f64],
+    (w, h, c): (usize, usize, usize),
+    horizontal: bool,
+) -> Vec<f64> {
+    let r = (k.len() / 2) as i64;
+    let at = |x: usize, i: usize, lim: usize| {
+        (x as i64 + i as i64 - r).clamp(0, lim as i64 - 1) as usize
+    };
+    let mut out = vec![0f64; src.len()];
     for y in 0..h {
         for x in 0..w {
             for ch in 0..c {
                 let mut s = 0.0;
                 for (i, kv) in k.iter().enumerate() {
-                    let xx = at(x + i as i64 - r, w);
-                    s += kv * img.pixels[(y as usize * w as usize + xx) * c + ch] as f64;
+                    let (xx, yy) = if horizontal {
+                        (at(x, i, w), y)
+                    } else {
+                        (x, at(y, i, h))
+                    };
+                    s += kv * src[(yy * w + xx) * c + ch];
                 }
-                tmp[(y as usize * w as usize + x as usize) * c + ch] = s;
+                out[(y * w + x) * c + ch] = s;
             }
         }
     }
-    for y in 0..h {
-        for x in 0..w {
-            for ch in 0..c {
-                let mut s = 0.0;
-                for (i, kv) in k.iter().enumerate() {
-                    let yy = at(y + i as i64 - r, h);
-                    s += kv * tmp[(yy * w as usize + x as usize) * c + ch];
-                }
-                img.pixels[(y as usize * w as usize + x as usize) * c + ch] =
-                    (s + 0.5).floor().clamp(0.0, 255.0) as u8;
-            }
-        }
-    }
+    out
 }
 
 /// The official random application: probability 0.5, radius uniform in [0.1, 2.0].

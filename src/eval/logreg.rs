@@ -263,7 +263,9 @@ fn chunk_loss_grad(
 }
 
 /// Stable log-sum-exp; replaces `z` by `softmax(z) - onehot(label)` and returns the CE.
-fn softmax_residual(z: &mut [f64], label: usize) -> f64 {
+/// Public for `benches/eval_products.rs` (the register tiles measured there use it too).
+#[doc(hidden)]
+pub fn softmax_residual(z: &mut [f64], label: usize) -> f64 {
     let max = z.iter().copied().fold(f64::NEG_INFINITY, f64::max);
     // From the raw logit, not from exp(): a far-off label must cost a large finite CE, not inf.
     let z_label = z[label];

@@ -407,6 +407,7 @@ mod tests {
     use super::*;
     use crate::ops::Precision::F32;
     use crate::ops::kernels::testutil::*;
+    use rand_chacha::ChaCha8Rng;
 
     fn ref_linear(
         x: &[f64],
@@ -424,6 +425,37 @@ mod tests {
             }
         }
         y
+    }
+
+    /// `dx = dy wᵀ` and `dW = xᵀ dy` in f64.
+    fn ref_input_and_weight_grads(
+        x: &[f64],
+        w: &[f64],
+        dy: &[f64],
+        m: usize,
+        k: usize,
+        n: usize,
+    ) -> (Vec<f64>, Vec<f64>) {
+        let dx = (0..m * k)
+            .map(|e| {
+                (0..n)
+                    .map(|j| dy[(e / k) * n + j] * w[(e % k) * n + j])
+                    .sum()
+            })
+            .collect();
+        let dw = (0..k * n)
+            .map(|e| (0..m).map(|i| x[i * k + e / n] * dy[i * n + e % n]).sum())
+            .collect();
+        (dx, dw)
+    }
+
+    /// `x [m, k]`, `w [k, n]`, `b [n]`, `dy [m, n]`, uniform in ±1, drawn in that order.
+    fn operands(rg: &mut ChaCha8Rng, m: usize, k: usize, n: usize) -> [Vec<f32>; 4] {
+        let x = uniform(rg, m * k, 1.0);
+        let w = uniform(rg, k * n, 1.0);
+        let b = uniform(rg, n, 1.0);
+        let dy = uniform(rg, m * n, 1.0);
+        [x, w, b, dy]
     }
 
     const SHAPES: &[(usize, usize, usize)] = &[
@@ -527,10 +559,7 @@ mod tests {
             (9, 7, 13),
             (27, 12, 10),
         ] {
-            let x = uniform(&mut rg, m * k, 1.0);
-            let w = uniform(&mut rg, k * n, 1.0);
-            let b = uniform(&mut rg, n, 1.0);
-            let dy = uniform(&mut rg, m * n, 1.0);
+            let [x, w, b, dy] = operands(&mut rg, m, k, n);
             let (x64, w64, b64, dy64) = (to_f64(&x), to_f64(&w), to_f64(&b), to_f64(&dy));
             let [fx, fw, fb] = fd(&x64, &w64, &b64, &dy64, m, k, n, false);
             let (dx, dw, db) = linear_backward(&x, &w, &dy, m, k, n, true, F32);
@@ -557,20 +586,7 @@ mod tests {
             let dy = uniform(&mut rg, m * n, 1.0);
             let (x64, w64, dy64) = (to_f64(&x), to_f64(&w), to_f64(&dy));
             let (dx, dw, db) = linear_backward(&x, &w, &dy, m, k, n, true, F32);
-            let want_dx: Vec<f64> = (0..m * k)
-                .map(|e| {
-                    (0..n)
-                        .map(|j| dy64[(e / k) * n + j] * w64[(e % k) * n + j])
-                        .sum()
-                })
-                .collect();
-            let want_dw: Vec<f64> = (0..k * n)
-                .map(|e| {
-                    (0..m)
-                        .map(|i| x64[i * k + e / n] * dy64[i * n + e % n])
-                        .sum()
-                })
-                .collect();
+            let (want_dx, want_dw) = ref_input_and_weight_grads(&x64, &w64, &dy64, m, k, n);
             let want_db: Vec<f64> = (0..n)
                 .map(|j| (0..m).map(|i| dy64[i * n + j]).sum())
                 .collect();
@@ -607,10 +623,7 @@ mod tests {
     fn deterministic_across_thread_counts() {
         let mut rg = rng(43);
         let (m, k, n) = (1500, 96, 200);
-        let x = uniform(&mut rg, m * k, 1.0);
-        let w = uniform(&mut rg, k * n, 1.0);
-        let b = uniform(&mut rg, n, 1.0);
-        let dy = uniform(&mut rg, m * n, 1.0);
+        let [x, w, b, dy] = operands(&mut rg, m, k, n);
         assert_deterministic("linear", || {
             let y = linear_forward(&x, &w, Some(&b), m, k, n, F32);
             let (act, slope) = linear_gelu_forward(&x, &w, Some(&b), m, k, n, true, F32);
@@ -650,36 +663,21 @@ mod tests {
         let rounded = |v: &[f32]| -> Vec<f64> { v.iter().map(|&x| round_bf16(x) as f64).collect() };
         let mut rg = rng(46);
         for &(m, k, n) in SHAPES.iter().chain(&[(700, 33, 64)]) {
-            let x = uniform(&mut rg, m * k, 1.0);
-            let w = uniform(&mut rg, k * n, 1.0);
-            let b = uniform(&mut rg, n, 1.0);
-            let dy = uniform(&mut rg, m * n, 1.0);
+            let [x, w, b, dy] = operands(&mut rg, m, k, n);
             let (xr, wr, dyr) = (rounded(&x), rounded(&w), rounded(&dy));
             let tag = format!("bf16 {m}x{k}x{n}");
             let want = ref_linear(&xr, &wr, Some(&to_f64(&b)), m, k, n);
             let y = linear_forward(&x, &w, Some(&b), m, k, n, Bf16);
             assert_close(&format!("{tag} y"), &y, &want, 1e-6);
             let (dx, dw, db) = linear_backward(&x, &w, &dy, m, k, n, true, Bf16);
-            let want_dx: Vec<f64> = (0..m * k)
-                .map(|e| {
-                    (0..n)
-                        .map(|j| dyr[(e / k) * n + j] * wr[(e % k) * n + j])
-                        .sum()
-                })
-                .collect();
-            let want_dw: Vec<f64> = (0..k * n)
-                .map(|e| (0..m).map(|i| xr[i * k + e / n] * dyr[i * n + e % n]).sum())
-                .collect();
+            let (want_dx, want_dw) = ref_input_and_weight_grads(&xr, &wr, &dyr, m, k, n);
             assert_close(&format!("{tag} dx"), &dx, &want_dx, 1e-6);
             assert_close(&format!("{tag} dw"), &dw, &want_dw, 1e-6);
             let (_, _, db32) = linear_backward(&x, &w, &dy, m, k, n, true, F32);
             assert_eq!(db, db32, "{tag} db");
         }
         let (m, k, n) = (1500, 96, 200);
-        let x = uniform(&mut rg, m * k, 1.0);
-        let w = uniform(&mut rg, k * n, 1.0);
-        let b = uniform(&mut rg, n, 1.0);
-        let dy = uniform(&mut rg, m * n, 1.0);
+        let [x, w, b, dy] = operands(&mut rg, m, k, n);
         assert_deterministic("linear bf16", || {
             let (act, slope) = linear_gelu_forward(&x, &w, Some(&b), m, k, n, true, Bf16);
             let slope = slope.unwrap();

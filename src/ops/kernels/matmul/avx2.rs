@@ -4,7 +4,8 @@
 //! Hand-written (intrinsics) because the compiler does not keep a tile of accumulators in
 //! registers across the reduction by itself; see [`super`] for what the tiles buy.
 
-use super::{NR, Panels};
+use super::NR;
+use super::tiles::{Sweep, offset_or_null};
 use std::arch::x86_64::*;
 
 /// Rows per register tile (6 x 16 accumulators: 12 of the 16 AVX registers).
@@ -13,27 +14,26 @@ pub(super) const MR: usize = 6;
 /// every panel of the right operand streams past them).
 const ROWS_PER_SWEEP: usize = 48;
 
-/// The register-tile sweep: writes `c[i * ldc + j]` for every `i < rows`, `j < n`, plus
-/// `res[i * n + j]` when `res` is not null.
+/// The register-tile sweep of `s` (every element of its `c` written).
 ///
 /// # Safety
 /// AVX2 and FMA available; `a` readable for `rows` rows of `k > 0` at stride `lda`; `b`'s
 /// panels cover `n` columns and `k` rows; `bias` null or `n` floats; `c` writable for `rows`
 /// rows of `n` at stride `ldc`; `res` null or readable for `rows * n` floats.
 #[target_feature(enable = "avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-pub(super) unsafe fn sweep(
-    rows: usize,
-    k: usize,
-    n: usize,
-    a: *const f32,
-    lda: usize,
-    b: Panels,
-    bias: *const f32,
-    res: *const f32,
-    c: *mut f32,
-    ldc: usize,
-) {
+pub(super) unsafe fn sweep(s: Sweep) {
+    let Sweep {
+        rows,
+        k,
+        n,
+        a,
+        lda,
+        b,
+        bias,
+        res,
+        c,
+        ldc,
+    } = s;
     let mut padded_bias = [0.0f32; NR];
     let mut tile = [0.0f32; MR * NR];
     for r0 in (0..rows).step_by(ROWS_PER_SWEEP) {
@@ -55,19 +55,34 @@ pub(super) unsafe fn sweep(
                 // SAFETY (all): within the extents the caller guarantees; the partial last
                 // panel is computed into the local tile (its padding columns are zero).
                 unsafe {
-                    let a = a.add(i0 * lda);
-                    let res = if res.is_null() {
-                        res
-                    } else {
-                        res.add(i0 * n + c0)
+                    let res = offset_or_null(res, i0 * n + c0);
+                    let t = Tile {
+                        a: a.add(i0 * lda),
+                        lda,
+                        b: panel,
+                        ldb: b.ldb,
+                        k,
+                        bias,
+                        res,
+                        ldr: n,
+                        c: c.add(i0 * ldc + c0),
+                        ldc,
                     };
                     if cols == NR {
-                        let c = c.add(i0 * ldc + c0);
-                        tile_rows(mr, a, lda, panel, b.ldb, k, bias, res, n, c, ldc);
+                        tile_rows(mr, t);
                     } else {
-                        let t = tile.as_mut_ptr();
                         let none = std::ptr::null();
-                        tile_rows(mr, a, lda, panel, b.ldb, k, bias, none, 0, t, NR);
+                        let c_tile = tile.as_mut_ptr();
+                        tile_rows(
+                            mr,
+                            Tile {
+                                res: none,
+                                ldr: 0,
+                                c: c_tile,
+                                ldc: NR,
+                                ..t
+                            },
+                        );
                         for i in 0..mr {
                             for j in 0..cols {
                                 let v = tile[i * NR + j];
@@ -85,56 +100,49 @@ pub(super) unsafe fn sweep(
     }
 }
 
-/// One `mr x 16` tile (`mr <= 6`): `c = a · panel (+ bias)`, accumulated in registers over `k`,
-/// then `res` (its rows at stride `ldr`) added when not null.
-///
-/// # Safety
-/// AVX2 and FMA available; `a` readable for `mr` rows of `k` at stride `lda`; `b` holds
-/// `k` rows of 16 floats at stride `ldb`; `res` null or readable for `mr` rows of 16 at stride
-/// `ldr`; `c` writable for `mr` rows of 16 at stride `ldc`.
-#[target_feature(enable = "avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn tile_rows(
-    mr: usize,
+/// One tile's operands: `mr <= 6` rows of `a` (stride `lda`), `k` rows of 16 floats of `b`
+/// (stride `ldb`), the bias (16 floats) or none, `res` null or rows of 16 at stride `ldr`, `c`
+/// rows of 16 at stride `ldc`.
+#[derive(Clone, Copy)]
+struct Tile<'b> {
     a: *const f32,
     lda: usize,
     b: *const f32,
     ldb: usize,
     k: usize,
-    bias: Option<&[f32; NR]>,
+    bias: Option<&'b [f32; NR]>,
     res: *const f32,
     ldr: usize,
     c: *mut f32,
     ldc: usize,
-) {
+}
+
+/// One `mr x 16` tile (`mr <= 6`): `c = a · b (+ bias)`, accumulated in registers over `k`,
+/// then `res` added when not null.
+///
+/// # Safety
+/// AVX2 and FMA available; the extents of [`Tile`] readable / writable.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn tile_rows(mr: usize, t: Tile<'_>) {
     // SAFETY: forwarded from the caller.
-    unsafe {
-        match mr {
-            6 => tile::<6>(a, lda, b, ldb, k, bias, res, ldr, c, ldc),
-            5 => tile::<5>(a, lda, b, ldb, k, bias, res, ldr, c, ldc),
-            4 => tile::<4>(a, lda, b, ldb, k, bias, res, ldr, c, ldc),
-            3 => tile::<3>(a, lda, b, ldb, k, bias, res, ldr, c, ldc),
-            2 => tile::<2>(a, lda, b, ldb, k, bias, res, ldr, c, ldc),
-            _ => tile::<1>(a, lda, b, ldb, k, bias, res, ldr, c, ldc),
-        }
-    }
+    unsafe { by_rows!(mr; 6 5 4 3 2 else 1; tile::<_>(t)) }
 }
 
 #[target_feature(enable = "avx2,fma")]
 #[inline]
-#[allow(clippy::too_many_arguments)]
-unsafe fn tile<const ROWS: usize>(
-    a: *const f32,
-    lda: usize,
-    b: *const f32,
-    ldb: usize,
-    k: usize,
-    bias: Option<&[f32; NR]>,
-    res: *const f32,
-    ldr: usize,
-    c: *mut f32,
-    ldc: usize,
-) {
+unsafe fn tile<const ROWS: usize>(t: Tile<'_>) {
+    let Tile {
+        a,
+        lda,
+        b,
+        ldb,
+        k,
+        bias,
+        res,
+        ldr,
+        c,
+        ldc,
+    } = t;
     // SAFETY: the caller guarantees the extents (see tile_rows).
     unsafe {
         let (b0, b1) = match bias {

@@ -7,7 +7,8 @@
 //! element is computed as on the AVX2 path (the bias, then one fused multiply-add per step of
 //! `k` in order, then the residual), so the two paths give the same bits.
 
-use super::{NR, Panels};
+use super::NR;
+use super::tiles::{ColumnTiles, Sweep, offset_or_null};
 use std::arch::x86_64::*;
 
 /// Rows per register tile.
@@ -17,30 +18,7 @@ const V: usize = 2;
 /// Rows of the left operand swept per pass over the panels.
 const ROWS_PER_SWEEP: usize = 48;
 
-/// `tile::<mr, V, MASKED>(t)` for a run-time `mr` (up to 14).
-macro_rules! by_rows {
-    ($mr:expr, $t:expr, $v:literal, $masked:literal) => {
-        match $mr {
-            14 => tile::<14, $v, $masked>($t),
-            13 => tile::<13, $v, $masked>($t),
-            12 => tile::<12, $v, $masked>($t),
-            11 => tile::<11, $v, $masked>($t),
-            10 => tile::<10, $v, $masked>($t),
-            9 => tile::<9, $v, $masked>($t),
-            8 => tile::<8, $v, $masked>($t),
-            7 => tile::<7, $v, $masked>($t),
-            6 => tile::<6, $v, $masked>($t),
-            5 => tile::<5, $v, $masked>($t),
-            4 => tile::<4, $v, $masked>($t),
-            3 => tile::<3, $v, $masked>($t),
-            2 => tile::<2, $v, $masked>($t),
-            _ => tile::<1, $v, $masked>($t),
-        }
-    };
-}
-
-/// The register-tile sweep: writes `c[i * ldc + j]` for every `i < rows`, `j < n`, plus
-/// `res[i * n + j]` when `res` is not null.
+/// The register-tile sweep of `s` (every element of its `c` written).
 ///
 /// # Safety
 /// AVX-512 F/BW/VL/DQ and FMA available; `a` readable for `rows` rows of `k > 0` at stride
@@ -48,21 +26,9 @@ macro_rules! by_rows {
 /// or `n` floats; `c` writable for `rows` rows of `n` at stride `ldc`; `res` null or readable
 /// for `rows * n` floats.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-pub(super) unsafe fn sweep(
-    rows: usize,
-    k: usize,
-    n: usize,
-    a: *const f32,
-    lda: usize,
-    b: Panels,
-    bias: *const f32,
-    res: *const f32,
-    c: *mut f32,
-    ldc: usize,
-) {
+pub(super) unsafe fn sweep(s: Sweep) {
     // SAFETY: forwarded.
-    unsafe { sweep_with::<MR, V>(ROWS_PER_SWEEP, rows, k, n, a, lda, b, bias, res, c, ldc) }
+    unsafe { sweep_with::<MR, V>(ROWS_PER_SWEEP, s) }
 }
 
 /// [`sweep`] with its tile shape as parameters (`MR` rows, up to `VMAX` panels wide, sweeps of
@@ -71,89 +37,50 @@ pub(super) unsafe fn sweep(
 /// # Safety
 /// As [`sweep`]; `MR <= 14`, `MR * VMAX + VMAX + 1 <= 32`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-pub(super) unsafe fn sweep_with<const MR: usize, const VMAX: usize>(
-    sweep_rows: usize,
-    rows: usize,
-    k: usize,
-    n: usize,
-    a: *const f32,
-    lda: usize,
-    b: Panels,
-    bias: *const f32,
-    res: *const f32,
-    c: *mut f32,
-    ldc: usize,
-) {
-    let (full, tail) = (n / NR, n % NR);
-    let mut padded_bias = [0.0f32; NR];
-    let tail_bias = if bias.is_null() || tail == 0 {
-        std::ptr::null()
-    } else {
-        // SAFETY: `bias` holds n floats.
-        padded_bias[..tail]
-            .copy_from_slice(unsafe { std::slice::from_raw_parts(bias.add(full * NR), tail) });
-        padded_bias.as_ptr()
-    };
-    let mask: __mmask16 = (1u32 << tail).wrapping_sub(1) as __mmask16;
-    for r0 in (0..rows).step_by(sweep_rows) {
-        let sweep = (rows - r0).min(sweep_rows);
-        let mut p = 0;
-        while p < full + usize::from(tail > 0) {
+pub(super) unsafe fn sweep_with<const MR: usize, const VMAX: usize>(sweep_rows: usize, s: Sweep) {
+    // SAFETY: `bias` holds n floats (the caller's).
+    let columns = unsafe { ColumnTiles::new(s.n, s.bias) };
+    for r0 in (0..s.rows).step_by(sweep_rows) {
+        let sweep = (s.rows - r0).min(sweep_rows);
+        for (p, v, bias) in columns.iter(VMAX) {
             let c0 = p * NR;
-            // SAFETY (all): the extents are the caller's; each tile stays inside them.
-            let at = |i0: usize| unsafe {
-                let res = if res.is_null() {
-                    res
-                } else {
-                    res.add(i0 * n + c0)
-                };
-                (a.add(i0 * lda), res, c.add(i0 * ldc + c0))
-            };
-            let pb = b.panel(p);
-            let v = if p + VMAX <= full {
-                VMAX
-            } else if p < full {
-                1
-            } else {
-                0 // the partial last panel
-            };
-            let bias_p = match v {
-                0 => tail_bias,
-                // SAFETY: inside the n floats of the bias.
-                _ if !bias.is_null() => unsafe { bias.add(c0) },
-                _ => std::ptr::null(),
-            };
             for i0 in (r0..r0 + sweep).step_by(MR) {
                 let mr = (r0 + sweep - i0).min(MR);
-                let (ai, ri, ci) = at(i0);
-                let t = Tile {
-                    a: ai,
-                    lda,
-                    b: pb,
-                    ldb: b.ldb,
-                    pstride: b.pstride,
-                    k,
-                    bias: bias_p,
-                    res: ri,
-                    ldr: n,
-                    c: ci,
-                    ldc,
-                    mask,
+                // SAFETY (all): the extents are the caller's; each tile stays inside them.
+                let t = unsafe {
+                    Tile {
+                        a: s.a.add(i0 * s.lda),
+                        lda: s.lda,
+                        b: s.b.panel(p),
+                        ldb: s.b.ldb,
+                        pstride: s.b.pstride,
+                        k: s.k,
+                        bias,
+                        res: offset_or_null(s.res, i0 * s.n + c0),
+                        ldr: s.n,
+                        c: s.c.add(i0 * s.ldc + c0),
+                        ldc: s.ldc,
+                        mask: columns.mask,
+                    }
                 };
+                // `tile::<mr, V, MASKED>(t)` for any `mr <= 14`
+                macro_rules! tile_v {
+                    ($v:literal, $masked:literal) => {
+                        by_rows!(mr; 14 13 12 11 10 9 8 7 6 5 4 3 2 else 1; tile::<_, $v, $masked>(t))
+                    };
+                }
                 // SAFETY: as above.
                 unsafe {
                     match v {
-                        0 => by_rows!(mr, t, 1, true),
-                        1 => by_rows!(mr, t, 1, false),
-                        2 if VMAX == 2 => by_rows!(mr, t, 2, false),
-                        3 if VMAX == 3 => by_rows!(mr, t, 3, false),
-                        4 if VMAX == 4 => by_rows!(mr, t, 4, false),
+                        0 => tile_v!(1, true),
+                        1 => tile_v!(1, false),
+                        2 if VMAX == 2 => tile_v!(2, false),
+                        3 if VMAX == 3 => tile_v!(3, false),
+                        4 if VMAX == 4 => tile_v!(4, false),
                         _ => unreachable!(),
                     }
                 }
             }
-            p += v.max(1);
         }
     }
 }
@@ -207,22 +134,6 @@ unsafe fn tile<const ROWS: usize, const V: usize, const MASKED: bool>(t: Tile) {
                 }
             }
         }
-        for (i, acc) in acc.iter().enumerate() {
-            for (v, &y) in acc.iter().enumerate() {
-                let off = v * NR;
-                let y = if t.res.is_null() {
-                    y
-                } else if MASKED {
-                    _mm512_add_ps(_mm512_maskz_loadu_ps(t.mask, t.res.add(i * t.ldr + off)), y)
-                } else {
-                    _mm512_add_ps(_mm512_loadu_ps(t.res.add(i * t.ldr + off)), y)
-                };
-                if MASKED {
-                    _mm512_mask_storeu_ps(t.c.add(i * t.ldc + off), t.mask, y);
-                } else {
-                    _mm512_storeu_ps(t.c.add(i * t.ldc + off), y);
-                }
-            }
-        }
+        store_avx512_tile!(acc, t, MASKED);
     }
 }

@@ -17,6 +17,7 @@
 //! Rounding: to nearest, ties to even, as `vcvtneps2bf16` (which also flushes denormal inputs
 //! to zero); [`bf16_bits`] is the same conversion in scalar code.
 
+use super::tiles::{ColumnTiles, offset_or_null};
 use super::{NR, View};
 use rayon::prelude::*;
 use std::arch::x86_64::*;
@@ -387,26 +388,6 @@ pub(super) struct PairRows {
     pub step: usize,
 }
 
-/// `tile::<mr, V, MASKED>(t)` for a run-time `mr <= 12`.
-macro_rules! by_rows {
-    ($mr:expr, $t:expr, $v:literal, $masked:literal) => {
-        match $mr {
-            12 => tile::<12, $v, $masked>($t),
-            11 => tile::<11, $v, $masked>($t),
-            10 => tile::<10, $v, $masked>($t),
-            9 => tile::<9, $v, $masked>($t),
-            8 => tile::<8, $v, $masked>($t),
-            7 => tile::<7, $v, $masked>($t),
-            6 => tile::<6, $v, $masked>($t),
-            5 => tile::<5, $v, $masked>($t),
-            4 => tile::<4, $v, $masked>($t),
-            3 => tile::<3, $v, $masked>($t),
-            2 => tile::<2, $v, $masked>($t),
-            _ => tile::<1, $v, $masked>($t),
-        }
-    };
-}
-
 /// `c [rows, n] (stride ldc) = (c if accumulate, else bias or 0) + a · b (+ res [rows, n])`
 /// over `steps` pairs.
 ///
@@ -429,35 +410,12 @@ pub(super) unsafe fn sweep(
     c: *mut f32,
     ldc: usize,
 ) {
-    let (full, tail) = (n / NR, n % NR);
-    let mut padded_bias = [0.0f32; NR];
-    let tail_bias = if bias.is_null() || tail == 0 {
-        std::ptr::null()
-    } else {
-        // SAFETY: `bias` holds n floats.
-        padded_bias[..tail]
-            .copy_from_slice(unsafe { std::slice::from_raw_parts(bias.add(full * NR), tail) });
-        padded_bias.as_ptr()
-    };
-    let mask: __mmask16 = (1u32 << tail).wrapping_sub(1) as __mmask16;
+    // SAFETY: `bias` holds n floats (the caller's).
+    let columns = unsafe { ColumnTiles::new(n, bias) };
     for r0 in (0..rows).step_by(ROWS_PER_SWEEP) {
         let sweep = (rows - r0).min(ROWS_PER_SWEEP);
-        let mut p = 0;
-        while p < full + usize::from(tail > 0) {
+        for (p, v, bias) in columns.iter(V) {
             let c0 = p * NR;
-            let v = if p + V <= full {
-                V
-            } else if p < full {
-                1
-            } else {
-                0 // the partial last panel
-            };
-            let bias_p = match v {
-                0 => tail_bias,
-                // SAFETY: inside the n floats of the bias.
-                _ if !bias.is_null() => unsafe { bias.add(c0) },
-                _ => std::ptr::null(),
-            };
             for i0 in (r0..r0 + sweep).step_by(MR) {
                 let mr = (r0 + sweep - i0).min(MR);
                 // SAFETY (all): the extents are the caller's; each tile stays inside them.
@@ -470,29 +428,30 @@ pub(super) unsafe fn sweep(
                         ldb: b.ldb,
                         pstride: b.pstride,
                         steps,
-                        bias: bias_p,
+                        bias,
                         accumulate,
-                        res: if res.is_null() {
-                            res
-                        } else {
-                            res.add(i0 * n + c0)
-                        },
+                        res: offset_or_null(res, i0 * n + c0),
                         ldr: n,
                         c: c.add(i0 * ldc + c0),
                         ldc,
-                        mask,
+                        mask: columns.mask,
                     }
                 };
+                // `tile::<mr, V, MASKED>(t)` for any `mr <= 12`
+                macro_rules! tile_v {
+                    ($v:literal, $masked:literal) => {
+                        by_rows!(mr; 12 11 10 9 8 7 6 5 4 3 2 else 1; tile::<_, $v, $masked>(t))
+                    };
+                }
                 // SAFETY: as above.
                 unsafe {
                     match v {
-                        0 => by_rows!(mr, t, 1, true),
-                        1 => by_rows!(mr, t, 1, false),
-                        _ => by_rows!(mr, t, 2, false),
+                        0 => tile_v!(1, true),
+                        1 => tile_v!(1, false),
+                        _ => tile_v!(2, false),
                     }
                 }
             }
-            p += v.max(1);
         }
     }
 }
@@ -556,23 +515,7 @@ unsafe fn tile<const ROWS: usize, const V: usize, const MASKED: bool>(t: Tile) {
                 }
             }
         }
-        for (i, acc) in acc.iter().enumerate() {
-            for (v, &y) in acc.iter().enumerate() {
-                let off = v * NR;
-                let y = if t.res.is_null() {
-                    y
-                } else if MASKED {
-                    _mm512_add_ps(_mm512_maskz_loadu_ps(t.mask, t.res.add(i * t.ldr + off)), y)
-                } else {
-                    _mm512_add_ps(_mm512_loadu_ps(t.res.add(i * t.ldr + off)), y)
-                };
-                if MASKED {
-                    _mm512_mask_storeu_ps(t.c.add(i * t.ldc + off), t.mask, y);
-                } else {
-                    _mm512_storeu_ps(t.c.add(i * t.ldc + off), y);
-                }
-            }
-        }
+        store_avx512_tile!(acc, t, MASKED);
     }
 }
 

@@ -14,6 +14,9 @@ use rayon::prelude::*;
 use super::cpu::{KernelPath, path};
 
 #[cfg(target_arch = "x86_64")]
+#[macro_use]
+mod tiles;
+#[cfg(target_arch = "x86_64")]
 mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
@@ -498,15 +501,28 @@ fn product(
         return;
     }
     let b = rhs.panels();
+    #[cfg(target_arch = "x86_64")]
+    let s = tiles::Sweep {
+        rows,
+        k,
+        n,
+        a,
+        lda,
+        b,
+        bias,
+        res,
+        c,
+        ldc,
+    };
     // SAFETY: the path's features are present (`path()` and `build` choose only supported
     // ones); the operands were checked above (lhs rows, bias length, dst extent; the residual
     // is [rows, n], asserted by the caller); the panels cover k rows of n columns, the last
     // one zero-padded (or read in place, n a multiple of 16, bounds asserted in `in_place`).
     match rhs.path {
         #[cfg(target_arch = "x86_64")]
-        KernelPath::Avx512 => unsafe { avx512::sweep(rows, k, n, a, lda, b, bias, res, c, ldc) },
+        KernelPath::Avx512 => unsafe { avx512::sweep(s) },
         #[cfg(target_arch = "x86_64")]
-        KernelPath::Avx2 => unsafe { avx2::sweep(rows, k, n, a, lda, b, bias, res, c, ldc) },
+        KernelPath::Avx2 => unsafe { avx2::sweep(s) },
         _ => unreachable!("the portable path has no tiles"),
     }
 }
@@ -575,7 +591,7 @@ unsafe fn bf16_product(
             };
             // SAFETY: forwarded (rows r0.. of the destination and residual).
             unsafe {
-                let res = if res.is_null() { res } else { res.add(r0 * n) };
+                let res = tiles::offset_or_null(res, r0 * n);
                 bf16::sweep(r, kp, n, a, b, bias, false, res, c.add(r0 * ldc), ldc);
             }
         }
