@@ -39,6 +39,20 @@ pub(crate) fn empty_f32<R: CubeRuntime>(like: &CubeTensor<R>, shape: Vec<usize>)
     )
 }
 
+/// `t` as a kernel argument.
+pub(crate) fn arg<R: CubeRuntime>(t: &CubeTensor<R>) -> TensorArg<R> {
+    t.clone().into_tensor_arg()
+}
+
+/// `t` as a kernel argument, or without it an unread (or unwritten) one-element placeholder
+/// on `like`'s device.
+pub(crate) fn optional_arg<R: CubeRuntime>(
+    t: Option<&CubeTensor<R>>,
+    like: &CubeTensor<R>,
+) -> TensorArg<R> {
+    t.map_or_else(|| arg(&empty_f32(like, vec![1])), arg)
+}
+
 /// `t` laid out contiguously (unchanged when it already is).
 pub(crate) fn contiguous<R: CubeRuntime>(t: CubeTensor<R>) -> CubeTensor<R> {
     burn_cubecl::kernel::into_contiguous(t)
@@ -52,10 +66,14 @@ pub(crate) fn row_grid(count: usize) -> CubeCount {
     CubeCount::Static(x as u32, count.div_ceil(x).max(1) as u32, 1)
 }
 
-/// This cube's unit of work under [`row_grid`] (may exceed the count: check it).
+/// This cube's unit of work under [`row_grid`]; the cubes past the `count` units stop here.
 #[cube]
-pub(crate) fn row_index() -> usize {
-    (CUBE_POS_Y * CUBE_COUNT_X + CUBE_POS_X) as usize
+pub(crate) fn row_index(count: usize) -> usize {
+    let unit = (CUBE_POS_Y * CUBE_COUNT_X + CUBE_POS_X) as usize;
+    if unit >= count {
+        terminate!();
+    }
+    unit
 }
 
 type Cube<R, F, I, BT> = CubeBackend<R, F, I, BT>;
