@@ -196,6 +196,28 @@ fn key_value_tile<F: Float>(
     min(p.keys - start, tile.runtime())
 }
 
+/// `(q . k, dO . v)` for one query and one key over the head's columns: the query and its
+/// output gradient at `at_q` in `q`, `go`, the key and value at `at_k` in `k`, `v`.
+#[cube]
+fn pair_dots<F: Float, Q: List<F>, K: List<F>>(
+    q: &Q,
+    go: &Q,
+    at_q: usize,
+    k: &K,
+    v: &K,
+    at_k: usize,
+    #[comptime] plan: Plan,
+) -> (F, F) {
+    let mut qk = F::new(0.0);
+    let mut dp = F::new(0.0);
+    #[unroll(plan.unroll)]
+    for c in 0..plan.hd {
+        qk += q.read(at_q + c) * k.read(at_k + c);
+        dp += go.read(at_q + c) * v.read(at_k + c);
+    }
+    (qk, dp)
+}
+
 #[cube(launch)]
 fn attention_forward<F: Float>(
     qkv: &Tensor<F>,
@@ -303,13 +325,8 @@ fn attention_backward_dq<F: Float>(
         let len = key_value_tile(qkv, &mut sk, &mut sv, start, &p, plan);
         for r in 0..tile {
             if r < len {
-                let mut qk = F::new(0.0);
-                let mut dp = F::new(0.0);
-                #[unroll(unroll)]
-                for c in 0..hd {
-                    qk += q[c] * sk[r * hd + c];
-                    dp += go[c] * sv[r * hd + c];
-                }
+                let (qk, dp) =
+                    pair_dots::<F, Array<F>, SharedMemory<F>>(&q, &go, 0, &sk, &sv, r * hd, plan);
                 let ds = (qk * scale - li).exp() * (dp - dl);
                 #[unroll(unroll)]
                 for c in 0..hd {
@@ -389,13 +406,15 @@ fn attention_backward_dkv<F: Float>(
         if is_key {
             for r in 0..tile {
                 if r < len {
-                    let mut qk = F::new(0.0);
-                    let mut dp = F::new(0.0);
-                    #[unroll(unroll)]
-                    for c in 0..hd {
-                        qk += sq[r * hd + c] * own_k[tid * hd + c];
-                        dp += sgo[r * hd + c] * own_v[tid * hd + c];
-                    }
+                    let (qk, dp) = pair_dots::<F, SharedMemory<F>, SharedMemory<F>>(
+                        &sq,
+                        &sgo,
+                        r * hd,
+                        &own_k,
+                        &own_v,
+                        tid * hd,
+                        plan,
+                    );
                     let w = (qk * scale - slse[r]).exp();
                     let ds = w * (dp - sdl[r]);
                     #[unroll(unroll)]
