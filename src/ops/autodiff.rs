@@ -6,7 +6,7 @@ use burn_autodiff::Autodiff;
 use burn_autodiff::checkpoint::base::Checkpointer;
 use burn_autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn_autodiff::grads::Gradients;
-use burn_autodiff::ops::{Backward, Ops, OpsKind};
+use burn_autodiff::ops::{Backward, Ops};
 use burn_flex::{Flex, FlexTensor};
 
 use super::flex::{
@@ -14,9 +14,12 @@ use super::flex::{
     tensor,
 };
 use super::kernels::{attention, layernorm, linear};
+use super::node::record;
 use super::{IjepaBackend, Precision, composed, fused_kernels};
 
 type Ad<C> = Autodiff<Flex, C>;
+/// The autodiff backend's float tensor.
+type AdTensor<C> = FloatTensor<Ad<C>>;
 
 /// Contiguous f32 view of a primitive the forward already checked to be f32 (the gradients
 /// burn hands back are f32 too); copies only strided layouts.
@@ -129,12 +132,12 @@ impl Backward<Flex, 3> for LinearResidualBackward {
 }
 
 fn linear_residual_node<C: CheckpointStrategy>(
-    x: FloatTensor<Ad<C>>,
-    w: FloatTensor<Ad<C>>,
-    b: Option<FloatTensor<Ad<C>>>,
-    r: FloatTensor<Ad<C>>,
+    x: AdTensor<C>,
+    w: AdTensor<C>,
+    b: Option<AdTensor<C>>,
+    r: AdTensor<C>,
     precision: Precision,
-) -> FloatTensor<Ad<C>> {
+) -> AdTensor<C> {
     let Some(y) = linear_residual_fwd(
         &x.primitive,
         &w.primitive,
@@ -144,45 +147,27 @@ fn linear_residual_node<C: CheckpointStrategy>(
     ) else {
         return composed::linear_residual::<Ad<C>>(x, w, b, r);
     };
-    let state = LinearState {
+    let with_bias = b.is_some();
+    let state = |_: &_| LinearState {
         x: x.primitive.clone(),
         w: w.primitive.clone(),
         slope: None,
-        with_bias: b.is_some(),
+        with_bias,
         precision,
     };
-    match b {
-        Some(b) => match LinearResidualBiasBackward
-            .prepare::<C>([
-                x.node.clone(),
-                w.node.clone(),
-                b.node.clone(),
-                r.node.clone(),
-            ])
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(prep) => prep.finish(state, y),
-            OpsKind::UnTracked(prep) => prep.finish(y),
-        },
-        None => match LinearResidualBackward
-            .prepare::<C>([x.node.clone(), w.node.clone(), r.node.clone()])
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(prep) => prep.finish(state, y),
-            OpsKind::UnTracked(prep) => prep.finish(y),
-        },
+    match &b {
+        Some(b) => record::<Flex, C, _, 4>(LinearResidualBiasBackward, [&x, &w, b, &r], state, y),
+        None => record::<Flex, C, _, 3>(LinearResidualBackward, [&x, &w, &r], state, y),
     }
 }
 
 fn linear_node<C: CheckpointStrategy>(
-    x: FloatTensor<Ad<C>>,
-    w: FloatTensor<Ad<C>>,
-    b: Option<FloatTensor<Ad<C>>>,
+    x: AdTensor<C>,
+    w: AdTensor<C>,
+    b: Option<AdTensor<C>>,
     gelu: bool,
     precision: Precision,
-) -> FloatTensor<Ad<C>> {
+) -> AdTensor<C> {
     let Some((y, slope)) = linear_fwd(
         &x.primitive,
         &w.primitive,
@@ -197,30 +182,17 @@ fn linear_node<C: CheckpointStrategy>(
             composed::linear::<Ad<C>>(x, w, b)
         };
     };
-    let state = LinearState {
+    let with_bias = b.is_some();
+    let state = |_: &_| LinearState {
         x: x.primitive.clone(),
         w: w.primitive.clone(),
         slope,
-        with_bias: b.is_some(),
+        with_bias,
         precision,
     };
-    match b {
-        Some(b) => match LinearBiasBackward
-            .prepare::<C>([x.node.clone(), w.node.clone(), b.node.clone()])
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(prep) => prep.finish(state, y),
-            OpsKind::UnTracked(prep) => prep.finish(y),
-        },
-        None => match LinearBackward
-            .prepare::<C>([x.node.clone(), w.node.clone()])
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(prep) => prep.finish(state, y),
-            OpsKind::UnTracked(prep) => prep.finish(y),
-        },
+    match &b {
+        Some(b) => record::<Flex, C, _, 3>(LinearBiasBackward, [&x, &w, b], state, y),
+        None => record::<Flex, C, _, 2>(LinearBackward, [&x, &w], state, y),
     }
 }
 
@@ -314,11 +286,7 @@ impl Backward<Flex, 1> for LayerNormBackward {
 }
 
 impl<C: CheckpointStrategy> IjepaBackend for Ad<C> {
-    fn ijepa_linear(
-        x: FloatTensor<Self>,
-        w: FloatTensor<Self>,
-        b: Option<FloatTensor<Self>>,
-    ) -> FloatTensor<Self> {
+    fn ijepa_linear(x: AdTensor<C>, w: AdTensor<C>, b: Option<AdTensor<C>>) -> AdTensor<C> {
         match fused_precision() {
             Some(p) => linear_node::<C>(x, w, b, false, p),
             None => composed::linear::<Self>(x, w, b),
@@ -326,59 +294,46 @@ impl<C: CheckpointStrategy> IjepaBackend for Ad<C> {
     }
 
     fn ijepa_linear_residual(
-        x: FloatTensor<Self>,
-        w: FloatTensor<Self>,
-        b: Option<FloatTensor<Self>>,
-        r: FloatTensor<Self>,
-    ) -> FloatTensor<Self> {
+        x: AdTensor<C>,
+        w: AdTensor<C>,
+        b: Option<AdTensor<C>>,
+        r: AdTensor<C>,
+    ) -> AdTensor<C> {
         match fused_precision() {
             Some(p) => linear_residual_node::<C>(x, w, b, r, p),
             None => composed::linear_residual::<Self>(x, w, b, r),
         }
     }
 
-    fn ijepa_linear_gelu(
-        x: FloatTensor<Self>,
-        w: FloatTensor<Self>,
-        b: Option<FloatTensor<Self>>,
-    ) -> FloatTensor<Self> {
+    fn ijepa_linear_gelu(x: AdTensor<C>, w: AdTensor<C>, b: Option<AdTensor<C>>) -> AdTensor<C> {
         match fused_precision() {
             Some(p) => linear_node::<C>(x, w, b, true, p),
             None => composed::linear_gelu::<Self>(x, w, b),
         }
     }
 
-    fn ijepa_attention(qkv: FloatTensor<Self>, heads: usize) -> FloatTensor<Self> {
+    fn ijepa_attention(qkv: AdTensor<C>, heads: usize) -> AdTensor<C> {
         if fused_precision().is_none() {
             return composed::attention::<Self>(qkv, heads);
         }
         let Some((out, lse)) = attention_fwd(&qkv.primitive, heads) else {
             return composed::attention::<Self>(qkv, heads);
         };
-        match AttentionBackward
-            .prepare::<C>([qkv.node.clone()])
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(prep) => {
-                let state = AttentionState {
-                    qkv: qkv.primitive.clone(),
-                    out: out.clone(),
-                    lse,
-                    heads,
-                };
-                prep.finish(state, out)
-            }
-            OpsKind::UnTracked(prep) => prep.finish(out),
-        }
+        let state = |out: &FlexTensor| AttentionState {
+            qkv: qkv.primitive.clone(),
+            out: out.clone(),
+            lse,
+            heads,
+        };
+        record::<Flex, C, _, 1>(AttentionBackward, [&qkv], state, out)
     }
 
     fn ijepa_layer_norm(
-        x: FloatTensor<Self>,
-        w: Option<FloatTensor<Self>>,
-        b: Option<FloatTensor<Self>>,
+        x: AdTensor<C>,
+        w: Option<AdTensor<C>>,
+        b: Option<AdTensor<C>>,
         eps: f64,
-    ) -> FloatTensor<Self> {
+    ) -> AdTensor<C> {
         if !fused_kernels() {
             return composed::layer_norm::<Self>(x, w, b, eps);
         }
@@ -390,29 +345,17 @@ impl<C: CheckpointStrategy> IjepaBackend for Ad<C> {
         ) else {
             return composed::layer_norm::<Self>(x, w, b, eps);
         };
-        let state = LayerNormState {
+        let state = |_: &_| LayerNormState {
             x: x.primitive.clone(),
             w: w.as_ref().map(|w| w.primitive.clone()),
             mean,
             rstd,
         };
-        match (w, b) {
-            (Some(w), Some(b)) => match LayerNormAffineBackward
-                .prepare::<C>([x.node.clone(), w.node.clone(), b.node.clone()])
-                .compute_bound()
-                .stateful()
-            {
-                OpsKind::Tracked(prep) => prep.finish(state, y),
-                OpsKind::UnTracked(prep) => prep.finish(y),
-            },
-            _ => match LayerNormBackward
-                .prepare::<C>([x.node.clone()])
-                .compute_bound()
-                .stateful()
-            {
-                OpsKind::Tracked(prep) => prep.finish(state, y),
-                OpsKind::UnTracked(prep) => prep.finish(y),
-            },
+        match (&w, &b) {
+            (Some(w), Some(b)) => {
+                record::<Flex, C, _, 3>(LayerNormAffineBackward, [&x, w, b], state, y)
+            }
+            _ => record::<Flex, C, _, 1>(LayerNormBackward, [&x], state, y),
         }
     }
 }

@@ -15,6 +15,7 @@ mod autodiff;
 pub mod cube;
 mod flex;
 pub mod kernels;
+mod node;
 
 pub use autocast::{Precision, with_precision};
 
@@ -243,9 +244,11 @@ pub trait IjepaBackend: Backend {
     }
 
     /// Softmax attention on `qkv [B, N, 3D]` (q, k, v blocks of D columns; head h uses
-    /// columns `h*hd..(h+1)*hd` of each), heads merged back: `[B, N, D]`.
+    /// columns `h*hd..(h+1)*hd` of each), heads merged back: `[B, N, D]`. By default
+    /// [`IjepaBackend::ijepa_attention_masked`] with every token a key.
     fn ijepa_attention(qkv: FloatTensor<Self>, heads: usize) -> FloatTensor<Self> {
-        composed::attention::<Self>(qkv, heads)
+        let n = burn::tensor::TensorMetadata::shape(&qkv)[1];
+        Self::ijepa_attention_masked(qkv, heads, n)
     }
 
     /// [`IjepaBackend::ijepa_attention`] with only the first `keys < N` tokens as keys and

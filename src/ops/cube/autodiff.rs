@@ -8,17 +8,20 @@ use burn_autodiff::Autodiff;
 use burn_autodiff::checkpoint::base::Checkpointer;
 use burn_autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn_autodiff::grads::Gradients;
-use burn_autodiff::ops::{Backward, Ops, OpsKind};
+use burn_autodiff::ops::{Backward, Ops};
 use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
 
 use super::attention::{self, AttentionSaved};
 use super::norm::{self, NormSaved};
-use super::{all_f32, contiguous, fused_products, pointwise, product};
-use crate::ops::{IjepaBackend, composed, fused_kernels};
+use super::{attention_fused, contiguous, layer_norm_fused, linear_fused, pointwise, product};
+use crate::ops::node::record;
+use crate::ops::{IjepaBackend, composed};
 
 type Cube<R, F, I, BT> = CubeBackend<R, F, I, BT>;
 type Ad<R, F, I, BT, C> = Autodiff<Cube<R, F, I, BT>, C>;
+/// The autodiff backend's float tensor.
+type AdTensor<R, F, I, BT, C> = FloatTensor<Ad<R, F, I, BT, C>>;
 
 fn matmul<R: CubeRuntime, F: FloatElement, I: IntElement, BT: BoolElement>(
     a: CubeTensor<R>,
@@ -153,88 +156,58 @@ where
     C: CheckpointStrategy,
 {
     fn ijepa_linear_gelu(
-        x: FloatTensor<Self>,
-        w: FloatTensor<Self>,
-        b: Option<FloatTensor<Self>>,
-    ) -> FloatTensor<Self> {
-        let bias_ok = b.as_ref().is_none_or(|b| all_f32([&b.primitive]));
-        if !fused_products() || !all_f32([&x.primitive, &w.primitive]) || !bias_ok {
+        x: AdTensor<R, F, I, BT, C>,
+        w: AdTensor<R, F, I, BT, C>,
+        b: Option<AdTensor<R, F, I, BT, C>>,
+    ) -> AdTensor<R, F, I, BT, C> {
+        if !linear_fused(&x.primitive, &w.primitive, b.as_ref().map(|b| &b.primitive)) {
             return composed::linear_gelu::<Self>(x, w, b);
         }
         let p = product::<R, F, I, BT>(x.primitive.clone(), w.primitive.clone());
         let bias = b.as_ref().map(|b| contiguous(b.primitive.clone()));
         let (act, pre) = pointwise::bias_gelu_forward(&p, bias.as_ref(), true);
-        let state = LinearGeluState {
+        let state = |_: &_| LinearGeluState {
             x: x.primitive.clone(),
             w: w.primitive.clone(),
             pre: pre.unwrap_or_else(|| p.clone()),
         };
-        match b {
-            Some(b) => match LinearGeluBackward
-                .prepare::<C>([x.node.clone(), w.node.clone(), b.node.clone()])
-                .compute_bound()
-                .stateful()
-            {
-                OpsKind::Tracked(prep) => prep.finish(state, act),
-                OpsKind::UnTracked(prep) => prep.finish(act),
-            },
-            None => match LinearGeluBackward
-                .prepare::<C>([x.node.clone(), w.node.clone()])
-                .compute_bound()
-                .stateful()
-            {
-                OpsKind::Tracked(prep) => prep.finish(state, act),
-                OpsKind::UnTracked(prep) => prep.finish(act),
-            },
+        match &b {
+            Some(b) => {
+                record::<Cube<R, F, I, BT>, C, _, 3>(LinearGeluBackward, [&x, &w, b], state, act)
+            }
+            None => record::<Cube<R, F, I, BT>, C, _, 2>(LinearGeluBackward, [&x, &w], state, act),
         }
     }
 
-    fn ijepa_attention(qkv: FloatTensor<Self>, heads: usize) -> FloatTensor<Self> {
-        let n = qkv.primitive.meta.shape()[1];
-        Self::ijepa_attention_masked(qkv, heads, n)
-    }
-
     fn ijepa_attention_masked(
-        qkv: FloatTensor<Self>,
+        qkv: AdTensor<R, F, I, BT, C>,
         heads: usize,
         keys: usize,
-    ) -> FloatTensor<Self> {
-        let dims = qkv.primitive.meta.shape().to_vec();
-        let ok = attention::supported(&dims, heads, keys) && all_f32([&qkv.primitive]);
-        if !fused_products() || !ok {
+    ) -> AdTensor<R, F, I, BT, C> {
+        if !attention_fused(&qkv.primitive, heads, keys) {
             return composed::attention_masked::<Self>(qkv, heads, keys);
         }
         let input = contiguous(qkv.primitive.clone());
         let (out, saved) = attention::forward(&input, heads, keys);
-        match AttentionBackward
-            .prepare::<C>([qkv.node.clone()])
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(prep) => {
-                let state = AttentionState {
-                    qkv: input,
-                    out: out.clone(),
-                    saved,
-                };
-                prep.finish(state, out)
-            }
-            OpsKind::UnTracked(prep) => prep.finish(out),
-        }
+        let state = |out: &CubeTensor<R>| AttentionState {
+            qkv: input,
+            out: out.clone(),
+            saved,
+        };
+        record::<Cube<R, F, I, BT>, C, _, 1>(AttentionBackward, [&qkv], state, out)
     }
 
     fn ijepa_layer_norm(
-        x: FloatTensor<Self>,
-        w: Option<FloatTensor<Self>>,
-        b: Option<FloatTensor<Self>>,
+        x: AdTensor<R, F, I, BT, C>,
+        w: Option<AdTensor<R, F, I, BT, C>>,
+        b: Option<AdTensor<R, F, I, BT, C>>,
         eps: f64,
-    ) -> FloatTensor<Self> {
-        let affine_f32 = match (&w, &b) {
-            (Some(w), Some(b)) => all_f32([&w.primitive, &b.primitive]),
-            (None, None) => true,
-            _ => false,
-        };
-        if !fused_kernels() || !all_f32([&x.primitive]) || !affine_f32 {
+    ) -> AdTensor<R, F, I, BT, C> {
+        let (wp, bp) = (
+            w.as_ref().map(|w| &w.primitive),
+            b.as_ref().map(|b| &b.primitive),
+        );
+        if !layer_norm_fused(&x.primitive, wp, bp) {
             return composed::layer_norm::<Self>(x, w, b, eps);
         }
         let input = contiguous(x.primitive.clone());
@@ -245,28 +218,16 @@ where
             )
         });
         let (y, saved) = norm::forward(&input, affine.as_ref().map(|(w, b)| (w, b)), eps);
-        let state = LayerNormState {
+        let state = |_: &_| LayerNormState {
             x: input,
             w: affine.map(|(w, _)| w),
             saved,
         };
-        match (w, b) {
-            (Some(w), Some(b)) => match LayerNormBackward
-                .prepare::<C>([x.node.clone(), w.node.clone(), b.node.clone()])
-                .compute_bound()
-                .stateful()
-            {
-                OpsKind::Tracked(prep) => prep.finish(state, y),
-                OpsKind::UnTracked(prep) => prep.finish(y),
-            },
-            _ => match LayerNormBackward
-                .prepare::<C>([x.node.clone()])
-                .compute_bound()
-                .stateful()
-            {
-                OpsKind::Tracked(prep) => prep.finish(state, y),
-                OpsKind::UnTracked(prep) => prep.finish(y),
-            },
+        match (&w, &b) {
+            (Some(w), Some(b)) => {
+                record::<Cube<R, F, I, BT>, C, _, 3>(LayerNormBackward, [&x, w, b], state, y)
+            }
+            _ => record::<Cube<R, F, I, BT>, C, _, 1>(LayerNormBackward, [&x], state, y),
         }
     }
 }

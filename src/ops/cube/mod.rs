@@ -21,7 +21,7 @@ pub mod norm;
 pub mod pointwise;
 
 use burn::tensor::DType;
-use burn::tensor::ops::{FloatTensor, FloatTensorOps};
+use burn::tensor::ops::FloatTensorOps;
 use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
 use cubecl::prelude::*;
@@ -39,6 +39,20 @@ pub(crate) fn empty_f32<R: CubeRuntime>(like: &CubeTensor<R>, shape: Vec<usize>)
     )
 }
 
+/// `t` as a kernel argument.
+pub(crate) fn arg<R: CubeRuntime>(t: &CubeTensor<R>) -> TensorArg<R> {
+    t.clone().into_tensor_arg()
+}
+
+/// `t` as a kernel argument, or without it an unread (or unwritten) one-element placeholder
+/// on `like`'s device.
+pub(crate) fn optional_arg<R: CubeRuntime>(
+    t: Option<&CubeTensor<R>>,
+    like: &CubeTensor<R>,
+) -> TensorArg<R> {
+    t.map_or_else(|| arg(&empty_f32(like, vec![1])), arg)
+}
+
 /// `t` laid out contiguously (unchanged when it already is).
 pub(crate) fn contiguous<R: CubeRuntime>(t: CubeTensor<R>) -> CubeTensor<R> {
     burn_cubecl::kernel::into_contiguous(t)
@@ -52,10 +66,14 @@ pub(crate) fn row_grid(count: usize) -> CubeCount {
     CubeCount::Static(x as u32, count.div_ceil(x).max(1) as u32, 1)
 }
 
-/// This cube's unit of work under [`row_grid`] (may exceed the count: check it).
+/// This cube's unit of work under [`row_grid`]; the cubes past the `count` units stop here.
 #[cube]
-pub(crate) fn row_index() -> usize {
-    (CUBE_POS_Y * CUBE_COUNT_X + CUBE_POS_X) as usize
+pub(crate) fn row_index(count: usize) -> usize {
+    let unit = (CUBE_POS_Y * CUBE_COUNT_X + CUBE_POS_X) as usize;
+    if unit >= count {
+        terminate!();
+    }
+    unit
 }
 
 type Cube<R, F, I, BT> = CubeBackend<R, F, I, BT>;
@@ -79,6 +97,35 @@ fn all_f32<R: CubeRuntime, const K: usize>(ts: [&CubeTensor<R>; K]) -> bool {
     ts.iter().all(|t| t.dtype == DType::F32)
 }
 
+/// Whether the fused Linear (+ GELU, + residual) kernels take `x`, `w` and the bias.
+fn linear_fused<R: CubeRuntime>(
+    x: &CubeTensor<R>,
+    w: &CubeTensor<R>,
+    b: Option<&CubeTensor<R>>,
+) -> bool {
+    fused_products() && all_f32([x, w]) && b.is_none_or(|b| all_f32([b]))
+}
+
+/// Whether the attention kernels take this `qkv`.
+fn attention_fused<R: CubeRuntime>(qkv: &CubeTensor<R>, heads: usize, keys: usize) -> bool {
+    let dims = qkv.meta.shape().to_vec();
+    fused_products() && attention::supported(&dims, heads, keys) && all_f32([qkv])
+}
+
+/// Whether the LayerNorm kernels take `x` and the affine parameters (both or neither).
+fn layer_norm_fused<R: CubeRuntime>(
+    x: &CubeTensor<R>,
+    w: Option<&CubeTensor<R>>,
+    b: Option<&CubeTensor<R>>,
+) -> bool {
+    let affine_f32 = match (w, b) {
+        (Some(w), Some(b)) => all_f32([w, b]),
+        (None, None) => true,
+        _ => false,
+    };
+    fused_kernels() && all_f32([x]) && affine_f32
+}
+
 impl<R, F, I, BT> IjepaBackend for Cube<R, F, I, BT>
 where
     R: CubeRuntime,
@@ -87,13 +134,12 @@ where
     BT: BoolElement,
 {
     fn ijepa_linear_residual(
-        x: FloatTensor<Self>,
-        w: FloatTensor<Self>,
-        b: Option<FloatTensor<Self>>,
-        r: FloatTensor<Self>,
-    ) -> FloatTensor<Self> {
-        let bias_ok = b.as_ref().is_none_or(|b| b.dtype == DType::F32);
-        if !fused_products() || !all_f32([&x, &w, &r]) || !bias_ok {
+        x: CubeTensor<R>,
+        w: CubeTensor<R>,
+        b: Option<CubeTensor<R>>,
+        r: CubeTensor<R>,
+    ) -> CubeTensor<R> {
+        if !linear_fused(&x, &w, b.as_ref()) || !all_f32([&r]) {
             return composed::linear_residual::<Self>(x, w, b, r);
         }
         let p = product::<R, F, I, BT>(x, w);
@@ -102,12 +148,11 @@ where
     }
 
     fn ijepa_linear_gelu(
-        x: FloatTensor<Self>,
-        w: FloatTensor<Self>,
-        b: Option<FloatTensor<Self>>,
-    ) -> FloatTensor<Self> {
-        let bias_ok = b.as_ref().is_none_or(|b| b.dtype == DType::F32);
-        if !fused_products() || !all_f32([&x, &w]) || !bias_ok {
+        x: CubeTensor<R>,
+        w: CubeTensor<R>,
+        b: Option<CubeTensor<R>>,
+    ) -> CubeTensor<R> {
+        if !linear_fused(&x, &w, b.as_ref()) {
             return composed::linear_gelu::<Self>(x, w, b);
         }
         let p = product::<R, F, I, BT>(x, w);
@@ -115,35 +160,20 @@ where
         pointwise::bias_gelu_forward(&p, b.as_ref(), false).0
     }
 
-    fn ijepa_attention(qkv: FloatTensor<Self>, heads: usize) -> FloatTensor<Self> {
-        let n = qkv.meta.shape()[1];
-        Self::ijepa_attention_masked(qkv, heads, n)
-    }
-
-    fn ijepa_attention_masked(
-        qkv: FloatTensor<Self>,
-        heads: usize,
-        keys: usize,
-    ) -> FloatTensor<Self> {
-        let dims = qkv.meta.shape().to_vec();
-        if !fused_products() || !attention::supported(&dims, heads, keys) || !all_f32([&qkv]) {
+    fn ijepa_attention_masked(qkv: CubeTensor<R>, heads: usize, keys: usize) -> CubeTensor<R> {
+        if !attention_fused(&qkv, heads, keys) {
             return composed::attention_masked::<Self>(qkv, heads, keys);
         }
         attention::forward(&contiguous(qkv), heads, keys).0
     }
 
     fn ijepa_layer_norm(
-        x: FloatTensor<Self>,
-        w: Option<FloatTensor<Self>>,
-        b: Option<FloatTensor<Self>>,
+        x: CubeTensor<R>,
+        w: Option<CubeTensor<R>>,
+        b: Option<CubeTensor<R>>,
         eps: f64,
-    ) -> FloatTensor<Self> {
-        let affine_f32 = match (&w, &b) {
-            (Some(w), Some(b)) => all_f32([w, b]),
-            (None, None) => true,
-            _ => false,
-        };
-        if !fused_kernels() || !all_f32([&x]) || !affine_f32 {
+    ) -> CubeTensor<R> {
+        if !layer_norm_fused(&x, w.as_ref(), b.as_ref()) {
             return composed::layer_norm::<Self>(x, w, b, eps);
         }
         let affine = w.zip(b).map(|(w, b)| (contiguous(w), contiguous(b)));
@@ -151,13 +181,13 @@ where
     }
 
     fn ijepa_adamw(
-        p: FloatTensor<Self>,
-        g: FloatTensor<Self>,
-        m: FloatTensor<Self>,
-        v: FloatTensor<Self>,
+        p: CubeTensor<R>,
+        g: CubeTensor<R>,
+        m: CubeTensor<R>,
+        v: CubeTensor<R>,
         hp: &AdamW,
         step: u64,
-    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+    ) -> (CubeTensor<R>, CubeTensor<R>, CubeTensor<R>) {
         if !fused_kernels() || !all_f32([&p, &g, &m, &v]) {
             return composed::adamw::<Self>(p, g, m, v, hp, step);
         }
@@ -165,11 +195,7 @@ where
         pointwise::adamw_step(&c(p), &c(g), &c(m), &c(v), hp, step)
     }
 
-    fn ijepa_ema(
-        target: FloatTensor<Self>,
-        online: FloatTensor<Self>,
-        momentum: f64,
-    ) -> FloatTensor<Self> {
+    fn ijepa_ema(target: CubeTensor<R>, online: CubeTensor<R>, momentum: f64) -> CubeTensor<R> {
         if !fused_kernels() || !all_f32([&target, &online]) {
             return composed::ema::<Self>(target, online, momentum);
         }

@@ -5,7 +5,7 @@ use burn_cubecl::CubeRuntime;
 use burn_cubecl::tensor::CubeTensor;
 use cubecl::prelude::*;
 
-use super::{empty_f32, row_grid, row_index};
+use super::{arg, empty_f32, optional_arg, row_grid, row_index};
 
 /// Threads of a row's cube (a power of two: the reductions halve it).
 const THREADS: usize = 128;
@@ -29,6 +29,29 @@ pub(crate) fn cube_sum<F: Float>(value: F, shared: &mut SharedMemory<F>) -> F {
     total
 }
 
+/// One row's cube: the row's `index`, its first element's offset `base` in `[rows, d]`, `d`,
+/// and this thread.
+#[derive(CubeType)]
+struct Row {
+    index: usize,
+    base: usize,
+    d: usize,
+    tid: usize,
+}
+
+/// This cube's [`Row`] of `[rows, d]` (the cubes past the last row stop here).
+#[cube]
+fn this_row(rows: u32, d: u32) -> Row {
+    let index = row_index(rows as usize);
+    let d = d as usize;
+    Row {
+        index,
+        base: index * d,
+        d,
+        tid: UNIT_POS as usize,
+    }
+}
+
 /// `y = (x - mean) * rstd * w + b` per row of `x [rows, d]`; also writes `mean` and `rstd`
 /// (what the backward needs). Without `affine`, `w` and `b` are not read.
 #[cube(launch)]
@@ -45,13 +68,8 @@ fn layer_norm_forward<F: Float>(
     #[comptime] affine: bool,
     #[comptime] threads: usize,
 ) {
-    let row = row_index();
-    if row >= rows as usize {
-        terminate!();
-    }
-    let d = d as usize;
-    let base = row * d;
-    let tid = UNIT_POS as usize;
+    let at = this_row(rows, d);
+    let (row, base, d, tid) = (at.index, at.base, at.d, at.tid);
     let mut shared = SharedMemory::<F>::new(threads);
 
     let mut acc = F::new(0.0);
@@ -94,9 +112,9 @@ fn layer_norm_forward<F: Float>(
 #[cube(launch)]
 fn layer_norm_backward<F: Float>(
     x: &Tensor<F>,
-    w: &Tensor<F>,
     mean: &Tensor<F>,
     rstd: &Tensor<F>,
+    w: &Tensor<F>,
     dy: &Tensor<F>,
     dx: &mut Tensor<F>,
     dyn_: &mut Tensor<F>,
@@ -105,16 +123,11 @@ fn layer_norm_backward<F: Float>(
     #[comptime] affine: bool,
     #[comptime] threads: usize,
 ) {
-    let row = row_index();
-    if row >= rows as usize {
-        terminate!();
-    }
-    let d = d as usize;
-    let base = row * d;
-    let tid = UNIT_POS as usize;
+    let at = this_row(rows, d);
+    let (base, d, tid) = (at.base, at.d, at.tid);
+    let mu = mean[at.index];
+    let r = rstd[at.index];
     let mut shared = SharedMemory::<F>::new(threads);
-    let mu = mean[row];
-    let r = rstd[row];
 
     let mut sum_g = F::new(0.0);
     let mut sum_gn = F::new(0.0);
@@ -163,19 +176,17 @@ pub fn forward<R: CubeRuntime>(
     let y = empty_f32(x, vec![rows, d]);
     let mean = empty_f32(x, vec![rows]);
     let rstd = empty_f32(x, vec![rows]);
-    // unread placeholders when not affine
-    let unused = empty_f32(x, vec![1]);
-    let (w, b) = affine.unwrap_or((&unused, &unused));
+    let (w, b) = affine.unzip();
     layer_norm_forward::launch::<f32, R>(
         &x.client,
         row_grid(rows),
         CubeDim::new_1d(THREADS as u32),
-        x.clone().into_tensor_arg(),
-        w.clone().into_tensor_arg(),
-        b.clone().into_tensor_arg(),
-        y.clone().into_tensor_arg(),
-        mean.clone().into_tensor_arg(),
-        rstd.clone().into_tensor_arg(),
+        arg(x),
+        optional_arg(w, x),
+        optional_arg(b, x),
+        arg(&y),
+        arg(&mean),
+        arg(&rstd),
         rows as u32,
         d as u32,
         eps as f32,
@@ -195,48 +206,21 @@ pub fn backward<R: CubeRuntime>(
     let (rows, d) = (x.meta.shape()[0], x.meta.shape()[1]);
     let dx = empty_f32(x, vec![rows, d]);
     let dyn_ = w.map(|_| empty_f32(x, vec![rows, d]));
-    // unread / unwritten placeholders when not affine
-    let unused = empty_f32(x, vec![1]);
-    launch_backward(
-        x,
-        w.unwrap_or(&unused),
-        w.is_some(),
-        saved,
-        dy,
-        &dx,
-        dyn_.as_ref().unwrap_or(&unused),
-        rows,
-        d,
-    );
-    (dx, dyn_)
-}
-
-#[allow(clippy::too_many_arguments)]
-fn launch_backward<R: CubeRuntime>(
-    x: &CubeTensor<R>,
-    w: &CubeTensor<R>,
-    affine: bool,
-    saved: &NormSaved<R>,
-    dy: &CubeTensor<R>,
-    dx: &CubeTensor<R>,
-    dyn_: &CubeTensor<R>,
-    rows: usize,
-    d: usize,
-) {
     layer_norm_backward::launch::<f32, R>(
         &x.client,
         row_grid(rows),
         CubeDim::new_1d(THREADS as u32),
-        x.clone().into_tensor_arg(),
-        w.clone().into_tensor_arg(),
-        saved.mean.clone().into_tensor_arg(),
-        saved.rstd.clone().into_tensor_arg(),
-        dy.clone().into_tensor_arg(),
-        dx.clone().into_tensor_arg(),
-        dyn_.clone().into_tensor_arg(),
+        arg(x),
+        arg(&saved.mean),
+        arg(&saved.rstd),
+        optional_arg(w, x),
+        arg(dy),
+        arg(&dx),
+        optional_arg(dyn_.as_ref(), x),
         rows as u32,
         d as u32,
-        affine,
+        w.is_some(),
         THREADS,
     );
+    (dx, dyn_)
 }

@@ -7,7 +7,7 @@ use burn_cubecl::tensor::CubeTensor;
 use cubecl::calculate_cube_count_elemwise;
 use cubecl::prelude::*;
 
-use super::empty_f32;
+use super::{arg, empty_f32, optional_arg};
 use crate::ops::kernels::optim::{AdamW, Scalars, ema_factors};
 
 const THREADS: u32 = 256;
@@ -15,6 +15,32 @@ const THREADS: u32 = 256;
 /// `1 / sqrt(2)` and `1 / sqrt(2 pi)`.
 const FRAC_1_SQRT_2: f32 = std::f32::consts::FRAC_1_SQRT_2;
 const FRAC_1_SQRT_2PI: f32 = 0.398_942_3;
+
+/// This unit's element of a tensor of `len` elements (the units past the end stop here).
+#[cube]
+fn element(len: usize) -> usize {
+    let i = ABSOLUTE_POS;
+    if i >= len {
+        terminate!();
+    }
+    i
+}
+
+/// `p[i] + b[i % n]`: element `i` of `p [rows, n]` plus the bias of its column (or `p[i]`).
+#[cube]
+fn biased<F: Float>(
+    p: &Tensor<F>,
+    b: &Tensor<F>,
+    i: usize,
+    n: u32,
+    #[comptime] with_bias: bool,
+) -> F {
+    let mut x = p[i];
+    if with_bias {
+        x += b[i % n as usize];
+    }
+    x
+}
 
 /// `act = gelu(p + b)` (exact, erf) over `p [rows, n]`, bias `b [n]`; with `keep_pre`, also
 /// the pre-activation `p + b` into `pre` (what the backward needs).
@@ -28,14 +54,8 @@ fn bias_gelu<F: Float>(
     #[comptime] with_bias: bool,
     #[comptime] keep_pre: bool,
 ) {
-    let i = ABSOLUTE_POS;
-    if i >= p.len() {
-        terminate!();
-    }
-    let mut x = p[i];
-    if with_bias {
-        x += b[i % n as usize];
-    }
+    let i = element(p.len());
+    let x = biased(p, b, i, n, with_bias);
     if keep_pre {
         pre[i] = x;
     }
@@ -45,10 +65,7 @@ fn bias_gelu<F: Float>(
 /// `dh = dy * gelu'(h)`.
 #[cube(launch)]
 fn gelu_backward<F: Float>(h: &Tensor<F>, dy: &Tensor<F>, dh: &mut Tensor<F>) {
-    let i = ABSOLUTE_POS;
-    if i >= h.len() {
-        terminate!();
-    }
+    let i = element(h.len());
     let x = h[i];
     let cdf = ((x * F::cast_from(FRAC_1_SQRT_2)).erf() + F::new(1.0)) * F::new(0.5);
     let pdf = (x * x * F::new(-0.5)).exp() * F::cast_from(FRAC_1_SQRT_2PI);
@@ -65,15 +82,8 @@ fn bias_residual<F: Float>(
     n: u32,
     #[comptime] with_bias: bool,
 ) {
-    let i = ABSOLUTE_POS;
-    if i >= p.len() {
-        terminate!();
-    }
-    let mut x = p[i];
-    if with_bias {
-        x += b[i % n as usize];
-    }
-    out[i] = r[i] + x;
+    let i = element(p.len());
+    out[i] = r[i] + biased(p, b, i, n, with_bias);
 }
 
 /// One AdamW step (the formulas of [`crate::ops::kernels::optim::adamw_step`]).
@@ -96,10 +106,7 @@ fn adamw<F: Float>(
     eps: f32,
     #[comptime] decayed: bool,
 ) {
-    let i = ABSOLUTE_POS;
-    if i >= p.len() {
-        terminate!();
-    }
+    let i = element(p.len());
     let gi = g[i];
     let mi = m[i] + (gi - m[i]) * F::cast_from(w1);
     let vi = v[i] * F::cast_from(b2) + F::cast_from(w2) * gi * gi;
@@ -116,21 +123,35 @@ fn adamw<F: Float>(
 /// `out = t * m + o * om`.
 #[cube(launch)]
 fn ema<F: Float>(t: &Tensor<F>, o: &Tensor<F>, out: &mut Tensor<F>, m: f32, om: f32) {
-    let i = ABSOLUTE_POS;
-    if i >= t.len() {
-        terminate!();
-    }
+    let i = element(t.len());
     out[i] = t[i] * F::cast_from(m) + o[i] * F::cast_from(om);
 }
 
-fn grid<R: CubeRuntime>(t: &CubeTensor<R>) -> (CubeCount, CubeDim) {
-    let dim = CubeDim::new_1d(THREADS);
-    let units = t.meta.shape().num_elements();
-    (calculate_cube_count_elemwise(&t.client, units, dim), dim)
+/// Launches the element-wise `kernel` with one unit per element of `like`, then the arguments.
+macro_rules! launch_elementwise {
+    ($kernel:ident, $like:expr, $($arg:expr),+ $(,)?) => {{
+        let like = $like;
+        let dim = CubeDim::new_1d(THREADS);
+        let units = like.meta.shape().num_elements();
+        let count = calculate_cube_count_elemwise(&like.client, units, dim);
+        $kernel::launch::<f32, R>(&like.client, count, dim, $($arg),+)
+    }};
 }
 
-fn arg<R: CubeRuntime>(t: &CubeTensor<R>) -> TensorArg<R> {
-    t.clone().into_tensor_arg()
+/// A new contiguous f32 tensor of `t`'s shape.
+fn empty_like<R: CubeRuntime>(t: &CubeTensor<R>) -> CubeTensor<R> {
+    empty_f32(t, t.meta.shape().to_vec())
+}
+
+/// The bias arguments of a kernel over `p [rows, n]`: the bias (an unread placeholder without
+/// one), `n`, and whether there is one.
+fn bias_args<R: CubeRuntime>(
+    p: &CubeTensor<R>,
+    b: Option<&CubeTensor<R>>,
+) -> (TensorArg<R>, u32, bool) {
+    let shape = p.meta.shape();
+    let n = shape[shape.len() - 1] as u32;
+    (optional_arg(b, p), n, b.is_some())
 }
 
 /// `(gelu(p + b), p + b when keep_pre)` for a contiguous f32 `p [rows, n]`.
@@ -139,31 +160,28 @@ pub fn bias_gelu_forward<R: CubeRuntime>(
     b: Option<&CubeTensor<R>>,
     keep_pre: bool,
 ) -> (CubeTensor<R>, Option<CubeTensor<R>>) {
-    let shape = p.meta.shape().to_vec();
-    let act = empty_f32(p, shape.clone());
-    let pre = keep_pre.then(|| empty_f32(p, shape.clone()));
-    let unused = empty_f32(p, vec![1]);
-    let (count, dim) = grid(p);
-    bias_gelu::launch::<f32, R>(
-        &p.client,
-        count,
-        dim,
+    let act = empty_like(p);
+    let pre = keep_pre.then(|| empty_like(p));
+    let pre_arg = optional_arg(pre.as_ref(), p);
+    let (b, n, with_bias) = bias_args(p, b);
+    launch_elementwise!(
+        bias_gelu,
+        p,
         arg(p),
-        arg(b.unwrap_or(&unused)),
+        b,
         arg(&act),
-        arg(pre.as_ref().unwrap_or(&unused)),
-        shape[shape.len() - 1] as u32,
-        b.is_some(),
-        keep_pre,
+        pre_arg,
+        n,
+        with_bias,
+        keep_pre
     );
     (act, pre)
 }
 
 /// `dy * gelu'(h)`.
 pub fn gelu_grad<R: CubeRuntime>(h: &CubeTensor<R>, dy: &CubeTensor<R>) -> CubeTensor<R> {
-    let dh = empty_f32(h, h.meta.shape().to_vec());
-    let (count, dim) = grid(h);
-    gelu_backward::launch::<f32, R>(&h.client, count, dim, arg(h), arg(dy), arg(&dh));
+    let dh = empty_like(h);
+    launch_elementwise!(gelu_backward, h, arg(h), arg(dy), arg(&dh));
     dh
 }
 
@@ -173,21 +191,9 @@ pub fn bias_residual_forward<R: CubeRuntime>(
     b: Option<&CubeTensor<R>>,
     r: &CubeTensor<R>,
 ) -> CubeTensor<R> {
-    let shape = p.meta.shape().to_vec();
-    let out = empty_f32(p, shape.clone());
-    let unused = empty_f32(p, vec![1]);
-    let (count, dim) = grid(p);
-    bias_residual::launch::<f32, R>(
-        &p.client,
-        count,
-        dim,
-        arg(p),
-        arg(b.unwrap_or(&unused)),
-        arg(r),
-        arg(&out),
-        shape[shape.len() - 1] as u32,
-        b.is_some(),
-    );
+    let out = empty_like(p);
+    let (b, n, with_bias) = bias_args(p, b);
+    launch_elementwise!(bias_residual, p, arg(p), b, arg(r), arg(&out), n, with_bias);
     out
 }
 
@@ -201,17 +207,10 @@ pub fn adamw_step<R: CubeRuntime>(
     step: u64,
 ) -> (CubeTensor<R>, CubeTensor<R>, CubeTensor<R>) {
     let s = Scalars::new(hp, step);
-    let shape = p.meta.shape().to_vec();
-    let (p_out, m_out, v_out) = (
-        empty_f32(p, shape.clone()),
-        empty_f32(p, shape.clone()),
-        empty_f32(p, shape),
-    );
-    let (count, dim) = grid(p);
-    adamw::launch::<f32, R>(
-        &p.client,
-        count,
-        dim,
+    let (p_out, m_out, v_out) = (empty_like(p), empty_like(p), empty_like(p));
+    launch_elementwise!(
+        adamw,
+        p,
         arg(p),
         arg(g),
         arg(m),
@@ -238,17 +237,7 @@ pub fn ema_step<R: CubeRuntime>(
     momentum: f64,
 ) -> CubeTensor<R> {
     let (m, om) = ema_factors(momentum);
-    let out = empty_f32(target, target.meta.shape().to_vec());
-    let (count, dim) = grid(target);
-    ema::launch::<f32, R>(
-        &target.client,
-        count,
-        dim,
-        arg(target),
-        arg(online),
-        arg(&out),
-        m,
-        om,
-    );
+    let out = empty_like(target);
+    launch_elementwise!(ema, target, arg(target), arg(online), arg(&out), m, om);
     out
 }
