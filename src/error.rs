@@ -90,9 +90,12 @@ pub enum Error {
         what: &'static str,
         error: std::io::Error,
     },
-    /// Inputs of the wrong shape or with out-of-range values.
-    #[error("{0}")]
-    Shape(String),
+    /// Mask index sets that do not fit together or the model.
+    #[error(transparent)]
+    MaskIndices(#[from] crate::model::MaskIndexError),
+    /// A curve plot asked for runs without any epoch row.
+    #[error("{}: no epoch rows to draw", path.display())]
+    NothingToDraw { path: PathBuf },
     #[error(transparent)]
     Mask(#[from] crate::masks::MaskError),
     /// The loss became NaN or infinite: nothing was updated.

@@ -5,8 +5,8 @@ use burn::tensor::{ElementConversion, Tensor};
 
 use crate::checkpoint::{Checkpoint, EncoderChoice, HostTensor};
 use crate::device::{DeviceSpec, on_device};
-use crate::error::{Error, Result};
-use crate::model::MaskIndices;
+use crate::error::Result;
+use crate::model::{MaskIndexError, MaskIndices};
 use crate::ops::IjepaBackend;
 use crate::train::loss;
 
@@ -36,10 +36,13 @@ pub fn predict(
     let batch = x.shape[0];
     for (name, m) in [("masks-enc", masks_enc), ("masks-pred", masks_pred)] {
         if m.batch() != batch {
-            return Err(Error::Shape(format!(
-                "--{name} covers {} images, the input has {batch}",
-                m.batch()
-            )));
+            return Err(MaskIndexError::Batch {
+                name: format!("--{name}"),
+                found: m.batch(),
+                expected_from: "the input",
+                expected: batch,
+            }
+            .into());
         }
     }
     on_device!(device, B, dev => predict_on::<B>(ck, x, masks_enc, masks_pred, dev))

@@ -4,7 +4,49 @@
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
 
-use crate::error::{Error, Result};
+use crate::error::Result;
+
+/// Mask index sets that do not fit together or do not fit the model.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum MaskIndexError {
+    #[error("mask set must be non-empty, got [{n_masks} masks, {batch} images, {k} indices]")]
+    Empty {
+        n_masks: usize,
+        batch: usize,
+        k: usize,
+    },
+    #[error("{name} covers {found} images, {expected_from} covers {expected}")]
+    Batch {
+        name: String,
+        found: usize,
+        expected_from: &'static str,
+        expected: usize,
+    },
+    #[error(
+        "mask {mask} of image {image} has {found} indices, expected {expected} (all masks of a batch have one length)"
+    )]
+    Length {
+        mask: usize,
+        image: usize,
+        found: usize,
+        expected: usize,
+    },
+    #[error(
+        "mask {mask} of image {image} holds patch index {index}, the model has {num_patches} patches"
+    )]
+    OutOfRange {
+        mask: usize,
+        image: usize,
+        index: i64,
+        num_patches: usize,
+    },
+    #[error("cannot pad masks of {from} indices to {to}")]
+    PadBelow { from: usize, to: usize },
+    #[error("mask array must be 3-D [n_masks, batch, k], got {shape:?}")]
+    Rank { shape: Vec<usize> },
+    #[error("mask array {shape:?} holds {values} values")]
+    Len { shape: Vec<usize>, values: usize },
+}
 
 /// Patch-index sets of one batch, `[n_masks][batch][k]`, every list of the same length `k`
 /// (the collator truncates them to the batch minimum) and every index below `num_patches`.
@@ -30,29 +72,37 @@ impl MaskIndices {
         let batch = masks.first().map_or(0, |m| m.len());
         let k = masks.first().and_then(|m| m.first()).map_or(0, |v| v.len());
         if n_masks == 0 || batch == 0 || k == 0 {
-            return Err(Error::Shape(format!(
-                "mask set must be non-empty, got [{n_masks} masks, {batch} images, {k} indices]"
-            )));
+            return Err(MaskIndexError::Empty { n_masks, batch, k }.into());
         }
         let mut flat = Vec::with_capacity(n_masks * batch * k);
         for (m, per_image) in masks.iter().enumerate() {
             if per_image.len() != batch {
-                return Err(Error::Shape(format!(
-                    "mask {m} covers {} images, mask 0 covers {batch}",
-                    per_image.len()
-                )));
+                return Err(MaskIndexError::Batch {
+                    name: format!("mask {m}"),
+                    found: per_image.len(),
+                    expected_from: "mask 0",
+                    expected: batch,
+                }
+                .into());
             }
             for (b, idx) in per_image.iter().enumerate() {
                 if idx.len() != k {
-                    return Err(Error::Shape(format!(
-                        "mask {m} of image {b} has {} indices, expected {k} (all masks of a batch have one length)",
-                        idx.len()
-                    )));
+                    return Err(MaskIndexError::Length {
+                        mask: m,
+                        image: b,
+                        found: idx.len(),
+                        expected: k,
+                    }
+                    .into());
                 }
                 if let Some(bad) = idx.iter().find(|&&i| i >= num_patches) {
-                    return Err(Error::Shape(format!(
-                        "mask {m} of image {b} holds patch index {bad}, the model has {num_patches} patches"
-                    )));
+                    return Err(MaskIndexError::OutOfRange {
+                        mask: m,
+                        image: b,
+                        index: *bad as i64,
+                        num_patches,
+                    }
+                    .into());
                 }
                 flat.extend_from_slice(idx);
             }
@@ -70,10 +120,11 @@ impl MaskIndices {
     /// the current length is an error, equal to it gives the set unchanged.
     pub fn padded(&self, k: usize) -> Result<Self> {
         if k < self.k {
-            return Err(Error::Shape(format!(
-                "cannot pad masks of {} indices to {k}",
-                self.k
-            )));
+            return Err(MaskIndexError::PadBelow {
+                from: self.k,
+                to: k,
+            }
+            .into());
         }
         let mut flat = Vec::with_capacity(self.n_masks * self.batch * k);
         for list in self.flat.chunks(self.k) {
@@ -92,20 +143,26 @@ impl MaskIndices {
     /// From a `[n_masks, batch, k]` integer array (the layout of the reference `.npy` files).
     pub fn from_array(shape: &[usize], values: &[i64], num_patches: usize) -> Result<Self> {
         let [m, b, k] = shape else {
-            return Err(Error::Shape(format!(
-                "mask array must be 3-D [n_masks, batch, k], got {shape:?}"
-            )));
+            return Err(MaskIndexError::Rank {
+                shape: shape.to_vec(),
+            }
+            .into());
         };
         if values.len() != m * b * k {
-            return Err(Error::Shape(format!(
-                "mask array {shape:?} holds {} values",
-                values.len()
-            )));
+            return Err(MaskIndexError::Len {
+                shape: shape.to_vec(),
+                values: values.len(),
+            }
+            .into());
         }
-        if let Some(bad) = values.iter().find(|&&v| v < 0) {
-            return Err(Error::Shape(format!(
-                "negative patch index {bad} in mask array"
-            )));
+        if let Some(pos) = values.iter().position(|&v| v < 0) {
+            return Err(MaskIndexError::OutOfRange {
+                mask: pos / (b * k),
+                image: pos / k % b,
+                index: values[pos],
+                num_patches,
+            }
+            .into());
         }
         let nested: Vec<Vec<Vec<usize>>> = (0..*m)
             .map(|mi| {
@@ -210,4 +267,92 @@ pub fn gather_table<B: Backend>(
     table
         .select(0, rows)
         .reshape([masks.n_masks * repeat * masks.batch, masks.k, d])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::Error;
+
+    fn index_error(r: Result<MaskIndices>) -> MaskIndexError {
+        match r {
+            Err(Error::MaskIndices(e)) => e,
+            other => panic!("expected a mask index error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn bad_index_sets_name_the_mask_image_and_index() {
+        let ok = vec![vec![vec![0, 1], vec![2, 3]]];
+        assert!(MaskIndices::new(&ok, 4).is_ok());
+        assert_eq!(
+            index_error(MaskIndices::new(&[], 4)),
+            MaskIndexError::Empty {
+                n_masks: 0,
+                batch: 0,
+                k: 0
+            }
+        );
+        assert_eq!(
+            index_error(MaskIndices::new(&ok, 3)),
+            MaskIndexError::OutOfRange {
+                mask: 0,
+                image: 1,
+                index: 3,
+                num_patches: 3
+            }
+        );
+        let ragged = vec![vec![vec![0, 1], vec![2]]];
+        assert_eq!(
+            index_error(MaskIndices::new(&ragged, 4)),
+            MaskIndexError::Length {
+                mask: 0,
+                image: 1,
+                found: 1,
+                expected: 2
+            }
+        );
+        let uneven = vec![vec![vec![0], vec![1]], vec![vec![2]]];
+        assert!(matches!(
+            index_error(MaskIndices::new(&uneven, 4)),
+            MaskIndexError::Batch {
+                found: 1,
+                expected: 2,
+                ..
+            }
+        ));
+        let m = MaskIndices::new(&ok, 4).unwrap();
+        assert_eq!(
+            index_error(m.padded(1)),
+            MaskIndexError::PadBelow { from: 2, to: 1 }
+        );
+        assert_eq!(m.padded(2).unwrap(), m);
+    }
+
+    #[test]
+    fn arrays_are_checked_before_they_are_read() {
+        assert_eq!(
+            index_error(MaskIndices::from_array(&[2, 2], &[0; 4], 4)),
+            MaskIndexError::Rank { shape: vec![2, 2] }
+        );
+        assert_eq!(
+            index_error(MaskIndices::from_array(&[1, 2, 2], &[0; 3], 4)),
+            MaskIndexError::Len {
+                shape: vec![1, 2, 2],
+                values: 3
+            }
+        );
+        // The fourth value (mask 0, image 1) is negative.
+        assert_eq!(
+            index_error(MaskIndices::from_array(&[1, 2, 2], &[0, 1, 2, -5], 4)),
+            MaskIndexError::OutOfRange {
+                mask: 0,
+                image: 1,
+                index: -5,
+                num_patches: 4
+            }
+        );
+        let m = MaskIndices::from_array(&[1, 2, 2], &[0, 1, 2, 3], 4).unwrap();
+        assert_eq!((m.n_masks(), m.batch(), m.k()), (1, 2, 2));
+    }
 }

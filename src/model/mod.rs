@@ -11,7 +11,7 @@ pub mod predictor;
 pub mod vit;
 
 pub use config::{EncoderConfig, PredictorConfig};
-pub use gather::MaskIndices;
+pub use gather::{MaskIndexError, MaskIndices};
 pub use init::Init;
 pub use predictor::Predictor;
 pub use vit::VisionTransformer;

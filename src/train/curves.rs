@@ -53,10 +53,9 @@ pub fn plot_runs(runs: &[Run], png: &Path) -> Result<()> {
         error,
     };
     if runs.iter().all(|r| r.records.is_empty()) {
-        return Err(Error::Shape(format!(
-            "{}: no epoch rows to draw",
-            png.display()
-        )));
+        return Err(Error::NothingToDraw {
+            path: png.to_path_buf(),
+        });
     }
     let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, FONT);
     let (cpu, x_of) = minutes(runs);

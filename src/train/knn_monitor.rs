@@ -107,12 +107,8 @@ impl KnnMonitor {
             );
             let f = target.pooled(x, 1);
             dim = f.dims()[1];
-            feats.extend(
-                f.into_data()
-                    .convert::<f32>()
-                    .into_vec::<f32>()
-                    .map_err(|e| Error::Shape(format!("kNN monitor features: {e:?}")))?,
-            );
+            // After `convert::<f32>` the read cannot fail.
+            feats.extend(crate::checkpoint::HostTensor::from_tensor(f).data);
         }
         let bad = |e: EvalError| Error::Eval(e);
         let bank = Features::new(self.bank, dim, feats[..self.bank * dim].to_vec()).map_err(bad)?;
