@@ -233,6 +233,8 @@ struct AttentionState {
     out: FlexTensor,
     lse: Vec<f32>,
     heads: usize,
+    /// The precision of the forward's products, also that of the backward's.
+    precision: Precision,
 }
 
 impl Backward<Flex, 1> for AttentionBackward {
@@ -251,6 +253,7 @@ impl Backward<Flex, 1> for AttentionBackward {
             shape[0],
             shape[1],
             s.heads,
+            s.precision,
         );
         grads.register::<Flex>(parent.id, tensor(dqkv, shape));
     }
@@ -349,10 +352,10 @@ impl<C: CheckpointStrategy> IjepaBackend for Ad<C> {
     }
 
     fn ijepa_attention(qkv: FloatTensor<Self>, heads: usize) -> FloatTensor<Self> {
-        if fused_precision().is_none() {
+        let Some(precision) = fused_precision() else {
             return composed::attention::<Self>(qkv, heads);
-        }
-        let Some((out, lse)) = attention_fwd(&qkv.primitive, heads) else {
+        };
+        let Some((out, lse)) = attention_fwd(&qkv.primitive, heads, precision) else {
             return composed::attention::<Self>(qkv, heads);
         };
         match AttentionBackward
@@ -366,6 +369,7 @@ impl<C: CheckpointStrategy> IjepaBackend for Ad<C> {
                     out: out.clone(),
                     lse,
                     heads,
+                    precision,
                 };
                 prep.finish(state, out)
             }
