@@ -205,6 +205,8 @@ struct AttentionState {
     out: FlexTensor,
     lse: Vec<f32>,
     heads: usize,
+    /// The precision of the forward's products, also that of the backward's.
+    precision: Precision,
 }
 
 impl Backward<Flex, 1> for AttentionBackward {
@@ -223,6 +225,7 @@ impl Backward<Flex, 1> for AttentionBackward {
             shape[0],
             shape[1],
             s.heads,
+            s.precision,
         );
         grads.register::<Flex>(parent.id, tensor(dqkv, shape));
     }
@@ -313,10 +316,10 @@ impl<C: CheckpointStrategy> IjepaBackend for Ad<C> {
     }
 
     fn ijepa_attention(qkv: AdTensor<C>, heads: usize) -> AdTensor<C> {
-        if fused_precision().is_none() {
+        let Some(precision) = fused_precision() else {
             return composed::attention::<Self>(qkv, heads);
-        }
-        let Some((out, lse)) = attention_fwd(&qkv.primitive, heads) else {
+        };
+        let Some((out, lse)) = attention_fwd(&qkv.primitive, heads, precision) else {
             return composed::attention::<Self>(qkv, heads);
         };
         let state = |out: &FlexTensor| AttentionState {
@@ -324,6 +327,7 @@ impl<C: CheckpointStrategy> IjepaBackend for Ad<C> {
             out: out.clone(),
             lse,
             heads,
+            precision,
         };
         record::<Flex, C, _, 1>(AttentionBackward, [&qkv], state, out)
     }

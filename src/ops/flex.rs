@@ -145,10 +145,14 @@ pub(super) fn linear_residual_fwd(
 }
 
 /// Attention forward: `(out, lse)`.
-pub(super) fn attention_fwd(qkv: &FlexTensor, heads: usize) -> Option<(FlexTensor, Vec<f32>)> {
+pub(super) fn attention_fwd(
+    qkv: &FlexTensor,
+    heads: usize,
+    p: Precision,
+) -> Option<(FlexTensor, Vec<f32>)> {
     let q = f32s(qkv)?;
     let [b, n, d3] = <[usize; 3]>::try_from(dims(qkv)).ok()?;
-    let (out, lse) = attention::attention_forward(&q, b, n, heads);
+    let (out, lse) = attention::attention_forward(&q, b, n, heads, p);
     Some((tensor(out, vec![b, n, d3 / 3]), lse))
 }
 
@@ -207,13 +211,13 @@ impl IjepaBackend for Flex {
         }
     }
 
-    /// In f32 also under bf16 autocast (where the CPU has bf16 products): the attention's
-    /// products per head are small, and their operands are the f32 ones.
+    /// Under bf16 autocast (where the CPU has bf16 products) the products take bf16 operands,
+    /// as autocast's `bmm`; softmax stays f32.
     fn ijepa_attention(qkv: FlexTensor, heads: usize) -> FlexTensor {
-        if fused_precision().is_none() {
+        let Some(p) = fused_precision() else {
             return composed::attention::<Self>(qkv, heads);
-        }
-        match attention_fwd(&qkv, heads) {
+        };
+        match attention_fwd(&qkv, heads, p) {
             Some((out, _)) => out,
             None => composed::attention::<Self>(qkv, heads),
         }

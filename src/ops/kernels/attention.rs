@@ -17,6 +17,7 @@
 //! `gemm` with `Parallelism::None` (already inside a parallel loop). (`Q Kᵀ` on the tiles with
 //! `Kᵀ` packed per head measured no faster.)
 
+use crate::ops::Precision;
 use crate::ops::kernels::math::{self, exp2_f32, simd_fn};
 use crate::ops::kernels::matmul::{PackedRhs, Parallelism, View, gemm_rows_strided, gemm_strided};
 use rayon::prelude::*;
@@ -42,7 +43,7 @@ fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
     })
 }
 
-fn dims(len: usize, batch: usize, seq: usize, heads: usize) -> (usize, usize) {
+pub(super) fn dims(len: usize, batch: usize, seq: usize, heads: usize) -> (usize, usize) {
     assert!(batch > 0 && seq > 0 && heads > 0);
     assert_eq!(len % (batch * seq * 3), 0, "qkv must be [B, N, 3*D]");
     let d = len / (batch * seq * 3);
@@ -64,7 +65,7 @@ simd_fn! {
     /// (`s = logits·log2 e`): `p = 2^(s - max)`, with `inv[i] = 1 / Σ_j p_ij` (the
     /// normalisation is applied to the rows of `P V`, `hd` wide, instead of to `P`, `n` wide)
     /// and `lse[i] = ln Σ_j e^{logit_ij}`.
-    fn softmax_numerators(s: &mut [f32], n: usize, lse: &mut [f32], inv: &mut [f32]) {
+    pub(super) fn softmax_numerators(s: &mut [f32], n: usize, lse: &mut [f32], inv: &mut [f32]) {
         for ((row, l), r) in s
             .chunks_exact_mut(n)
             .zip(lse.iter_mut())
@@ -81,7 +82,7 @@ simd_fn! {
 simd_fn! {
     /// One head's output rows: row `i` of `pv [n, hd]` times `inv[i]`, written into `hd`
     /// columns of `out` at stride `d`.
-    fn scale_head_rows(out: &mut [MaybeUninit<f32>], pv: &[f32], inv: &[f32], d: usize, hd: usize) {
+    pub(super) fn scale_head_rows(out: &mut [MaybeUninit<f32>], pv: &[f32], inv: &[f32], d: usize, hd: usize) {
         for ((i, &r), row) in inv.iter().enumerate().zip(pv.chunks_exact(hd)) {
             for (o, &v) in out[i * d..i * d + hd].iter_mut().zip(row) {
                 o.write(v * r);
@@ -92,7 +93,7 @@ simd_fn! {
 
 simd_fn! {
     /// The backward's recomputation of `P` in place on log2-scaled scores: `2^(s - lse·log2 e)`.
-    fn probabilities(p: &mut [f32], lse: &[f32], n: usize) {
+    pub(super) fn probabilities(p: &mut [f32], lse: &[f32], n: usize) {
         for (row, &l) in p.chunks_exact_mut(n).zip(lse) {
             let l2 = l * LOG2_E;
             for x in row.iter_mut() {
@@ -105,7 +106,7 @@ simd_fn! {
 simd_fn! {
     /// `dp ← scale · P ∘ (dP - delta)` with `delta_i = dO_i · O_i` (rows of `g` and `o`: `hd`
     /// floats at stride `d`), in place on `dp [n, n]`; `delta` is scratch of `n`.
-    fn scaled_score_grads(
+    pub(super) fn scaled_score_grads(
         dp: &mut [f32],
         p: &[f32],
         g: &[f32],
@@ -127,6 +128,13 @@ simd_fn! {
     }
 }
 
+/// Whether the products run on bf16 operands ([`super::attention_bf16`]): in precision bf16
+/// where the CPU has bf16 products and the head dimension is even; f32 otherwise.
+#[cfg(target_arch = "x86_64")]
+fn bf16_products(p: Precision, hd: usize) -> bool {
+    p == Precision::Bf16 && super::cpu::bf16_products() && super::attention_bf16::supported(hd)
+}
+
 /// Attention forward.
 ///
 /// `qkv: [B, N, 3D]` (q | k | v, head `h` at columns `h·hd..(h+1)·hd` of each third),
@@ -136,8 +144,15 @@ pub fn attention_forward(
     batch: usize,
     seq: usize,
     heads: usize,
+    p: Precision,
 ) -> (Vec<f32>, Vec<f32>) {
     let (d, hd) = dims(qkv.len(), batch, seq, heads);
+    #[cfg(target_arch = "x86_64")]
+    if bf16_products(p, hd) {
+        return super::attention_bf16::attention_forward(qkv, batch, seq, heads);
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
     let n = seq;
     let scale = (hd as f64).powf(-0.5) as f32; // timm: head_dim ** -0.5 (a Python float)
     // scores in log2 units: softmax then needs 2^x instead of e^x
@@ -175,6 +190,7 @@ pub fn attention_forward(
 ///
 /// Recomputes `P = exp(scale·QKᵀ - lse)`; then `dV = Pᵀ dO`, `dP = dO Vᵀ`,
 /// `dS = P ∘ (dP - rowsum(dO ∘ O))`, `dQ = scale·dS K`, `dK = scale·dSᵀ Q`.
+#[allow(clippy::too_many_arguments)]
 pub fn attention_backward(
     qkv: &[f32],
     out: &[f32],
@@ -183,8 +199,15 @@ pub fn attention_backward(
     batch: usize,
     seq: usize,
     heads: usize,
+    p: Precision,
 ) -> Vec<f32> {
     let (d, hd) = dims(qkv.len(), batch, seq, heads);
+    #[cfg(target_arch = "x86_64")]
+    if bf16_products(p, hd) {
+        return super::attention_bf16::attention_backward(qkv, out, lse, dout, batch, seq, heads);
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
     let n = seq;
     assert_eq!(out.len(), batch * n * d);
     assert_eq!(dout.len(), batch * n * d);
@@ -266,6 +289,7 @@ pub fn attention_backward(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ops::Precision::F32;
     use crate::ops::kernels::testutil::*;
 
     /// f64 reference forward: returns out [B, N, D].
@@ -335,7 +359,7 @@ mod tests {
         // scale 2.0 → logits of order a few units: a non-trivial softmax
         let qkv = uniform(&mut rg, b * n * 3 * d, 2.0);
         let dout = uniform(&mut rg, b * n * d, 1.0);
-        let (out, lse) = attention_forward(&qkv, b, n, heads);
+        let (out, lse) = attention_forward(&qkv, b, n, heads, F32);
         let q64 = to_f64(&qkv);
         let tag = format!("attn B{b} N{n} H{heads} hd{hd}");
         assert_close(
@@ -350,7 +374,7 @@ mod tests {
             &ref_lse(&q64, b, n, heads),
             1e-5,
         );
-        let dqkv = attention_backward(&qkv, &out, &lse, &dout, b, n, heads);
+        let dqkv = attention_backward(&qkv, &out, &lse, &dout, b, n, heads, F32);
         if fd {
             // L = Σ dout ∘ out(qkv), central differences of the f64 reference.
             let g64 = to_f64(&dout);
@@ -402,8 +426,8 @@ mod tests {
         let mut rg = rng(20);
         let qkv = uniform(&mut rg, b * n * 3 * d, 2.0);
         let dout = uniform(&mut rg, b * n * d, 1.0);
-        let (out, lse) = attention_forward(&qkv, b, n, heads);
-        let got = attention_backward(&qkv, &out, &lse, &dout, b, n, heads);
+        let (out, lse) = attention_forward(&qkv, b, n, heads, F32);
+        let got = attention_backward(&qkv, &out, &lse, &dout, b, n, heads, F32);
         let want = ref_backward(&to_f64(&qkv), &to_f64(&dout), b, n, heads);
         assert_close("attn dqkv vs analytic f64", &got, &want, 1e-5);
     }
@@ -467,8 +491,8 @@ mod tests {
         let qkv = uniform(&mut rg, b * n * 3 * d, 2.0);
         let dout = uniform(&mut rg, b * n * d, 1.0);
         assert_deterministic("attention", || {
-            let (out, lse) = attention_forward(&qkv, b, n, heads);
-            let dqkv = attention_backward(&qkv, &out, &lse, &dout, b, n, heads);
+            let (out, lse) = attention_forward(&qkv, b, n, heads, F32);
+            let dqkv = attention_backward(&qkv, &out, &lse, &dout, b, n, heads, F32);
             vec![out, lse, dqkv]
         });
     }

@@ -21,6 +21,8 @@
 //! independent of the thread count. Outputs are returned as fresh `Vec`s.
 
 pub mod attention;
+#[cfg(target_arch = "x86_64")]
+pub mod attention_bf16;
 pub mod cpu;
 pub mod gelu;
 pub mod layernorm;

@@ -54,10 +54,12 @@ fn pair(lo: f32, hi: f32) -> u32 {
     bf16_bits(lo) as u32 | (bf16_bits(hi) as u32) << 16
 }
 
-/// 16 floats (the first `count`, the rest zero) rounded to bf16 and zero-extended to 32 bits.
+/// 16 floats (the first `count`, the rest zero) rounded to bf16 and zero-extended to 32 bits
+/// (the tests check the scalar rounding against it).
 ///
 /// # Safety
 /// AVX-512 F/BW/BF16; `p` readable for `count <= 16` floats.
+#[cfg(test)]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,avx512bf16")]
 #[inline]
 unsafe fn widened(p: *const f32, count: usize) -> __m512i {
@@ -69,26 +71,34 @@ unsafe fn widened(p: *const f32, count: usize) -> __m512i {
     _mm512_cvtepu16_epi32(h)
 }
 
-/// `dst[j] = pair(a[j], b[j])` for `j < len` (`b` null: a zero row).
+/// `dst[j] = pair(a[j], b[j])` for `j < len` (`b` null: a zero row): both rows rounded by one
+/// `vcvtne2ps2bf16`, their halves interleaved by one `vpermw`.
 ///
 /// # Safety
 /// AVX-512 F/BW/BF16; `a` (and `b` unless null) readable for `len` floats, `dst` writable for
 /// `len` pairs.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,avx512bf16")]
 unsafe fn pairs_across_row(a: *const f32, b: *const f32, len: usize, dst: *mut u32) {
+    // 16-bit lane 2j takes a[j] (lane j of the conversion), lane 2j + 1 takes b[j] (lane 16 + j)
+    let interleave = _mm512_set_epi16(
+        31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6, 21, 5, 20, 4,
+        19, 3, 18, 2, 17, 1, 16, 0,
+    );
     let mut j = 0;
     while j < len {
         let count = (len - j).min(16);
-        // SAFETY: inside the extents above.
+        let mask = ((1u32 << count) - 1) as __mmask16;
+        // SAFETY: inside the extents above; masked-off lanes are neither read nor written.
         unsafe {
-            let lo = widened(a.add(j), count);
+            let lo = _mm512_maskz_loadu_ps(mask, a.add(j));
             let hi = if b.is_null() {
-                _mm512_setzero_si512()
+                _mm512_setzero_ps()
             } else {
-                _mm512_slli_epi32::<16>(widened(b.add(j), count))
+                _mm512_maskz_loadu_ps(mask, b.add(j))
             };
-            let mask = ((1u32 << count) - 1) as __mmask16;
-            _mm512_mask_storeu_epi32(dst.add(j).cast(), mask, _mm512_or_si512(lo, hi));
+            let both: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(hi, lo));
+            let pairs = _mm512_permutexvar_epi16(interleave, both);
+            _mm512_mask_storeu_epi32(dst.add(j).cast(), mask, pairs);
         }
         j += count;
     }

@@ -22,6 +22,8 @@ mod avx2;
 mod avx512;
 #[cfg(target_arch = "x86_64")]
 pub mod bf16;
+#[cfg(target_arch = "x86_64")]
+pub mod bf16_pairs;
 
 /// A read-only strided matrix view: element `(i, j)` is `data[i * rs + j * cs]` (f32 unless
 /// said otherwise; the evaluation code multiplies f64 matrices too).

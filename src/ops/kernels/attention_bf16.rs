@@ -1,0 +1,322 @@
+//! Attention's products with bf16 operands and f32 accumulation (`vdpbf16ps`): what
+//! [`super::attention`] computes under bf16 autocast where the CPU has bf16 products, as
+//! PyTorch's autocast runs `bmm` in bf16. Softmax, its log-sum-exp, the normalisation and
+//! `delta = rowsum(dO ∘ O)` stay f32, as the scores and every accumulation.
+//!
+//! Layout: the operands are rounded to bf16 once per image, into the two layouts of
+//! [`crate::ops::kernels::matmul::bf16`] (pairs along rows, for a left operand or, transposed
+//! per head, for `Kᵀ` and `Vᵀ`; pairs across rows, for a right operand read in place or a
+//! transposed left one): `q, k` along and `v` across in the forward; `q, k, v` along, `q, k`
+//! across, `dO` along and across in the backward. The probabilities and the score gradients
+//! are rounded per head. The backward recomputes the scores from the same pairs on the same
+//! tiles as the forward, so it sees the forward's values bit for bit.
+
+use super::attention::{
+    dims, probabilities, scale_head_rows, scaled_score_grads, softmax_numerators,
+};
+use super::matmul::bf16::{pairs_across_into, pairs_along};
+use super::matmul::bf16_pairs::{Lhs, Rhs, product, transpose};
+use rayon::prelude::*;
+use std::cell::RefCell;
+use std::f32::consts::LOG2_E;
+use std::mem::MaybeUninit;
+
+thread_local! {
+    static SCRATCH: RefCell<(Vec<f32>, Vec<u32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+}
+
+/// Runs `f` on per-thread scratch of `floats` f32 and `pairs` u32 (contents unspecified).
+fn with_scratch<R>(floats: usize, pairs: usize, f: impl FnOnce(&mut [f32], &mut [u32]) -> R) -> R {
+    SCRATCH.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut buf) => {
+            let (fb, pb) = &mut *buf;
+            if fb.len() < floats {
+                fb.resize(floats, 0.0);
+            }
+            if pb.len() < pairs {
+                pb.resize(pairs, 0);
+            }
+            f(&mut fb[..floats], &mut pb[..pairs])
+        }
+        Err(_) => f(&mut vec![0.0; floats], &mut vec![0; pairs]),
+    })
+}
+
+/// Whether the bf16 products take `d = heads · hd`: pairs along a row of q, k or v must not
+/// straddle two heads (`hd` even).
+pub fn supported(hd: usize) -> bool {
+    hd.is_multiple_of(2)
+}
+
+fn uninit_u32(v: &mut [u32]) -> &mut [MaybeUninit<u32>] {
+    // SAFETY: MaybeUninit<u32> has u32's layout; the only writer (`pairs_across_into`) stores
+    // plain integers.
+    unsafe { &mut *(v as *mut [u32] as *mut [MaybeUninit<u32>]) }
+}
+
+fn uninit_f32(v: &mut [f32]) -> &mut [MaybeUninit<f32>] {
+    // SAFETY: as `uninit_u32`; the products store plain floats.
+    unsafe { super::as_uninit(v) }
+}
+
+/// `s [n, n] = scale2 · Q Kᵀ` for one head: `qk` holds the pairs along the rows of q and k
+/// (`[n][d]`: q's in the first `d / 2`, k's in the second), `kt` is scratch for `Kᵀ`'s panels.
+#[allow(clippy::too_many_arguments)]
+fn scores(
+    qk: &[u32],
+    d: usize,
+    n: usize,
+    hd: usize,
+    h: usize,
+    scale2: f32,
+    kt: &mut [u32],
+    s: &mut [f32],
+) {
+    let (hp, np) = (hd / 2, n.next_multiple_of(16));
+    transpose(&qk[d / 2 + h * hp..], n, hp, d, kt, np);
+    let q = Lhs {
+        data: &qk[h * hp..],
+        row: d,
+        step: 1,
+    };
+    product(n, hp, n, q, Rhs { data: kt, ld: np }, uninit_f32(s), n);
+    s.iter_mut().for_each(|x| *x *= scale2);
+}
+
+/// [`super::attention::attention_forward`] with bf16 products.
+pub fn attention_forward(
+    qkv: &[f32],
+    batch: usize,
+    seq: usize,
+    heads: usize,
+) -> (Vec<f32>, Vec<f32>) {
+    let (d, hd) = dims(qkv.len(), batch, seq, heads);
+    assert!(supported(hd), "bf16 attention needs an even head dimension");
+    let n = seq;
+    let scale = (hd as f64).powf(-0.5) as f32;
+    let scale2 = scale * LOG2_E;
+    let (n2, np, hp) = (n.div_ceil(2), n.next_multiple_of(16), hd / 2);
+    let ldv = d + 16; // v's pairs across rows, padded for the last head's whole panels
+    let mut out = super::uninit(batch * n * d);
+    let mut lse = vec![0.0f32; batch * heads * n];
+    let floats = n * n + n + n * hd;
+    let pairs = n * d + n2 * ldv + hp * np + n * n2;
+    out.par_chunks_mut(n * d)
+        .zip(lse.par_chunks_mut(heads * n))
+        .zip(qkv.par_chunks(n * 3 * d))
+        .for_each(|((out_b, lse_b), qkv_b)| {
+            with_scratch(floats, pairs, |fb, pb| {
+                let (s, rest) = fb.split_at_mut(n * n);
+                let (inv, pv) = rest.split_at_mut(n);
+                let (qk, rest) = pb.split_at_mut(n * d);
+                let (va, rest) = rest.split_at_mut(n2 * ldv);
+                let (kt, pa) = rest.split_at_mut(hp * np);
+                pairs_along(qkv_b, n, 2 * d, 3 * d, qk);
+                pairs_across_into(&qkv_b[2 * d..], n, d, 3 * d, uninit_u32(va), ldv);
+                for h in 0..heads {
+                    scores(qk, d, n, hd, h, scale2, kt, s);
+                    softmax_numerators(s, n, &mut lse_b[h * n..(h + 1) * n], inv);
+                    pairs_along(s, n, n, n, pa);
+                    let p = Lhs {
+                        data: pa,
+                        row: n2,
+                        step: 1,
+                    };
+                    let v = Rhs {
+                        data: &va[h * hd..],
+                        ld: ldv,
+                    };
+                    product(n, n2, hd, p, v, uninit_f32(pv), hd);
+                    scale_head_rows(&mut out_b[h * hd..], pv, inv, d, hd);
+                }
+            })
+        });
+    // SAFETY: every head wrote its hd columns of every row of each image's piece.
+    (unsafe { super::assume_init(out) }, lse)
+}
+
+/// [`super::attention::attention_backward`] with bf16 products; `lse` from
+/// [`attention_forward`].
+pub fn attention_backward(
+    qkv: &[f32],
+    out: &[f32],
+    lse: &[f32],
+    dout: &[f32],
+    batch: usize,
+    seq: usize,
+    heads: usize,
+) -> Vec<f32> {
+    let (d, hd) = dims(qkv.len(), batch, seq, heads);
+    assert!(supported(hd), "bf16 attention needs an even head dimension");
+    let n = seq;
+    assert_eq!(out.len(), batch * n * d);
+    assert_eq!(dout.len(), batch * n * d);
+    assert_eq!(lse.len(), batch * heads * n);
+    let scale = (hd as f64).powf(-0.5) as f32;
+    let scale2 = scale * LOG2_E;
+    let (n2, np, hp) = (n.div_ceil(2), n.next_multiple_of(16), hd / 2);
+    let (ldqk, ldg) = (2 * d + 16, d + 16); // pairs across rows, padded for whole panels
+    let floats = 2 * n * n + n;
+    // q k v along, q k across, dO along, dO across, Kᵀ / Vᵀ panels, P / dS along, across
+    let pairs = n * 3 * d / 2 + n2 * ldqk + n * d / 2 + n2 * ldg + hp * np + 2 * n * n2 + n2 * n;
+    let mut dqkv = super::uninit(qkv.len());
+    dqkv.par_chunks_mut(n * 3 * d)
+        .zip(qkv.par_chunks(n * 3 * d))
+        .zip(out.par_chunks(n * d).zip(dout.par_chunks(n * d)))
+        .zip(lse.par_chunks(heads * n))
+        .for_each(|(((dqkv_b, qkv_b), (out_b, dout_b)), lse_b)| {
+            with_scratch(floats, pairs, |fb, pb| {
+                let (p, rest) = fb.split_at_mut(n * n);
+                let (dp, delta) = rest.split_at_mut(n * n);
+                let (qkva, rest) = pb.split_at_mut(n * 3 * d / 2);
+                let (qkc, rest) = rest.split_at_mut(n2 * ldqk);
+                let (ga, rest) = rest.split_at_mut(n * d / 2);
+                let (gc, rest) = rest.split_at_mut(n2 * ldg);
+                let (t, rest) = rest.split_at_mut(hp * np);
+                let (pa, rest) = rest.split_at_mut(n * n2);
+                let (dsa, pc) = rest.split_at_mut(n * n2);
+                pairs_along(qkv_b, n, 3 * d, 3 * d, qkva);
+                pairs_across_into(qkv_b, n, 2 * d, 3 * d, uninit_u32(qkc), ldqk);
+                pairs_along(dout_b, n, d, d, ga);
+                pairs_across_into(dout_b, n, d, d, uninit_u32(gc), ldg);
+                let ld3 = 3 * d / 2;
+                for h in 0..heads {
+                    let (o, g) = (&out_b[h * hd..], &dout_b[h * hd..]);
+                    // P as in the forward: the same pairs, tiles and scale
+                    transpose(&qkva[d / 2 + h * hp..], n, hp, ld3, t, np);
+                    let q = Lhs {
+                        data: &qkva[h * hp..],
+                        row: ld3,
+                        step: 1,
+                    };
+                    product(n, hp, n, q, Rhs { data: t, ld: np }, uninit_f32(p), n);
+                    p.iter_mut().for_each(|x| *x *= scale2);
+                    probabilities(p, &lse_b[h * n..(h + 1) * n], n);
+                    // dV = Pᵀ dO
+                    pairs_across_into(p, n, n, n, uninit_u32(pc), n);
+                    let pt = Lhs {
+                        data: pc,
+                        row: 1,
+                        step: n,
+                    };
+                    let gr = Rhs {
+                        data: &gc[h * hd..],
+                        ld: ldg,
+                    };
+                    product(n, n2, hd, pt, gr, &mut dqkv_b[2 * d + h * hd..], 3 * d);
+                    // dP = dO Vᵀ
+                    transpose(&qkva[d + h * hp..], n, hp, ld3, t, np);
+                    let gl = Lhs {
+                        data: &ga[h * hp..],
+                        row: d / 2,
+                        step: 1,
+                    };
+                    product(n, hp, n, gl, Rhs { data: t, ld: np }, uninit_f32(dp), n);
+                    // scale · dS = scale · P ∘ (dP - delta), delta_i = dO_i · O_i
+                    scaled_score_grads(dp, p, g, o, delta, n, d, hd, scale);
+                    // dQ = (scale · dS) K
+                    pairs_along(dp, n, n, n, dsa);
+                    let ds = Lhs {
+                        data: dsa,
+                        row: n2,
+                        step: 1,
+                    };
+                    let k = Rhs {
+                        data: &qkc[d + h * hd..],
+                        ld: ldqk,
+                    };
+                    product(n, n2, hd, ds, k, &mut dqkv_b[h * hd..], 3 * d);
+                    // dK = (scale · dS)ᵀ Q
+                    pairs_across_into(dp, n, n, n, uninit_u32(pa), n);
+                    let dst = Lhs {
+                        data: pa,
+                        row: 1,
+                        step: n,
+                    };
+                    let q = Rhs {
+                        data: &qkc[h * hd..],
+                        ld: ldqk,
+                    };
+                    product(n, n2, hd, dst, q, &mut dqkv_b[d + h * hd..], 3 * d);
+                }
+            })
+        });
+    // SAFETY: every head wrote its hd columns of dq, dk and dv in every row of each piece.
+    unsafe { super::assume_init(dqkv) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::Precision::{Bf16, F32};
+    use crate::ops::kernels::attention as f32_attention;
+    use crate::ops::kernels::cpu::bf16_products;
+    use crate::ops::kernels::testutil::*;
+
+    /// Largest `|got - want|` over the largest `|want|`.
+    fn rel(got: &[f32], want: &[f32]) -> f64 {
+        let scale = want.iter().fold(0.0f64, |m, &w| m.max(w.abs() as f64));
+        let worst = got
+            .iter()
+            .zip(want)
+            .fold(0.0f64, |m, (&g, &w)| m.max((g as f64 - w as f64).abs()));
+        worst / scale.max(1e-30)
+    }
+
+    /// Forward and backward against the f32 kernels: equal up to bf16's rounding of the
+    /// operands (a misplaced head, pair or panel would be off by the values' own size); odd
+    /// token counts, head dims that are not a multiple of 16, one head, many.
+    #[test]
+    fn bf16_attention_follows_f32() {
+        if !bf16_products() {
+            println!("skipped: no bf16 products on this CPU");
+            return;
+        }
+        let mut rg = rng(31);
+        for &(b, n, heads, hd) in &[
+            (1, 1, 1, 2),
+            (2, 7, 2, 6),
+            (3, 27, 4, 16),
+            (2, 64, 4, 32),
+            (2, 50, 4, 32),
+            (1, 70, 2, 64),
+            (2, 33, 3, 10),
+        ] {
+            let d = heads * hd;
+            let qkv = uniform(&mut rg, b * n * 3 * d, 1.0);
+            let dout = uniform(&mut rg, b * n * d, 1.0);
+            let f = |p| {
+                let (out, lse) = f32_attention::attention_forward(&qkv, b, n, heads, p);
+                let dqkv =
+                    f32_attention::attention_backward(&qkv, &out, &lse, &dout, b, n, heads, p);
+                (out, lse, dqkv)
+            };
+            let (o32, l32, g32) = f(F32);
+            let (o16, l16, g16) = f(Bf16);
+            let tag = format!("b{b} n{n} heads{heads} hd{hd}");
+            assert!(rel(&o16, &o32) < 1e-2, "{tag} out: {:e}", rel(&o16, &o32));
+            assert!(rel(&l16, &l32) < 2e-3, "{tag} lse: {:e}", rel(&l16, &l32));
+            assert!(rel(&g16, &g32) < 1e-2, "{tag} dqkv: {:e}", rel(&g16, &g32));
+            assert_ne!(bits(&o16), bits(&o32), "{tag}: bf16 not applied");
+        }
+    }
+
+    /// The same floats whatever the pool's thread count.
+    #[test]
+    fn bf16_attention_deterministic_across_thread_counts() {
+        if !bf16_products() {
+            println!("skipped: no bf16 products on this CPU");
+            return;
+        }
+        let (b, n, heads, hd) = (5, 27, 4, 16);
+        let d = heads * hd;
+        let mut rg = rng(32);
+        let qkv = uniform(&mut rg, b * n * 3 * d, 2.0);
+        let dout = uniform(&mut rg, b * n * d, 1.0);
+        assert_deterministic("attention bf16", || {
+            let (out, lse) = attention_forward(&qkv, b, n, heads);
+            let dqkv = attention_backward(&qkv, &out, &lse, &dout, b, n, heads);
+            vec![out, lse, dqkv]
+        });
+    }
+}
