@@ -128,6 +128,13 @@ simd_fn! {
     }
 }
 
+/// `(scale, scale · log2 e)`: timm's `head_dim ** -0.5` (a Python float, rounded once to f32),
+/// and the same in log2 units, where softmax needs `2^x` instead of `e^x`.
+pub(super) fn scales(hd: usize) -> (f32, f32) {
+    let scale = (hd as f64).powf(-0.5) as f32;
+    (scale, scale * LOG2_E)
+}
+
 /// Whether the products run on bf16 operands ([`super::attention_bf16`]): in precision bf16
 /// where the CPU has bf16 products and the head dimension is even; f32 otherwise.
 #[cfg(target_arch = "x86_64")]
@@ -154,9 +161,7 @@ pub fn attention_forward(
     #[cfg(not(target_arch = "x86_64"))]
     let _ = p;
     let n = seq;
-    let scale = (hd as f64).powf(-0.5) as f32; // timm: head_dim ** -0.5 (a Python float)
-    // scores in log2 units: softmax then needs 2^x instead of e^x
-    let scale2 = scale * LOG2_E;
+    let (_, scale2) = scales(hd);
     let mut out = super::uninit(batch * n * d);
     let mut lse = vec![0.0f32; batch * heads * n];
     out.par_chunks_mut(n * d)
@@ -202,18 +207,17 @@ pub fn attention_backward(
     p: Precision,
 ) -> Vec<f32> {
     let (d, hd) = dims(qkv.len(), batch, seq, heads);
+    let n = seq;
+    assert_eq!(out.len(), batch * n * d);
+    assert_eq!(dout.len(), batch * n * d);
+    assert_eq!(lse.len(), batch * heads * n);
     #[cfg(target_arch = "x86_64")]
     if bf16_products(p, hd) {
         return super::attention_bf16::attention_backward(qkv, out, lse, dout, batch, seq, heads);
     }
     #[cfg(not(target_arch = "x86_64"))]
     let _ = p;
-    let n = seq;
-    assert_eq!(out.len(), batch * n * d);
-    assert_eq!(dout.len(), batch * n * d);
-    assert_eq!(lse.len(), batch * heads * n);
-    let scale = (hd as f64).powf(-0.5) as f32; // timm: head_dim ** -0.5 (a Python float)
-    let scale2 = scale * LOG2_E;
+    let (scale, scale2) = scales(hd);
     let mut dqkv = super::uninit(qkv.len());
     dqkv.par_chunks_mut(n * 3 * d)
         .zip(qkv.par_chunks(n * 3 * d))

@@ -12,13 +12,12 @@
 //! tiles as the forward, so it sees the forward's values bit for bit.
 
 use super::attention::{
-    dims, probabilities, scale_head_rows, scaled_score_grads, softmax_numerators,
+    dims, probabilities, scale_head_rows, scaled_score_grads, scales, softmax_numerators,
 };
 use super::matmul::bf16::{pairs_across_into, pairs_along};
 use super::matmul::bf16_pairs::{Lhs, Rhs, product, transpose};
 use rayon::prelude::*;
 use std::cell::RefCell;
-use std::f32::consts::LOG2_E;
 use std::mem::MaybeUninit;
 
 thread_local! {
@@ -74,12 +73,8 @@ fn scores(
 ) {
     let (hp, np) = (hd / 2, n.next_multiple_of(16));
     transpose(&qk[d / 2 + h * hp..], n, hp, d, kt, np);
-    let q = Lhs {
-        data: &qk[h * hp..],
-        row: d,
-        step: 1,
-    };
-    product(n, hp, n, q, Rhs { data: kt, ld: np }, uninit_f32(s), n);
+    let q = Lhs::along(&qk[h * hp..], d);
+    product(n, hp, n, q, Rhs::new(kt, np), uninit_f32(s), n);
     s.iter_mut().for_each(|x| *x *= scale2);
 }
 
@@ -93,8 +88,7 @@ pub fn attention_forward(
     let (d, hd) = dims(qkv.len(), batch, seq, heads);
     assert!(supported(hd), "bf16 attention needs an even head dimension");
     let n = seq;
-    let scale = (hd as f64).powf(-0.5) as f32;
-    let scale2 = scale * LOG2_E;
+    let (_, scale2) = scales(hd);
     let (n2, np, hp) = (n.div_ceil(2), n.next_multiple_of(16), hd / 2);
     let ldv = d + 16; // v's pairs across rows, padded for the last head's whole panels
     let mut out = super::uninit(batch * n * d);
@@ -117,15 +111,8 @@ pub fn attention_forward(
                     scores(qk, d, n, hd, h, scale2, kt, s);
                     softmax_numerators(s, n, &mut lse_b[h * n..(h + 1) * n], inv);
                     pairs_along(s, n, n, n, pa);
-                    let p = Lhs {
-                        data: pa,
-                        row: n2,
-                        step: 1,
-                    };
-                    let v = Rhs {
-                        data: &va[h * hd..],
-                        ld: ldv,
-                    };
+                    let p = Lhs::along(pa, n2);
+                    let v = Rhs::new(&va[h * hd..], ldv);
                     product(n, n2, hd, p, v, uninit_f32(pv), hd);
                     scale_head_rows(&mut out_b[h * hd..], pv, inv, d, hd);
                 }
@@ -136,7 +123,7 @@ pub fn attention_forward(
 }
 
 /// [`super::attention::attention_backward`] with bf16 products; `lse` from
-/// [`attention_forward`].
+/// [`attention_forward`]; the operands' lengths checked by the caller.
 pub fn attention_backward(
     qkv: &[f32],
     out: &[f32],
@@ -149,11 +136,7 @@ pub fn attention_backward(
     let (d, hd) = dims(qkv.len(), batch, seq, heads);
     assert!(supported(hd), "bf16 attention needs an even head dimension");
     let n = seq;
-    assert_eq!(out.len(), batch * n * d);
-    assert_eq!(dout.len(), batch * n * d);
-    assert_eq!(lse.len(), batch * heads * n);
-    let scale = (hd as f64).powf(-0.5) as f32;
-    let scale2 = scale * LOG2_E;
+    let (scale, scale2) = scales(hd);
     let (n2, np, hp) = (n.div_ceil(2), n.next_multiple_of(16), hd / 2);
     let (ldqk, ldg) = (2 * d + 16, d + 16); // pairs across rows, padded for whole panels
     let floats = 2 * n * n + n;
@@ -184,59 +167,30 @@ pub fn attention_backward(
                     let (o, g) = (&out_b[h * hd..], &dout_b[h * hd..]);
                     // P as in the forward: the same pairs, tiles and scale
                     transpose(&qkva[d / 2 + h * hp..], n, hp, ld3, t, np);
-                    let q = Lhs {
-                        data: &qkva[h * hp..],
-                        row: ld3,
-                        step: 1,
-                    };
-                    product(n, hp, n, q, Rhs { data: t, ld: np }, uninit_f32(p), n);
+                    let q = Lhs::along(&qkva[h * hp..], ld3);
+                    product(n, hp, n, q, Rhs::new(t, np), uninit_f32(p), n);
                     p.iter_mut().for_each(|x| *x *= scale2);
                     probabilities(p, &lse_b[h * n..(h + 1) * n], n);
                     // dV = Pᵀ dO
                     pairs_across_into(p, n, n, n, uninit_u32(pc), n);
-                    let pt = Lhs {
-                        data: pc,
-                        row: 1,
-                        step: n,
-                    };
-                    let gr = Rhs {
-                        data: &gc[h * hd..],
-                        ld: ldg,
-                    };
+                    let pt = Lhs::across(pc, n);
+                    let gr = Rhs::new(&gc[h * hd..], ldg);
                     product(n, n2, hd, pt, gr, &mut dqkv_b[2 * d + h * hd..], 3 * d);
                     // dP = dO Vᵀ
                     transpose(&qkva[d + h * hp..], n, hp, ld3, t, np);
-                    let gl = Lhs {
-                        data: &ga[h * hp..],
-                        row: d / 2,
-                        step: 1,
-                    };
-                    product(n, hp, n, gl, Rhs { data: t, ld: np }, uninit_f32(dp), n);
+                    let gl = Lhs::along(&ga[h * hp..], d / 2);
+                    product(n, hp, n, gl, Rhs::new(t, np), uninit_f32(dp), n);
                     // scale · dS = scale · P ∘ (dP - delta), delta_i = dO_i · O_i
                     scaled_score_grads(dp, p, g, o, delta, n, d, hd, scale);
                     // dQ = (scale · dS) K
                     pairs_along(dp, n, n, n, dsa);
-                    let ds = Lhs {
-                        data: dsa,
-                        row: n2,
-                        step: 1,
-                    };
-                    let k = Rhs {
-                        data: &qkc[d + h * hd..],
-                        ld: ldqk,
-                    };
+                    let ds = Lhs::along(dsa, n2);
+                    let k = Rhs::new(&qkc[d + h * hd..], ldqk);
                     product(n, n2, hd, ds, k, &mut dqkv_b[h * hd..], 3 * d);
                     // dK = (scale · dS)ᵀ Q
                     pairs_across_into(dp, n, n, n, uninit_u32(pa), n);
-                    let dst = Lhs {
-                        data: pa,
-                        row: 1,
-                        step: n,
-                    };
-                    let q = Rhs {
-                        data: &qkc[h * hd..],
-                        ld: ldqk,
-                    };
+                    let dst = Lhs::across(pa, n);
+                    let q = Rhs::new(&qkc[h * hd..], ldqk);
                     product(n, n2, hd, dst, q, &mut dqkv_b[d + h * hd..], 3 * d);
                 }
             })

@@ -17,6 +17,18 @@ pub struct Lhs<'a> {
     pub step: usize,
 }
 
+impl<'a> Lhs<'a> {
+    /// Pairs along the rows of a row-major matrix, `row` pairs apart.
+    pub fn along(data: &'a [u32], row: usize) -> Self {
+        Lhs { data, row, step: 1 }
+    }
+
+    /// Pairs across the rows of a matrix (read as its transpose), `step` pairs apart.
+    pub fn across(data: &'a [u32], step: usize) -> Self {
+        Lhs { data, row: 1, step }
+    }
+}
+
 /// A right operand of pairs read in place: pair row `s`, column `j` at `data[s·ld + j]`; the
 /// tiles read whole panels of 16 columns, so `data` must hold `cols` rounded up to 16 in the
 /// last pair row (the columns past `cols` may hold anything: they are never stored).
@@ -24,6 +36,12 @@ pub struct Lhs<'a> {
 pub struct Rhs<'a> {
     pub data: &'a [u32],
     pub ld: usize,
+}
+
+impl<'a> Rhs<'a> {
+    pub fn new(data: &'a [u32], ld: usize) -> Self {
+        Rhs { data, ld }
+    }
 }
 
 /// `c [rows, cols] (row stride ldc) = a [rows, steps pairs] · b [steps pairs, cols]`, products
