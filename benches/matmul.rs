@@ -14,7 +14,7 @@
 
 use ijepa::ops::Precision;
 use ijepa::ops::kernels::cpu;
-use ijepa::ops::kernels::linear::{linear_backward, linear_forward};
+use ijepa::ops::kernels::linear::{Rows, linear_backward, linear_forward};
 use ijepa::ops::kernels::matmul::{PackedRhs, Parallelism, View, gemm_rows, gemm_strided};
 use rayon::prelude::*;
 
@@ -108,12 +108,54 @@ fn main() {
         let dy = values(m * n, 3, 17);
         let flop = 2.0 * (m * k * n) as f64;
         let (f32f, bf16f) = best_pair(
-            || drop(linear_forward(&x, &w, Some(&b), m, k, n, Precision::F32)),
-            || drop(linear_forward(&x, &w, Some(&b), m, k, n, Precision::Bf16)),
+            || {
+                drop(linear_forward(
+                    Rows::F32(&x),
+                    &w,
+                    Some(&b),
+                    m,
+                    k,
+                    n,
+                    Precision::F32,
+                ))
+            },
+            || {
+                drop(linear_forward(
+                    Rows::F32(&x),
+                    &w,
+                    Some(&b),
+                    m,
+                    k,
+                    n,
+                    Precision::Bf16,
+                ))
+            },
         );
         let (f32b, bf16b) = best_pair(
-            || drop(linear_backward(&x, &w, &dy, m, k, n, true, Precision::F32)),
-            || drop(linear_backward(&x, &w, &dy, m, k, n, true, Precision::Bf16)),
+            || {
+                drop(linear_backward(
+                    Rows::F32(&x),
+                    &w,
+                    &dy,
+                    m,
+                    k,
+                    n,
+                    true,
+                    Precision::F32,
+                ))
+            },
+            || {
+                drop(linear_backward(
+                    Rows::F32(&x),
+                    &w,
+                    &dy,
+                    m,
+                    k,
+                    n,
+                    true,
+                    Precision::Bf16,
+                ))
+            },
         );
         println!(
             "{what:<22} {m:>6} {k:>5} {n:>5} {:>9.1} {:>9.1} {:>9.1} {:>9.1}",

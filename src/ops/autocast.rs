@@ -3,7 +3,9 @@
 //! networks take bf16 operands and accumulate in f32; their results come back as f32, so
 //! LayerNorm, softmax, GELU, the residual stream, the loss, the gradients, AdamW and the EMA
 //! all stay f32, and the weights are f32 master copies (the casts are differentiated: each
-//! gradient reaches its f32 weight as f32).
+//! gradient reaches its f32 weight as f32). The CPU's fused kernels keep one activation in
+//! bf16, the MLP's GELU output, whose only reader is fc2's product, which rounds it to bf16
+//! anyway (`kernels::linear::linear_gelu_forward_bf16`): the same values, half the bytes.
 //!
 //! The setting is per thread and scoped ([`with_precision`]), as torch's autocast context.
 

@@ -10,8 +10,8 @@ use burn_autodiff::ops::{Backward, Ops};
 use burn_flex::{Flex, FlexTensor};
 
 use super::flex::{
-    attention_fwd, dims, f32s, fused_precision, layer_norm_fwd, linear_fwd, linear_residual_fwd,
-    tensor,
+    RowValues, attention_fwd, dims, f32s, fused_precision, layer_norm_fwd, linear_fwd,
+    linear_residual_fwd, tensor,
 };
 use super::kernels::{attention, layernorm, linear};
 use super::node::record;
@@ -42,13 +42,15 @@ struct LinearState {
 fn linear_grads(s: LinearState, dy: &FlexTensor) -> (FlexTensor, FlexTensor, Option<FlexTensor>) {
     let (m, k) = (dims(&s.x)[0], dims(&s.x)[1]);
     let n = dims(&s.w)[1];
-    let (x, w, dy) = (values(&s.x), values(&s.w), values(dy));
+    // the forward accepted x (f32, or bf16 under bf16 products)
+    let xs = RowValues::of(&s.x).expect("a Linear's input is f32 or bf16");
+    let (x, w, dy) = (xs.rows(), values(&s.w), values(dy));
     let (dx, dw, db) = match &s.slope {
         Some(slope) => {
             let slope = values(slope);
-            linear::linear_gelu_backward(&x, &w, &slope, &dy, m, k, n, s.with_bias, s.precision)
+            linear::linear_gelu_backward(x, &w, &slope, &dy, m, k, n, s.with_bias, s.precision)
         }
-        None => linear::linear_backward(&x, &w, &dy, m, k, n, s.with_bias, s.precision),
+        None => linear::linear_backward(x, &w, &dy, m, k, n, s.with_bias, s.precision),
     };
     (
         tensor(dx, vec![m, k]),

@@ -22,15 +22,49 @@ pub(super) fn fused_precision() -> Option<Precision> {
 
 /// A contiguous f32 view (copying only when the layout is strided), or `None` for other dtypes.
 pub(super) fn f32s(t: &FlexTensor) -> Option<std::borrow::Cow<'_, [f32]>> {
-    if t.dtype() != DType::F32 {
+    contiguous::<f32>(t)
+}
+
+/// A contiguous view of elements `E` (copying only when the layout is strided), or `None` when
+/// the tensor holds another dtype.
+fn contiguous<E: burn::tensor::Element + bytemuck::Pod>(
+    t: &FlexTensor,
+) -> Option<std::borrow::Cow<'_, [E]>> {
+    if t.dtype() != E::dtype() {
         return None;
     }
-    match t.as_slice::<f32>() {
+    match t.as_slice::<E>() {
         Some(s) => Some(std::borrow::Cow::Borrowed(s)),
         None => t
             .to_contiguous()
-            .as_slice::<f32>()
+            .as_slice::<E>()
             .map(|s| std::borrow::Cow::Owned(s.to_vec())),
+    }
+}
+
+/// The left operand of a Linear: f32, or bf16 from a producer that rounded it for bf16
+/// products ([`linear::linear_gelu_forward_bf16`]; pairs along whole rows: an even width).
+pub(super) enum RowValues<'a> {
+    F32(std::borrow::Cow<'a, [f32]>),
+    Bf16(std::borrow::Cow<'a, [half::bf16]>),
+}
+
+impl RowValues<'_> {
+    pub(super) fn of(t: &FlexTensor) -> Option<RowValues<'_>> {
+        match t.dtype() {
+            DType::F32 => Some(RowValues::F32(f32s(t)?)),
+            DType::BF16 if dims(t).last().is_some_and(|k| k % 2 == 0) => {
+                Some(RowValues::Bf16(contiguous(t)?))
+            }
+            _ => None,
+        }
+    }
+
+    pub(super) fn rows(&self) -> linear::Rows<'_> {
+        match self {
+            RowValues::F32(x) => linear::Rows::F32(x),
+            RowValues::Bf16(x) => linear::Rows::Bf16(x),
+        }
     }
 }
 
@@ -55,7 +89,7 @@ pub(super) fn tensor(values: Vec<f32>, shape: Vec<usize>) -> FlexTensor {
 
 /// A Linear's operands as f32 slices with `x [m, k]`, `w [k, n]`; `None` when a dtype is not f32.
 struct LinearOperands<'a> {
-    xs: std::borrow::Cow<'a, [f32]>,
+    xs: RowValues<'a>,
     ws: std::borrow::Cow<'a, [f32]>,
     bs: Option<std::borrow::Cow<'a, [f32]>>,
     m: usize,
@@ -72,8 +106,12 @@ fn linear_operands<'a>(
         Some(b) => Some(f32s(b)?),
         None => None,
     };
+    let xs = RowValues::of(x)?;
+    if matches!(xs, RowValues::Bf16(_)) && fused_precision() != Some(Precision::Bf16) {
+        return None;
+    }
     Some(LinearOperands {
-        xs: f32s(x)?,
+        xs,
         ws: f32s(w)?,
         bs,
         m: dims(x)[0],
@@ -83,8 +121,10 @@ fn linear_operands<'a>(
 }
 
 /// Linear forward on flex tensors, the product in precision `p`; `None` when a dtype is not
-/// f32. With `gelu`, the second value is GELU's slope at the pre-activation when `with_slope`
-/// (what the backward needs).
+/// f32 (or, for `x`, bf16 under bf16 products). With `gelu`, the second value is GELU's slope
+/// at the pre-activation when `with_slope` (what the backward needs); with bf16 products (and
+/// an even width) the activation comes out in bf16 for the next Linear, its only reader
+/// ([`linear::linear_gelu_forward_bf16`]).
 pub(super) fn linear_fwd(
     x: &FlexTensor,
     w: &FlexTensor,
@@ -101,21 +141,24 @@ pub(super) fn linear_fwd(
         k,
         n,
     } = linear_operands(x, w, b)?;
+    let (x, bs) = (xs.rows(), bs.as_deref());
     if gelu {
-        let (act, slope) =
-            linear::linear_gelu_forward(&xs, &ws, bs.as_deref(), m, k, n, with_slope, p);
+        #[cfg(target_arch = "x86_64")]
+        if p == Precision::Bf16 && n % 2 == 0 {
+            let (act, slope) = linear::linear_gelu_forward_bf16(x, &ws, bs, m, k, n, with_slope);
+            return Some((
+                FlexTensor::from_data(TensorData::new(act, vec![m, n])),
+                slope.map(|s| tensor(s, vec![m, n])),
+            ));
+        }
+        let (act, slope) = linear::linear_gelu_forward(x, &ws, bs, m, k, n, with_slope, p);
         Some((
             tensor(act, vec![m, n]),
             slope.map(|s| tensor(s, vec![m, n])),
         ))
     } else {
-        Some((
-            tensor(
-                linear::linear_forward(&xs, &ws, bs.as_deref(), m, k, n, p),
-                vec![m, n],
-            ),
-            None,
-        ))
+        let y = linear::linear_forward(x, &ws, bs, m, k, n, p);
+        Some((tensor(y, vec![m, n]), None))
     }
 }
 
@@ -140,7 +183,7 @@ pub(super) fn linear_residual_fwd(
         return None;
     }
     let rs = f32s(r)?;
-    let y = linear::linear_residual_forward(&xs, &ws, bs.as_deref(), &rs, m, k, n, p);
+    let y = linear::linear_residual_forward(xs.rows(), &ws, bs.as_deref(), &rs, m, k, n, p);
     Some(tensor(y, vec![m, n]))
 }
 

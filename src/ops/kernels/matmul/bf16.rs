@@ -146,12 +146,70 @@ pub fn pairs_along(src: &[f32], rows: usize, cols: usize, ld: usize, dst: &mut [
     }
 }
 
+/// `dst[j] = pair(a[j], b[j])` for `j < len` from bf16 bits (`b` null: a zero row): two rows of
+/// bf16 already rounded, interleaved as the pairs across them.
+///
+/// # Safety
+/// AVX-512 F/BW; `a` (and `b` unless null) readable for `len` bf16, `dst` writable for `len`
+/// pairs.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,avx512bf16")]
+unsafe fn bits_across_row(a: *const u16, b: *const u16, len: usize, dst: *mut u32) {
+    let mut j = 0;
+    while j < len {
+        let count = (len - j).min(16);
+        let mask = ((1u32 << count) - 1) as __mmask16;
+        // SAFETY: inside the extents above; masked-off lanes are neither read nor written.
+        unsafe {
+            let lo = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mask, a.add(j).cast()));
+            let hi = if b.is_null() {
+                _mm512_setzero_si512()
+            } else {
+                let h = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mask, b.add(j).cast()));
+                _mm512_slli_epi32::<16>(h)
+            };
+            _mm512_mask_storeu_epi32(dst.add(j).cast(), mask, _mm512_or_si512(lo, hi));
+        }
+        j += count;
+    }
+}
+
+/// The elements a matrix of pairs is made from: f32 (rounded to bf16 on the way) or bf16
+/// already rounded by the producer of the matrix ([`round_to_bf16`]).
+pub trait PairSource: Copy + Send + Sync {
+    /// `dst[j] = pair(a[j], b[j])` for `j < len` (`b` null: a zero row).
+    ///
+    /// # Safety
+    /// bf16 products available; `a` (and `b` unless null) readable for `len` elements, `dst`
+    /// writable for `len` pairs.
+    unsafe fn across(a: *const Self, b: *const Self, len: usize, dst: *mut u32);
+}
+
+impl PairSource for f32 {
+    unsafe fn across(a: *const f32, b: *const f32, len: usize, dst: *mut u32) {
+        // SAFETY: the caller's contract.
+        unsafe { pairs_across_row(a, b, len, dst) }
+    }
+}
+
+impl PairSource for half::bf16 {
+    unsafe fn across(a: *const half::bf16, b: *const half::bf16, len: usize, dst: *mut u32) {
+        // SAFETY: the caller's contract (bf16 is a transparent u16).
+        unsafe { bits_across_row(a.cast(), b.cast(), len, dst) }
+    }
+}
+
 /// The matrix `src [rows, cols]` (row stride `ld`) as pairs across rows: row `t` of the result
 /// holds `pair(src[2t][j], src[2t + 1][j])` for `j < cols`, then zeros up to `ldd`
 /// (`[rows.div_ceil(2)][ldd]`), on the pool for large matrices. Why: the reduction of `xᵀ dy`
 /// runs over the rows of `x` and `dy`; this is the layout that reads both in pairs.
-pub fn pairs_across(src: &[f32], rows: usize, cols: usize, ld: usize, ldd: usize) -> Vec<u32> {
-    let mut dst = uninit_u32(rows.div_ceil(2) * ldd);
+pub fn pairs_across<T: PairSource>(
+    src: &[T],
+    rows: usize,
+    cols: usize,
+    ld: usize,
+    ldd: usize,
+) -> Vec<u32> {
+    let mut dst = uninit_vec(rows.div_ceil(2) * ldd);
     let work = |(t, d): (usize, &mut [MaybeUninit<u32>])| {
         pairs_across_into(&src[2 * t * ld..], 2.min(rows - 2 * t), cols, ld, d, ldd)
     };
@@ -161,13 +219,13 @@ pub fn pairs_across(src: &[f32], rows: usize, cols: usize, ld: usize, ldd: usize
         dst.par_chunks_mut(ldd.max(1)).enumerate().for_each(work);
     }
     // SAFETY: every pair row was written whole (values and padding) by `pairs_across_into`.
-    unsafe { assume_init_u32(dst) }
+    unsafe { assume_init_vec(dst) }
 }
 
 /// [`pairs_across`] of the `rows` rows of `src` into `dst` (`[rows.div_ceil(2)][ldd]`, every
 /// element written: the pairs, then zeros up to `ldd`).
-pub fn pairs_across_into(
-    src: &[f32],
+pub fn pairs_across_into<T: PairSource>(
+    src: &[T],
     rows: usize,
     cols: usize,
     ld: usize,
@@ -195,30 +253,45 @@ pub fn pairs_across_into(
         } else {
             std::ptr::null()
         };
-        // SAFETY: AVX-512 BF16 present (asserted); rows 2t and 2t + 1 hold `cols` floats;
+        // SAFETY: bf16 products present (asserted); rows 2t and 2t + 1 hold `cols` elements;
         // `d` holds ldd >= cols pairs (written, never read).
-        unsafe { pairs_across_row(a, b, cols, d.as_mut_ptr().cast()) }
+        unsafe { T::across(a, b, cols, d.as_mut_ptr().cast()) }
         d[cols..].iter_mut().for_each(|v| {
             v.write(0);
         });
     }
 }
 
-/// A buffer of `len` pairs, not yet initialised (see [`super::super::uninit`]).
-pub fn uninit_u32(len: usize) -> Vec<MaybeUninit<u32>> {
+/// `dst[i] = bf16(src[i])` (rounded as [`bf16_bits`]), for a producer whose output only bf16
+/// products read: an even number of values, converted 32 at a time.
+pub fn round_to_bf16(src: &[f32], dst: &mut [MaybeUninit<half::bf16>]) {
+    assert_eq!(src.len(), dst.len(), "dst must hold src");
+    assert!(src.len().is_multiple_of(2), "an even number of values");
+    assert!(
+        super::super::cpu::bf16_products(),
+        "no bf16 products on this CPU"
+    );
+    // SAFETY: AVX-512 BF16 present (asserted); `src` holds len floats; the len / 2 pairs
+    // written are the len bf16 of `dst` in order (the stores are unaligned ones).
+    unsafe { pairs_along_row(src.as_ptr(), src.len(), dst.as_mut_ptr().cast()) }
+}
+
+/// A buffer of `len` pairs (or bf16), not yet initialised (see [`super::super::uninit`]).
+pub fn uninit_vec<T: Copy>(len: usize) -> Vec<MaybeUninit<T>> {
     let mut v = Vec::with_capacity(len);
     v.resize_with(len, MaybeUninit::uninit);
     v
 }
 
-/// The buffer of [`uninit_u32`] once every element was written.
+/// The buffer of [`uninit_vec`] once every element was written.
 ///
 /// # Safety
 /// Every element of `v` must have been initialised.
-pub unsafe fn assume_init_u32(v: Vec<MaybeUninit<u32>>) -> Vec<u32> {
+pub unsafe fn assume_init_vec<T: Copy>(v: Vec<MaybeUninit<T>>) -> Vec<T> {
     let mut v = std::mem::ManuallyDrop::new(v);
-    // SAFETY: same allocation and layout; the caller guarantees initialisation.
-    unsafe { Vec::from_raw_parts(v.as_mut_ptr().cast::<u32>(), v.len(), v.capacity()) }
+    // SAFETY: same allocation and layout (MaybeUninit<T> is repr(transparent)); the caller
+    // guarantees initialisation.
+    unsafe { Vec::from_raw_parts(v.as_mut_ptr().cast::<T>(), v.len(), v.capacity()) }
 }
 
 /// The right operand `rhs [k, n]` (any strides) in panels of 16 columns of pairs:
@@ -518,8 +591,9 @@ unsafe fn tile<const ROWS: usize, const V: usize, const MASKED: bool>(t: Tile) {
                 std::mem::transmute(_mm512_loadu_si512(panels[v].add(s * t.ldb).cast()))
             });
             for (acc, row) in acc.iter_mut().zip(&rows) {
-                let x: __m512bh =
-                    std::mem::transmute(_mm512_set1_epi32(*row.add(s * t.a_step) as i32));
+                // unaligned: pairs read in place from bf16 rows may start at any even byte
+                let pair = row.add(s * t.a_step).read_unaligned();
+                let x: __m512bh = std::mem::transmute(_mm512_set1_epi32(pair as i32));
                 for (acc, &w) in acc.iter_mut().zip(&w) {
                     *acc = _mm512_dpbf16_ps(*acc, x, w);
                 }

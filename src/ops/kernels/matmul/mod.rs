@@ -432,6 +432,62 @@ pub fn gemm_rows_keeping_pairs<'d>(
     unsafe { &mut *(dst as *mut [std::mem::MaybeUninit<f32>] as *mut [f32]) }
 }
 
+/// As [`gemm_rows`] (and with `residual [rows, n]`, [`gemm_rows_plus`]) on a left operand
+/// already rounded to bf16 by its producer (`lhs` row-major, row stride `lda`; `k` and `lda`
+/// even): the bf16 tiles read its rows in place as pairs, with no conversion pass (`rhs` from
+/// [`PackedRhs::new_bf16`]).
+#[cfg(target_arch = "x86_64")]
+pub fn gemm_rows_bf16<'d>(
+    rows: usize,
+    lhs: &[half::bf16],
+    lda: usize,
+    rhs: &PackedRhs<'_>,
+    bias: Option<&[f32]>,
+    residual: Option<&[f32]>,
+    dst: &'d mut [std::mem::MaybeUninit<f32>],
+) -> &'d mut [f32] {
+    let (k, n) = (rhs.k, rhs.n);
+    let pairs = rhs.pairs.as_ref().expect("bf16 operands only");
+    assert_eq!(dst.len(), rows * n, "dst must be [rows, n]");
+    assert!(
+        k.is_multiple_of(2) && lda.is_multiple_of(2),
+        "rows of whole pairs"
+    );
+    assert!(
+        rows == 0 || (rows - 1) * lda + k <= lhs.len(),
+        "lhs out of bounds"
+    );
+    if let Some(b) = bias {
+        assert_eq!(b.len(), n, "bias must be [n]");
+    }
+    if let Some(r) = residual {
+        assert_eq!(r.len(), rows * n, "residual must be [rows, n]");
+    }
+    if rows > 0 {
+        let a = bf16::PairRows {
+            base: lhs.as_ptr().cast(),
+            row: lda / 2,
+            step: 1,
+        };
+        let b = bf16::PairPanels {
+            base: pairs.as_ptr(),
+            ldb: NR,
+            pstride: k / 2 * NR,
+        };
+        let bias = bias.map_or(std::ptr::null(), <[f32]>::as_ptr);
+        let res = residual.map_or(std::ptr::null(), <[f32]>::as_ptr);
+        // SAFETY: bf16 products present (`new_bf16` checked them); the tiles read rows < rows of
+        // k / 2 pairs (inside `lhs`, asserted; unaligned reads), the panels `pack` made for
+        // k x n, the bias and residual (lengths asserted), and write the rows x n of `dst`.
+        unsafe {
+            let c = dst.as_mut_ptr().cast::<f32>();
+            bf16::sweep(rows, k / 2, n, a, b, bias, false, res, c, n)
+        };
+    }
+    // SAFETY: the sweep wrote every (row, column) of dst, which has no gaps.
+    unsafe { &mut *(dst as *mut [std::mem::MaybeUninit<f32>] as *mut [f32]) }
+}
+
 /// The left operand's rows as bf16 pairs across rows, to fill during a bf16 product: the
 /// buffer and its row stride.
 type KeepPairs<'p> = Option<(&'p mut [std::mem::MaybeUninit<u32>], usize)>;

@@ -19,6 +19,11 @@ use crate::ops::kernels::matmul::{
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
 
+#[cfg(target_arch = "x86_64")]
+mod bf16;
+#[cfg(target_arch = "x86_64")]
+pub use bf16::linear_gelu_forward_bf16;
+
 /// Most rows per output block (256 rows measured best or on par with one all-pool GEMM for
 /// N = 128..1536 at K = 128..512).
 const ROWS_PER_BLOCK: usize = 256;
@@ -39,12 +44,78 @@ fn rows_per_block(m: usize) -> usize {
 /// Rows per chunk of the ordered column sums.
 const SUM_ROWS: usize = 64;
 
-fn check(x: &[f32], w: &[f32], b: Option<&[f32]>, m: usize, k: usize, n: usize) {
+#[allow(clippy::too_many_arguments)]
+fn check(x: Rows<'_>, w: &[f32], b: Option<&[f32]>, m: usize, k: usize, n: usize, p: Precision) {
     assert!(k > 0, "K must be positive");
+    assert!(
+        matches!(x, Rows::F32(_)) || p == Precision::Bf16,
+        "bf16 rows are multiplied in bf16 only"
+    );
     assert_eq!(x.len(), m * k, "x must be [M, K]");
     assert_eq!(w.len(), k * n, "w must be [K, N]");
     if let Some(b) = b {
         assert_eq!(b.len(), n, "b must be [N]");
+    }
+}
+
+/// The left operand `x [M, K]` of a Linear: f32 values, or values already rounded to bf16 by
+/// their producer ([`linear_gelu_forward_bf16`]), which bf16 products read as they are (the
+/// same products as on the f32 values they were rounded from, without the conversion pass).
+#[derive(Clone, Copy)]
+pub enum Rows<'a> {
+    F32(&'a [f32]),
+    Bf16(&'a [half::bf16]),
+}
+
+impl<'a> Rows<'a> {
+    pub fn len(&self) -> usize {
+        match self {
+            Rows::F32(x) => x.len(),
+            Rows::Bf16(x) => x.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Elements `start .. start + len` (whole rows, in the callers).
+    fn range(&self, start: usize, len: usize) -> Rows<'a> {
+        match *self {
+            Rows::F32(x) => Rows::F32(&x[start..start + len]),
+            Rows::Bf16(x) => Rows::Bf16(&x[start..start + len]),
+        }
+    }
+
+    /// The values as f32 (bf16 widened: exact).
+    fn f32s(&self) -> std::borrow::Cow<'a, [f32]> {
+        match *self {
+            Rows::F32(x) => std::borrow::Cow::Borrowed(x),
+            Rows::Bf16(x) => std::borrow::Cow::Owned(x.iter().map(|v| v.to_f32()).collect()),
+        }
+    }
+}
+
+/// `dst = x_blk · rhs (+ bias) (+ residual)` for one block of rows (`K, N > 0`): the register
+/// tiles on f32 rows, the bf16 tiles in place on bf16 rows (`rhs` then packed for bf16).
+fn block_product<'d>(
+    x_blk: Rows<'_>,
+    k: usize,
+    rhs: &PackedRhs<'_>,
+    bias: Option<&[f32]>,
+    residual: Option<&[f32]>,
+    dst: &'d mut [MaybeUninit<f32>],
+) -> &'d mut [f32] {
+    let rows = dst.len() / rhs.cols();
+    match (x_blk, residual) {
+        (Rows::F32(x), Some(r)) => gemm_rows_plus(rows, x, k, rhs, bias, r, dst),
+        (Rows::F32(x), None) => gemm_rows(rows, x, k, rhs, bias, dst),
+        #[cfg(target_arch = "x86_64")]
+        (Rows::Bf16(x), r) => {
+            crate::ops::kernels::matmul::gemm_rows_bf16(rows, x, k, rhs, bias, r, dst)
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        (Rows::Bf16(_), _) => unreachable!("bf16 rows come from bf16 products only"),
     }
 }
 
@@ -58,9 +129,9 @@ fn packed(rhs: View<'_>, k: usize, n: usize, p: Precision) -> PackedRhs<'_> {
 }
 
 /// `y = x W + b`. `x: [M, K]`, `w: [K, N]`, `b: [N]` → `y: [M, N]`; the product in precision
-/// `p`.
+/// `p` (bf16 rows: only in bf16).
 pub fn linear_forward(
-    x: &[f32],
+    x: Rows<'_>,
     w: &[f32],
     b: Option<&[f32]>,
     m: usize,
@@ -68,7 +139,7 @@ pub fn linear_forward(
     n: usize,
     p: Precision,
 ) -> Vec<f32> {
-    check(x, w, b, m, k, n);
+    check(x, w, b, m, k, n, p);
     if m == 0 || n == 0 {
         return vec![0.0; m * n];
     }
@@ -81,7 +152,7 @@ pub fn linear_forward(
 /// calling thread, in burn-flex).
 #[allow(clippy::too_many_arguments)]
 pub fn linear_residual_forward(
-    x: &[f32],
+    x: Rows<'_>,
     w: &[f32],
     b: Option<&[f32]>,
     r: &[f32],
@@ -90,7 +161,7 @@ pub fn linear_residual_forward(
     n: usize,
     p: Precision,
 ) -> Vec<f32> {
-    check(x, w, b, m, k, n);
+    check(x, w, b, m, k, n, p);
     assert_eq!(r.len(), m * n, "the residual must be [M, N]");
     if m == 0 || n == 0 {
         return vec![0.0; m * n];
@@ -101,7 +172,7 @@ pub fn linear_residual_forward(
 /// `lhs [M, K] · rhs (+ bias) (+ residual [M, N])` in fixed blocks of rows on the pool
 /// (`K, N > 0`).
 fn product_in_blocks(
-    lhs: &[f32],
+    lhs: Rows<'_>,
     k: usize,
     rhs: &PackedRhs<'_>,
     bias: Option<&[f32]>,
@@ -110,18 +181,13 @@ fn product_in_blocks(
     let (m, n) = (lhs.len() / k, rhs.cols());
     let mut y = super::uninit(m * n);
     let br = rows_per_block(m);
-    let blocks = y.par_chunks_mut(br * n).zip(lhs.par_chunks(br * k));
-    match residual {
-        Some(r) => blocks
-            .zip(r.par_chunks(br * n))
-            .for_each(|((y_blk, x_blk), r_blk)| {
-                gemm_rows_plus(y_blk.len() / n, x_blk, k, rhs, bias, r_blk, y_blk);
-            }),
-        None => blocks.for_each(|(y_blk, x_blk)| {
-            gemm_rows(y_blk.len() / n, x_blk, k, rhs, bias, y_blk);
-        }),
-    }
-    // SAFETY: the blocks cover `y` and `gemm_rows(_plus)` writes all of each.
+    y.par_chunks_mut(br * n).enumerate().for_each(|(i, y_blk)| {
+        let rows = y_blk.len() / n;
+        let x_blk = lhs.range(i * br * k, rows * k);
+        let r_blk = residual.map(|r| &r[i * br * n..i * br * n + rows * n]);
+        block_product(x_blk, k, rhs, bias, r_blk, y_blk);
+    });
+    // SAFETY: the blocks cover `y` and `block_product` writes all of each.
     unsafe { super::assume_init(y) }
 }
 
@@ -130,7 +196,7 @@ fn product_in_blocks(
 /// here from the same erf, it spares the backward a second one. Returns `(act, slope)`.
 #[allow(clippy::too_many_arguments)]
 pub fn linear_gelu_forward(
-    x: &[f32],
+    x: Rows<'_>,
     w: &[f32],
     b: Option<&[f32]>,
     m: usize,
@@ -139,35 +205,56 @@ pub fn linear_gelu_forward(
     with_slope: bool,
     p: Precision,
 ) -> (Vec<f32>, Option<Vec<f32>>) {
-    check(x, w, b, m, k, n);
+    check(x, w, b, m, k, n, p);
     if m == 0 || n == 0 {
         return (vec![0.0; m * n], with_slope.then(|| vec![0.0; m * n]));
     }
     let mut act = super::uninit(m * n);
     let mut slope = super::uninit(if with_slope { m * n } else { 0 });
-    let br = rows_per_block(m);
     let rhs = packed(View::rows(w, n), k, n, p);
     // the pre-activation block is computed into `act` and activated in place, in cache
-    let block = |a_blk: &mut [MaybeUninit<f32>], x_blk: &[f32], s_blk| {
-        let a_blk = gemm_rows(a_blk.len() / n, x_blk, k, &rhs, b, a_blk);
-        gelu_in_place(a_blk, s_blk);
-    };
-    if with_slope {
-        act.par_chunks_mut(br * n)
-            .zip(slope.par_chunks_mut(br * n))
-            .zip(x.par_chunks(br * k))
-            .for_each(|((a_blk, s_blk), x_blk)| block(a_blk, x_blk, Some(s_blk)));
-    } else {
-        act.par_chunks_mut(br * n)
-            .zip(x.par_chunks(br * k))
-            .for_each(|(a_blk, x_blk)| block(a_blk, x_blk, None));
-    }
-    // SAFETY: the blocks cover both buffers, written by `gemm_rows` and `gelu_in_place`.
+    in_gelu_blocks(
+        x,
+        k,
+        n,
+        &mut act,
+        &mut slope,
+        with_slope,
+        |x_blk, a_blk, s_blk| {
+            gelu_in_place(block_product(x_blk, k, &rhs, b, None, a_blk), s_blk);
+        },
+    );
+    // SAFETY: the blocks cover both buffers, written by `block_product` and `gelu_in_place`.
     unsafe {
         (
             super::assume_init(act),
             with_slope.then(|| super::assume_init(slope)),
         )
+    }
+}
+
+/// `block(x rows, act block, slope block)` over the blocks of rows of a Linear+GELU forward,
+/// on the pool (`act` and, `with_slope`, `slope`: `[M, N]`).
+fn in_gelu_blocks<O: Send>(
+    x: Rows<'_>,
+    k: usize,
+    n: usize,
+    act: &mut [O],
+    slope: &mut [MaybeUninit<f32>],
+    with_slope: bool,
+    block: impl Fn(Rows<'_>, &mut [O], Option<&mut [MaybeUninit<f32>]>) + Sync,
+) {
+    let br = rows_per_block(act.len() / n);
+    let rows = |i: usize, a_blk: &[O]| x.range(i * br * k, a_blk.len() / n * k);
+    if with_slope {
+        act.par_chunks_mut(br * n)
+            .zip(slope.par_chunks_mut(br * n))
+            .enumerate()
+            .for_each(|(i, (a_blk, s_blk))| block(rows(i, a_blk), a_blk, Some(s_blk)));
+    } else {
+        act.par_chunks_mut(br * n)
+            .enumerate()
+            .for_each(|(i, a_blk)| block(rows(i, a_blk), a_blk, None));
     }
 }
 
@@ -253,9 +340,9 @@ fn weight_grad(x: &[f32], dy: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> 
 const SUM_PIECE: usize = 4096;
 
 /// `dx = dy Wᵀ` (register tiles) and `dW = xᵀ dy` ([`weight_grad`]), both in precision `p`
-/// (bf16: [`bf16_input_and_weight_grads`]).
+/// (bf16: [`bf16::bf16_input_and_weight_grads`]).
 fn input_and_weight_grads(
-    x: &[f32],
+    x: Rows<'_>,
     w: &[f32],
     dy: &[f32],
     m: usize,
@@ -265,52 +352,28 @@ fn input_and_weight_grads(
 ) -> (Vec<f32>, Vec<f32>) {
     #[cfg(target_arch = "x86_64")]
     if p == Precision::Bf16 && m > 0 && k > 0 && n > 0 {
-        return bf16_input_and_weight_grads(x, w, dy, m, k, n);
+        return bf16::bf16_input_and_weight_grads(x, w, dy, m, k, n);
     }
     // dx in blocks of rows, as the forward (Wᵀ packed once)
     let dx = if k == 0 || n == 0 {
         vec![0.0; m * k]
     } else {
-        product_in_blocks(dy, n, &packed(View::t(w, n), n, k, p), None, None)
+        product_in_blocks(
+            Rows::F32(dy),
+            n,
+            &packed(View::t(w, n), n, k, p),
+            None,
+            None,
+        )
     };
-    (dx, weight_grad(x, dy, m, k, n))
-}
-
-/// [`input_and_weight_grads`] with bf16 operands: `dx = dy Wᵀ` on the bf16 tiles, which also
-/// write `dy`'s rows as pairs across rows while they are in cache, the layout of the weight
-/// gradient's right operand; then `dW = xᵀ dy` ([`bf16::xt_y_pairs`]).
-#[cfg(target_arch = "x86_64")]
-fn bf16_input_and_weight_grads(
-    x: &[f32],
-    w: &[f32],
-    dy: &[f32],
-    m: usize,
-    k: usize,
-    n: usize,
-) -> (Vec<f32>, Vec<f32>) {
-    use crate::ops::kernels::matmul::{bf16, gemm_rows_keeping_pairs};
-    let rhs = PackedRhs::new_bf16(View::t(w, n), n, k);
-    let ldp = n.next_multiple_of(16);
-    let mut dx = super::uninit(m * k);
-    let mut dy_pairs = bf16::uninit_u32(m.div_ceil(2) * ldp);
-    let br = rows_per_block(m); // a multiple of the 12-row tile: even
-    dx.par_chunks_mut(br * k)
-        .zip(dy.par_chunks(br * n))
-        .zip(dy_pairs.par_chunks_mut(br / 2 * ldp))
-        .for_each(|((dx, dy), p)| {
-            gemm_rows_keeping_pairs(dx.len() / k, dy, n, &rhs, dx, p, ldp);
-        });
-    // SAFETY: the blocks cover both buffers, written whole by `gemm_rows_keeping_pairs`.
-    let (dx, dy_pairs) = unsafe { (super::assume_init(dx), bf16::assume_init_u32(dy_pairs)) };
-    let x_pairs = bf16::pairs_across(x, m, k, k, k);
-    (dx, bf16::xt_y_pairs(&x_pairs, &dy_pairs, m, k, n))
+    (dx, weight_grad(&x.f32s(), dy, m, k, n))
 }
 
 /// Backward of [`linear_forward`]: returns `(dx [M, K], dW [K, N], db [N] if with_bias)`, the
 /// products in precision `p`.
 #[allow(clippy::too_many_arguments)]
 pub fn linear_backward(
-    x: &[f32],
+    x: Rows<'_>,
     w: &[f32],
     dy: &[f32],
     m: usize,
@@ -319,7 +382,7 @@ pub fn linear_backward(
     with_bias: bool,
     p: Precision,
 ) -> (Vec<f32>, Vec<f32>, Option<Vec<f32>>) {
-    check(x, w, None, m, k, n);
+    check(x, w, None, m, k, n, p);
     assert_eq!(dy.len(), m * n, "dy must be [M, N]");
     let (dx, dw) = input_and_weight_grads(x, w, dy, m, k, n, p);
     let db = with_bias.then(|| column_sum(dy, n));
@@ -363,7 +426,7 @@ simd_fn! {
 /// backward. Returns `(dx, dW, db if with_bias)`.
 #[allow(clippy::too_many_arguments)]
 pub fn linear_gelu_backward(
-    x: &[f32],
+    x: Rows<'_>,
     w: &[f32],
     slope: &[f32],
     dact: &[f32],
@@ -373,7 +436,7 @@ pub fn linear_gelu_backward(
     with_bias: bool,
     p: Precision,
 ) -> (Vec<f32>, Vec<f32>, Option<Vec<f32>>) {
-    check(x, w, None, m, k, n);
+    check(x, w, None, m, k, n, p);
     assert_eq!(slope.len(), m * n);
     assert_eq!(dact.len(), m * n);
     if n == 0 {
@@ -409,7 +472,7 @@ mod tests {
     use crate::ops::kernels::testutil::*;
     use rand_chacha::ChaCha8Rng;
 
-    fn ref_linear(
+    pub(super) fn ref_linear(
         x: &[f64],
         w: &[f64],
         b: Option<&[f64]>,
@@ -428,7 +491,7 @@ mod tests {
     }
 
     /// `dx = dy wᵀ` and `dW = xᵀ dy` in f64.
-    fn ref_input_and_weight_grads(
+    pub(super) fn ref_input_and_weight_grads(
         x: &[f64],
         w: &[f64],
         dy: &[f64],
@@ -450,7 +513,7 @@ mod tests {
     }
 
     /// `x [m, k]`, `w [k, n]`, `b [n]`, `dy [m, n]`, uniform in ±1, drawn in that order.
-    fn operands(rg: &mut ChaCha8Rng, m: usize, k: usize, n: usize) -> [Vec<f32>; 4] {
+    pub(super) fn operands(rg: &mut ChaCha8Rng, m: usize, k: usize, n: usize) -> [Vec<f32>; 4] {
         let x = uniform(rg, m * k, 1.0);
         let w = uniform(rg, k * n, 1.0);
         let b = uniform(rg, n, 1.0);
@@ -458,7 +521,7 @@ mod tests {
         [x, w, b, dy]
     }
 
-    const SHAPES: &[(usize, usize, usize)] = &[
+    pub(super) const SHAPES: &[(usize, usize, usize)] = &[
         (1, 1, 1),
         (1, 13, 7),
         (3, 5, 33),
@@ -478,18 +541,18 @@ mod tests {
             let want = ref_linear(&x64, &w64, Some(&b64), m, k, n);
             assert_close(
                 &format!("linear {m}x{k}x{n}"),
-                &linear_forward(&x, &w, Some(&b), m, k, n, F32),
+                &linear_forward(Rows::F32(&x), &w, Some(&b), m, k, n, F32),
                 &want,
                 1e-6,
             );
             let want_nb = ref_linear(&x64, &w64, None, m, k, n);
             assert_close(
                 &format!("linear nobias {m}x{k}x{n}"),
-                &linear_forward(&x, &w, None, m, k, n, F32),
+                &linear_forward(Rows::F32(&x), &w, None, m, k, n, F32),
                 &want_nb,
                 1e-6,
             );
-            let (act, slope) = linear_gelu_forward(&x, &w, Some(&b), m, k, n, true, F32);
+            let (act, slope) = linear_gelu_forward(Rows::F32(&x), &w, Some(&b), m, k, n, true, F32);
             let want_act: Vec<f64> = want.iter().map(|&v| gelu_f64(v)).collect();
             assert_close(
                 &format!("linear_gelu act {m}x{k}x{n}"),
@@ -504,7 +567,8 @@ mod tests {
                 &want_slope,
                 2e-6,
             );
-            let (act_only, none) = linear_gelu_forward(&x, &w, Some(&b), m, k, n, false, F32);
+            let (act_only, none) =
+                linear_gelu_forward(Rows::F32(&x), &w, Some(&b), m, k, n, false, F32);
             assert!(none.is_none());
             assert_eq!(
                 act_only, act,
@@ -562,15 +626,16 @@ mod tests {
             let [x, w, b, dy] = operands(&mut rg, m, k, n);
             let (x64, w64, b64, dy64) = (to_f64(&x), to_f64(&w), to_f64(&b), to_f64(&dy));
             let [fx, fw, fb] = fd(&x64, &w64, &b64, &dy64, m, k, n, false);
-            let (dx, dw, db) = linear_backward(&x, &w, &dy, m, k, n, true, F32);
+            let (dx, dw, db) = linear_backward(Rows::F32(&x), &w, &dy, m, k, n, true, F32);
             let tag = format!("{m}x{k}x{n}");
             assert_close(&format!("linear dx {tag}"), &dx, &fx, 1e-5);
             assert_close(&format!("linear dw {tag}"), &dw, &fw, 1e-5);
             assert_close(&format!("linear db {tag}"), &db.unwrap(), &fb, 1e-5);
             let [fx, fw, fb] = fd(&x64, &w64, &b64, &dy64, m, k, n, true);
-            let (_, slope) = linear_gelu_forward(&x, &w, Some(&b), m, k, n, true, F32);
+            let (_, slope) = linear_gelu_forward(Rows::F32(&x), &w, Some(&b), m, k, n, true, F32);
             let slope = slope.unwrap();
-            let (dx, dw, db) = linear_gelu_backward(&x, &w, &slope, &dy, m, k, n, true, F32);
+            let (dx, dw, db) =
+                linear_gelu_backward(Rows::F32(&x), &w, &slope, &dy, m, k, n, true, F32);
             assert_close(&format!("linear_gelu dx {tag}"), &dx, &fx, 1e-5);
             assert_close(&format!("linear_gelu dw {tag}"), &dw, &fw, 1e-5);
             assert_close(&format!("linear_gelu db {tag}"), &db.unwrap(), &fb, 1e-5);
@@ -585,7 +650,7 @@ mod tests {
             let w = uniform(&mut rg, k * n, 1.0);
             let dy = uniform(&mut rg, m * n, 1.0);
             let (x64, w64, dy64) = (to_f64(&x), to_f64(&w), to_f64(&dy));
-            let (dx, dw, db) = linear_backward(&x, &w, &dy, m, k, n, true, F32);
+            let (dx, dw, db) = linear_backward(Rows::F32(&x), &w, &dy, m, k, n, true, F32);
             let (want_dx, want_dw) = ref_input_and_weight_grads(&x64, &w64, &dy64, m, k, n);
             let want_db: Vec<f64> = (0..n)
                 .map(|j| (0..m).map(|i| dy64[i * n + j]).sum())
@@ -594,7 +659,7 @@ mod tests {
             assert_close(&format!("linear dx {tag}"), &dx, &want_dx, 1e-6);
             assert_close(&format!("linear dw {tag}"), &dw, &want_dw, 1e-6);
             assert_close(&format!("linear db {tag}"), &db.unwrap(), &want_db, 1e-6);
-            let (_, _, none) = linear_backward(&x, &w, &dy, m, k, n, false, F32);
+            let (_, _, none) = linear_backward(Rows::F32(&x), &w, &dy, m, k, n, false, F32);
             assert!(none.is_none());
         }
     }
@@ -608,12 +673,12 @@ mod tests {
             let b = uniform(&mut rg, n, 1.0);
             let r = uniform(&mut rg, m * n, 3.0);
             for bias in [Some(&b[..]), None] {
-                let apart: Vec<f32> = linear_forward(&x, &w, bias, m, k, n, F32)
+                let apart: Vec<f32> = linear_forward(Rows::F32(&x), &w, bias, m, k, n, F32)
                     .iter()
                     .zip(&r)
                     .map(|(&y, &r)| r + y)
                     .collect();
-                let fused = linear_residual_forward(&x, &w, bias, &r, m, k, n, F32);
+                let fused = linear_residual_forward(Rows::F32(&x), &w, bias, &r, m, k, n, F32);
                 assert_eq!(fused, apart, "{m}x{k}x{n}, bias {}", bias.is_some());
             }
         }
@@ -625,11 +690,12 @@ mod tests {
         let (m, k, n) = (1500, 96, 200);
         let [x, w, b, dy] = operands(&mut rg, m, k, n);
         assert_deterministic("linear", || {
-            let y = linear_forward(&x, &w, Some(&b), m, k, n, F32);
-            let (act, slope) = linear_gelu_forward(&x, &w, Some(&b), m, k, n, true, F32);
+            let y = linear_forward(Rows::F32(&x), &w, Some(&b), m, k, n, F32);
+            let (act, slope) = linear_gelu_forward(Rows::F32(&x), &w, Some(&b), m, k, n, true, F32);
             let slope = slope.unwrap();
-            let (dx, dw, db) = linear_backward(&x, &w, &dy, m, k, n, true, F32);
-            let (gx, gw, gb) = linear_gelu_backward(&x, &w, &slope, &dy, m, k, n, true, F32);
+            let (dx, dw, db) = linear_backward(Rows::F32(&x), &w, &dy, m, k, n, true, F32);
+            let (gx, gw, gb) =
+                linear_gelu_backward(Rows::F32(&x), &w, &slope, &dy, m, k, n, true, F32);
             vec![y, slope, act, dx, dw, db.unwrap(), gx, gw, gb.unwrap()]
         });
     }
@@ -644,45 +710,9 @@ mod tests {
         let w = uniform(&mut rg, k * n, 1.0);
         let dy = uniform(&mut rg, m * n, 1.0);
         assert_deterministic("linear 8192x128x512", || {
-            let (dx, dw, db) = linear_backward(&x, &w, &dy, m, k, n, true, F32);
-            let y = linear_forward(&x, &w, None, m, k, n, F32);
+            let (dx, dw, db) = linear_backward(Rows::F32(&x), &w, &dy, m, k, n, true, F32);
+            let y = linear_forward(Rows::F32(&x), &w, None, m, k, n, F32);
             vec![dx, dw, db.unwrap(), y]
-        });
-    }
-
-    /// bf16 operands (where the CPU has bf16 products): the forward, `dx` and `dW` against f64
-    /// on the bf16-rounded operands, `db` as in f32; independent of the thread count.
-    #[test]
-    fn bf16_products_vs_f64_on_rounded_operands() {
-        use crate::ops::Precision::Bf16;
-        use crate::ops::kernels::matmul::bf16::round_bf16;
-        if !crate::ops::kernels::cpu::bf16_products() {
-            println!("skipped: no bf16 products on this CPU");
-            return;
-        }
-        let rounded = |v: &[f32]| -> Vec<f64> { v.iter().map(|&x| round_bf16(x) as f64).collect() };
-        let mut rg = rng(46);
-        for &(m, k, n) in SHAPES.iter().chain(&[(700, 33, 64)]) {
-            let [x, w, b, dy] = operands(&mut rg, m, k, n);
-            let (xr, wr, dyr) = (rounded(&x), rounded(&w), rounded(&dy));
-            let tag = format!("bf16 {m}x{k}x{n}");
-            let want = ref_linear(&xr, &wr, Some(&to_f64(&b)), m, k, n);
-            let y = linear_forward(&x, &w, Some(&b), m, k, n, Bf16);
-            assert_close(&format!("{tag} y"), &y, &want, 1e-6);
-            let (dx, dw, db) = linear_backward(&x, &w, &dy, m, k, n, true, Bf16);
-            let (want_dx, want_dw) = ref_input_and_weight_grads(&xr, &wr, &dyr, m, k, n);
-            assert_close(&format!("{tag} dx"), &dx, &want_dx, 1e-6);
-            assert_close(&format!("{tag} dw"), &dw, &want_dw, 1e-6);
-            let (_, _, db32) = linear_backward(&x, &w, &dy, m, k, n, true, F32);
-            assert_eq!(db, db32, "{tag} db");
-        }
-        let (m, k, n) = (1500, 96, 200);
-        let [x, w, b, dy] = operands(&mut rg, m, k, n);
-        assert_deterministic("linear bf16", || {
-            let (act, slope) = linear_gelu_forward(&x, &w, Some(&b), m, k, n, true, Bf16);
-            let slope = slope.unwrap();
-            let (gx, gw, gb) = linear_gelu_backward(&x, &w, &slope, &dy, m, k, n, true, Bf16);
-            vec![act, slope, gx, gw, gb.unwrap()]
         });
     }
 }
