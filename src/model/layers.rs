@@ -51,6 +51,13 @@ impl<B: IjepaBackend> Linear<B> {
         .reshape(dims)
     }
 
+    /// [`Linear::forward`] for an output that only bf16 autocast's products read (the qkv
+    /// projection): under bf16 autocast a backend may keep it in bf16
+    /// ([`ops::linear_into_products`]).
+    pub fn forward_into_products<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        self.apply(x, ops::linear_into_products)
+    }
+
     /// `gelu(x W + b)` in one fused op (the MLP's first half).
     pub fn forward_gelu<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
         self.apply(x, ops::linear_gelu)
@@ -89,10 +96,21 @@ impl<B: IjepaBackend> LayerNorm<B> {
     }
 
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        self.apply(x, ops::layer_norm)
+    }
+
+    /// [`LayerNorm::forward`] for an output that only bf16 autocast's products read (a block's
+    /// norm1 and norm2, read by qkv and fc1): under bf16 autocast a backend may keep it in bf16
+    /// ([`ops::layer_norm_into_products`]).
+    pub fn forward_into_products<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        self.apply(x, ops::layer_norm_into_products)
+    }
+
+    fn apply<const D: usize>(&self, x: Tensor<B, D>, op: LayerNormOp<B>) -> Tensor<B, D> {
         let dims = x.dims();
         let d = dims[D - 1];
         let rows = x.shape().num_elements() / d.max(1);
-        ops::layer_norm(
+        op(
             x.reshape([rows, d]),
             Some(self.weight.val()),
             Some(self.bias.val()),
@@ -101,6 +119,10 @@ impl<B: IjepaBackend> LayerNorm<B> {
         .reshape(dims)
     }
 }
+
+/// A 2-D LayerNorm kernel: `(x, weight, bias, eps) -> y`.
+type LayerNormOp<B> =
+    fn(Tensor<B, 2>, Option<Tensor<B, 1>>, Option<Tensor<B, 1>>, f64) -> Tensor<B, 2>;
 
 /// Parameter-free layer norm (`F.layer_norm(h, (D,))`, eps 1e-5), applied to the targets.
 pub fn layer_norm_no_affine<B: IjepaBackend, const D: usize>(
@@ -145,8 +167,15 @@ impl<B: IjepaBackend> Attention<B> {
 
     /// The heads' outputs, merged, before the output projection: `[B, N, D]`. With
     /// `keys: Some(k)` only the first `k` tokens are attended to (the rest is padding).
+    /// Without padding keys the fused attention is the qkv output's only reader (its products
+    /// alone read q, k and v), so the projection may keep it in bf16 under bf16 autocast; the
+    /// padded (masked) attention runs the composed ops, which take f32.
     pub fn mix(&self, x: Tensor<B, 3>, keys: Option<usize>) -> Tensor<B, 3> {
-        ops::attention(self.qkv.forward(x), self.num_heads, keys)
+        let qkv = match keys.filter(|&k| k < x.dims()[1]) {
+            None => self.qkv.forward_into_products(x),
+            Some(_) => self.qkv.forward(x),
+        };
+        ops::attention(qkv, self.num_heads, keys)
     }
 }
 
@@ -216,9 +245,12 @@ impl<B: IjepaBackend> Block<B> {
     /// values (`None`: all). Every other step is row-wise, so the outputs of those tokens are
     /// what the block gives on them alone, whatever the remaining (padding) rows hold.
     pub fn forward_keys(&self, x: Tensor<B, 3>, keys: Option<usize>) -> Tensor<B, 3> {
-        let mixed = self.attn.mix(self.norm1.forward(x.clone()), keys);
+        let mixed = self
+            .attn
+            .mix(self.norm1.forward_into_products(x.clone()), keys);
         let x = self.attn.proj.forward_residual(mixed, x);
-        self.mlp.forward_residual(self.norm2.forward(x.clone()), x)
+        self.mlp
+            .forward_residual(self.norm2.forward_into_products(x.clone()), x)
     }
 
     /// `pick(forward_keys(x, keys))` for a `pick` that selects tokens (rows of the last axis stay whole),
@@ -232,8 +264,12 @@ impl<B: IjepaBackend> Block<B> {
         keys: Option<usize>,
         pick: impl Fn(Tensor<B, 3>) -> Tensor<B, 3>,
     ) -> Tensor<B, 3> {
-        let mixed = pick(self.attn.mix(self.norm1.forward(x.clone()), keys));
+        let mixed = pick(
+            self.attn
+                .mix(self.norm1.forward_into_products(x.clone()), keys),
+        );
         let x = self.attn.proj.forward_residual(mixed, pick(x));
-        self.mlp.forward_residual(self.norm2.forward(x.clone()), x)
+        self.mlp
+            .forward_residual(self.norm2.forward_into_products(x.clone()), x)
     }
 }

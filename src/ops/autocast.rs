@@ -3,9 +3,12 @@
 //! networks take bf16 operands and accumulate in f32; their results come back as f32, so
 //! LayerNorm, softmax, GELU, the residual stream, the loss, the gradients, AdamW and the EMA
 //! all stay f32, and the weights are f32 master copies (the casts are differentiated: each
-//! gradient reaches its f32 weight as f32). The CPU's fused kernels keep one activation in
-//! bf16, the MLP's GELU output, whose only reader is fc2's product, which rounds it to bf16
-//! anyway (`kernels::linear::linear_gelu_forward_bf16`): the same values, half the bytes.
+//! gradient reaches its f32 weight as f32). The CPU's fused kernels keep in bf16 the
+//! activations whose only readers are bf16 products, which round them to bf16 anyway: the
+//! MLP's GELU output (read by fc2; `kernels::linear::linear_gelu_forward_bf16`), a block's
+//! norm1 and norm2 outputs (read by qkv and fc1) and the qkv output (read by attention's
+//! products) (`IjepaBackend::ijepa_layer_norm_into_products`, `ijepa_linear_into_products`):
+//! the same values, half the bytes, no conversion pass.
 //!
 //! The setting is per thread and scoped ([`with_precision`]), as torch's autocast context.
 

@@ -10,7 +10,7 @@ use burn_autodiff::ops::{Backward, Ops};
 use burn_flex::{Flex, FlexTensor};
 
 use super::flex::{
-    RowValues, attention_fwd, dims, f32s, fused_precision, layer_norm_fwd, linear_fwd,
+    LinearKind, RowValues, attention_fwd, dims, f32s, fused_precision, layer_norm_fwd, linear_fwd,
     linear_residual_fwd, tensor,
 };
 use super::kernels::{attention, layernorm, linear};
@@ -167,18 +167,18 @@ fn linear_node<C: CheckpointStrategy>(
     x: AdTensor<C>,
     w: AdTensor<C>,
     b: Option<AdTensor<C>>,
-    gelu: bool,
+    kind: LinearKind,
     precision: Precision,
 ) -> AdTensor<C> {
     let Some((y, slope)) = linear_fwd(
         &x.primitive,
         &w.primitive,
         b.as_ref().map(|b| &b.primitive),
-        gelu,
+        kind,
         true,
         precision,
     ) else {
-        return if gelu {
+        return if kind == LinearKind::Gelu {
             composed::linear_gelu::<Ad<C>>(x, w, b)
         } else {
             composed::linear::<Ad<C>>(x, w, b)
@@ -219,16 +219,17 @@ impl Backward<Flex, 1> for AttentionBackward {
         let Some(parent) = parent else { return };
         let s = ops.state;
         let shape = dims(&s.qkv);
-        let dqkv = attention::attention_backward(
-            &values(&s.qkv),
-            &values(&s.out),
-            &s.lse,
-            &values(&dout),
-            shape[0],
-            shape[1],
-            s.heads,
-            s.precision,
-        );
+        let (out, dout) = (values(&s.out), values(&dout));
+        let (b, n) = (shape[0], shape[1]);
+        // the forward accepted qkv (f32, or bf16 under bf16 products)
+        let dqkv = match RowValues::of(&s.qkv).expect("attention's qkv is f32 or bf16") {
+            RowValues::F32(q) => {
+                attention::attention_backward(&q, &out, &s.lse, &dout, b, n, s.heads, s.precision)
+            }
+            RowValues::Bf16(q) => {
+                attention::attention_backward_rounded(&q, &out, &s.lse, &dout, b, n, s.heads)
+            }
+        };
         grads.register::<Flex>(parent.id, tensor(dqkv, shape));
     }
 }
@@ -293,7 +294,18 @@ impl Backward<Flex, 1> for LayerNormBackward {
 impl<C: CheckpointStrategy> IjepaBackend for Ad<C> {
     fn ijepa_linear(x: AdTensor<C>, w: AdTensor<C>, b: Option<AdTensor<C>>) -> AdTensor<C> {
         match fused_precision() {
-            Some(p) => linear_node::<C>(x, w, b, false, p),
+            Some(p) => linear_node::<C>(x, w, b, LinearKind::Plain, p),
+            None => composed::linear::<Self>(x, w, b),
+        }
+    }
+
+    fn ijepa_linear_into_products(
+        x: AdTensor<C>,
+        w: AdTensor<C>,
+        b: Option<AdTensor<C>>,
+    ) -> AdTensor<C> {
+        match fused_precision() {
+            Some(p) => linear_node::<C>(x, w, b, LinearKind::IntoProducts, p),
             None => composed::linear::<Self>(x, w, b),
         }
     }
@@ -312,7 +324,7 @@ impl<C: CheckpointStrategy> IjepaBackend for Ad<C> {
 
     fn ijepa_linear_gelu(x: AdTensor<C>, w: AdTensor<C>, b: Option<AdTensor<C>>) -> AdTensor<C> {
         match fused_precision() {
-            Some(p) => linear_node::<C>(x, w, b, true, p),
+            Some(p) => linear_node::<C>(x, w, b, LinearKind::Gelu, p),
             None => composed::linear_gelu::<Self>(x, w, b),
         }
     }
@@ -340,29 +352,51 @@ impl<C: CheckpointStrategy> IjepaBackend for Ad<C> {
         b: Option<AdTensor<C>>,
         eps: f64,
     ) -> AdTensor<C> {
-        if !fused_kernels() {
-            return composed::layer_norm::<Self>(x, w, b, eps);
+        layer_norm_node::<C>(x, w, b, eps, false)
+    }
+
+    /// In bf16 under bf16 products; the backward is the same (it reads `x`, not `y`, and the
+    /// gradient it receives from the product's `dx` is f32).
+    fn ijepa_layer_norm_into_products(
+        x: AdTensor<C>,
+        w: Option<AdTensor<C>>,
+        b: Option<AdTensor<C>>,
+        eps: f64,
+    ) -> AdTensor<C> {
+        layer_norm_node::<C>(x, w, b, eps, true)
+    }
+}
+
+fn layer_norm_node<C: CheckpointStrategy>(
+    x: AdTensor<C>,
+    w: Option<AdTensor<C>>,
+    b: Option<AdTensor<C>>,
+    eps: f64,
+    into_products: bool,
+) -> AdTensor<C> {
+    if !fused_kernels() {
+        return composed::layer_norm::<Ad<C>>(x, w, b, eps);
+    }
+    let Some((y, mean, rstd)) = layer_norm_fwd(
+        &x.primitive,
+        w.as_ref().map(|w| &w.primitive),
+        b.as_ref().map(|b| &b.primitive),
+        eps,
+        into_products,
+    ) else {
+        return composed::layer_norm::<Ad<C>>(x, w, b, eps);
+    };
+    let state = |_: &_| LayerNormState {
+        x: x.primitive.clone(),
+        w: w.as_ref().map(|w| w.primitive.clone()),
+        mean,
+        rstd,
+    };
+    match (&w, &b) {
+        (Some(w), Some(b)) => {
+            record::<Flex, C, _, 3>(LayerNormAffineBackward, [&x, w, b], state, y)
         }
-        let Some((y, mean, rstd)) = layer_norm_fwd(
-            &x.primitive,
-            w.as_ref().map(|w| &w.primitive),
-            b.as_ref().map(|b| &b.primitive),
-            eps,
-        ) else {
-            return composed::layer_norm::<Self>(x, w, b, eps);
-        };
-        let state = |_: &_| LayerNormState {
-            x: x.primitive.clone(),
-            w: w.as_ref().map(|w| w.primitive.clone()),
-            mean,
-            rstd,
-        };
-        match (&w, &b) {
-            (Some(w), Some(b)) => {
-                record::<Flex, C, _, 3>(LayerNormAffineBackward, [&x, w, b], state, y)
-            }
-            _ => record::<Flex, C, _, 1>(LayerNormBackward, [&x], state, y),
-        }
+        _ => record::<Flex, C, _, 1>(LayerNormBackward, [&x], state, y),
     }
 }
 

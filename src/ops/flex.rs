@@ -120,16 +120,27 @@ fn linear_operands<'a>(
     })
 }
 
+/// What a Linear node computes after its product.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum LinearKind {
+    /// `x W + b`, in f32.
+    Plain,
+    /// `x W + b` for readers that are bf16 products only: in bf16 under bf16 products (an even
+    /// width; [`linear::linear_forward_to_bf16`]).
+    IntoProducts,
+    /// `gelu(x W + b)`: with bf16 products (and an even width) in bf16 for the next Linear,
+    /// its only reader ([`linear::linear_gelu_forward_bf16`]).
+    Gelu,
+}
+
 /// Linear forward on flex tensors, the product in precision `p`; `None` when a dtype is not
-/// f32 (or, for `x`, bf16 under bf16 products). With `gelu`, the second value is GELU's slope
-/// at the pre-activation when `with_slope` (what the backward needs); with bf16 products (and
-/// an even width) the activation comes out in bf16 for the next Linear, its only reader
-/// ([`linear::linear_gelu_forward_bf16`]).
+/// f32 (or, for `x`, bf16 under bf16 products). With [`LinearKind::Gelu`], the second value is
+/// GELU's slope at the pre-activation when `with_slope` (what the backward needs).
 pub(super) fn linear_fwd(
     x: &FlexTensor,
     w: &FlexTensor,
     b: Option<&FlexTensor>,
-    gelu: bool,
+    kind: LinearKind,
     with_slope: bool,
     p: Precision,
 ) -> Option<(FlexTensor, Option<FlexTensor>)> {
@@ -142,7 +153,12 @@ pub(super) fn linear_fwd(
         n,
     } = linear_operands(x, w, b)?;
     let (x, bs) = (xs.rows(), bs.as_deref());
-    if gelu {
+    #[cfg(target_arch = "x86_64")]
+    if kind == LinearKind::IntoProducts && p == Precision::Bf16 && n.is_multiple_of(2) {
+        let y = linear::linear_forward_to_bf16(x, &ws, bs, m, k, n);
+        return Some((FlexTensor::from_data(TensorData::new(y, vec![m, n])), None));
+    }
+    if kind == LinearKind::Gelu {
         #[cfg(target_arch = "x86_64")]
         if p == Precision::Bf16 && n % 2 == 0 {
             let (act, slope) = linear::linear_gelu_forward_bf16(x, &ws, bs, m, k, n, with_slope);
@@ -187,27 +203,49 @@ pub(super) fn linear_residual_fwd(
     Some(tensor(y, vec![m, n]))
 }
 
-/// Attention forward: `(out, lse)`.
+/// Attention forward: `(out, lse)`; `qkv` in f32, or in bf16 from
+/// [`LinearKind::IntoProducts`] under bf16 products.
 pub(super) fn attention_fwd(
     qkv: &FlexTensor,
     heads: usize,
     p: Precision,
 ) -> Option<(FlexTensor, Vec<f32>)> {
-    let q = f32s(qkv)?;
     let [b, n, d3] = <[usize; 3]>::try_from(dims(qkv)).ok()?;
-    let (out, lse) = attention::attention_forward(&q, b, n, heads, p);
+    let (out, lse) = match RowValues::of(qkv)? {
+        RowValues::F32(q) => attention::attention_forward(&q, b, n, heads, p),
+        RowValues::Bf16(_) if p != Precision::Bf16 => return None,
+        RowValues::Bf16(q) => attention::attention_forward_rounded(&q, b, n, heads),
+    };
     Some((tensor(out, vec![b, n, d3 / 3]), lse))
 }
 
-/// LayerNorm forward: `(y, mean, rstd)`.
+/// LayerNorm forward: `(y, mean, rstd)`. With `into_products` (its only readers are bf16
+/// products) and bf16 products in force, affine and of an even width, `y` comes out in bf16
+/// ([`layernorm::layer_norm_affine_forward_bf16`]).
 pub(super) fn layer_norm_fwd(
     x: &FlexTensor,
     w: Option<&FlexTensor>,
     b: Option<&FlexTensor>,
     eps: f64,
+    into_products: bool,
 ) -> Option<(FlexTensor, Vec<f32>, Vec<f32>)> {
     let xs = f32s(x)?;
     let d = dims(x)[1];
+    #[cfg(target_arch = "x86_64")]
+    if let (true, Some(w), Some(b)) = (into_products, w, b)
+        && fused_precision() == Some(Precision::Bf16)
+        && d.is_multiple_of(2)
+    {
+        let (w, b) = (f32s(w)?, f32s(b)?);
+        let (y, mean, rstd) = layernorm::layer_norm_affine_forward_bf16(&xs, &w, &b, d, eps as f32);
+        return Some((
+            FlexTensor::from_data(TensorData::new(y, dims(x))),
+            mean,
+            rstd,
+        ));
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = into_products;
     let (y, mean, rstd) = match (w, b) {
         (Some(w), Some(b)) => {
             layernorm::layer_norm_affine_forward(&xs, &f32s(w)?, &f32s(b)?, d, eps as f32)
@@ -218,12 +256,42 @@ pub(super) fn layer_norm_fwd(
     Some((tensor(y, dims(x)), mean, rstd))
 }
 
+fn layer_norm(
+    x: FlexTensor,
+    w: Option<FlexTensor>,
+    b: Option<FlexTensor>,
+    eps: f64,
+    into_products: bool,
+) -> FlexTensor {
+    if !fused_kernels() {
+        return composed::layer_norm::<Flex>(x, w, b, eps);
+    }
+    match layer_norm_fwd(&x, w.as_ref(), b.as_ref(), eps, into_products) {
+        Some((y, _, _)) => y,
+        None => composed::layer_norm::<Flex>(x, w, b, eps),
+    }
+}
+
 impl IjepaBackend for Flex {
     fn ijepa_linear(x: FlexTensor, w: FlexTensor, b: Option<FlexTensor>) -> FlexTensor {
         let Some(p) = fused_precision() else {
             return composed::linear::<Self>(x, w, b);
         };
-        match linear_fwd(&x, &w, b.as_ref(), false, false, p) {
+        match linear_fwd(&x, &w, b.as_ref(), LinearKind::Plain, false, p) {
+            Some((y, _)) => y,
+            None => composed::linear::<Self>(x, w, b),
+        }
+    }
+
+    fn ijepa_linear_into_products(
+        x: FlexTensor,
+        w: FlexTensor,
+        b: Option<FlexTensor>,
+    ) -> FlexTensor {
+        let Some(p) = fused_precision() else {
+            return composed::linear::<Self>(x, w, b);
+        };
+        match linear_fwd(&x, &w, b.as_ref(), LinearKind::IntoProducts, false, p) {
             Some((y, _)) => y,
             None => composed::linear::<Self>(x, w, b),
         }
@@ -248,7 +316,7 @@ impl IjepaBackend for Flex {
         let Some(p) = fused_precision() else {
             return composed::linear_gelu::<Self>(x, w, b);
         };
-        match linear_fwd(&x, &w, b.as_ref(), true, false, p) {
+        match linear_fwd(&x, &w, b.as_ref(), LinearKind::Gelu, false, p) {
             Some((y, _)) => y,
             None => composed::linear_gelu::<Self>(x, w, b),
         }
@@ -272,13 +340,16 @@ impl IjepaBackend for Flex {
         b: Option<FlexTensor>,
         eps: f64,
     ) -> FlexTensor {
-        if !fused_kernels() {
-            return composed::layer_norm::<Self>(x, w, b, eps);
-        }
-        match layer_norm_fwd(&x, w.as_ref(), b.as_ref(), eps) {
-            Some((y, _, _)) => y,
-            None => composed::layer_norm::<Self>(x, w, b, eps),
-        }
+        layer_norm(x, w, b, eps, false)
+    }
+
+    fn ijepa_layer_norm_into_products(
+        x: FlexTensor,
+        w: Option<FlexTensor>,
+        b: Option<FlexTensor>,
+        eps: f64,
+    ) -> FlexTensor {
+        layer_norm(x, w, b, eps, true)
     }
 
     /// One fused pass over the four buffers, in place and on the pool (burn's ops would make

@@ -234,6 +234,18 @@ pub trait IjepaBackend: Backend {
         composed::linear_residual::<Self>(x, w, b, r)
     }
 
+    /// [`IjepaBackend::ijepa_linear`] for a Linear whose output only the products of bf16
+    /// autocast read (the qkv projection, read by attention's products alone): under bf16
+    /// autocast a backend may store the output in bf16, the rounding those products apply to
+    /// it anyway (the same values, half the bytes). By default the plain Linear.
+    fn ijepa_linear_into_products(
+        x: FloatTensor<Self>,
+        w: FloatTensor<Self>,
+        b: Option<FloatTensor<Self>>,
+    ) -> FloatTensor<Self> {
+        Self::ijepa_linear(x, w, b)
+    }
+
     /// `gelu(x @ w + b)` with the exact (erf) GELU.
     fn ijepa_linear_gelu(
         x: FloatTensor<Self>,
@@ -271,6 +283,19 @@ pub trait IjepaBackend: Backend {
         eps: f64,
     ) -> FloatTensor<Self> {
         composed::layer_norm::<Self>(x, w, b, eps)
+    }
+
+    /// [`IjepaBackend::ijepa_layer_norm`] for a LayerNorm whose output only the products of
+    /// bf16 autocast read (a block's norm1 and norm2, read by qkv and fc1 alone): as
+    /// [`IjepaBackend::ijepa_linear_into_products`], a backend may store it in bf16 under bf16
+    /// autocast. By default the plain LayerNorm.
+    fn ijepa_layer_norm_into_products(
+        x: FloatTensor<Self>,
+        w: Option<FloatTensor<Self>>,
+        b: Option<FloatTensor<Self>>,
+        eps: f64,
+    ) -> FloatTensor<Self> {
+        Self::ijepa_layer_norm(x, w, b, eps)
     }
 
     /// One AdamW step (torch's `AdamW`, decoupled weight decay) on one parameter `p` with
@@ -323,6 +348,20 @@ pub fn linear_residual<B: IjepaBackend>(
     ))
 }
 
+/// [`linear`] for a Linear whose output only bf16 autocast's products read
+/// ([`IjepaBackend::ijepa_linear_into_products`]).
+pub fn linear_into_products<B: IjepaBackend>(
+    x: Tensor<B, 2>,
+    w: Tensor<B, 2>,
+    b: Option<Tensor<B, 1>>,
+) -> Tensor<B, 2> {
+    wrap(B::ijepa_linear_into_products(
+        unwrap(x),
+        unwrap(w),
+        b.map(unwrap),
+    ))
+}
+
 pub fn linear_gelu<B: IjepaBackend>(
     x: Tensor<B, 2>,
     w: Tensor<B, 2>,
@@ -352,6 +391,22 @@ pub fn layer_norm<B: IjepaBackend>(
     eps: f64,
 ) -> Tensor<B, 2> {
     wrap(B::ijepa_layer_norm(
+        unwrap(x),
+        w.map(unwrap),
+        b.map(unwrap),
+        eps,
+    ))
+}
+
+/// [`layer_norm`] for a LayerNorm whose output only bf16 autocast's products read
+/// ([`IjepaBackend::ijepa_layer_norm_into_products`]).
+pub fn layer_norm_into_products<B: IjepaBackend>(
+    x: Tensor<B, 2>,
+    w: Option<Tensor<B, 1>>,
+    b: Option<Tensor<B, 1>>,
+    eps: f64,
+) -> Tensor<B, 2> {
+    wrap(B::ijepa_layer_norm_into_products(
         unwrap(x),
         w.map(unwrap),
         b.map(unwrap),

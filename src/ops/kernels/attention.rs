@@ -191,6 +191,50 @@ pub fn attention_forward(
     (unsafe { super::assume_init(out) }, lse)
 }
 
+/// [`attention_forward`] in precision bf16 on a `qkv` its projection already rounded to bf16
+/// for these products ([`super::linear::linear_forward_to_bf16`]): the bf16 products read it
+/// as it is (half the bytes, no conversion of their own; the same values). Without bf16
+/// products for this head dimension, on the values widened to f32.
+pub fn attention_forward_rounded(
+    qkv: &[half::bf16],
+    batch: usize,
+    seq: usize,
+    heads: usize,
+) -> (Vec<f32>, Vec<f32>) {
+    #[cfg(target_arch = "x86_64")]
+    if bf16_products(Precision::Bf16, dims(qkv.len(), batch, seq, heads).1) {
+        return super::attention_bf16::attention_forward(qkv, batch, seq, heads);
+    }
+    attention_forward(&widened(qkv), batch, seq, heads, Precision::Bf16)
+}
+
+/// [`attention_backward`] on the `qkv` of [`attention_forward_rounded`].
+#[allow(clippy::too_many_arguments)]
+pub fn attention_backward_rounded(
+    qkv: &[half::bf16],
+    out: &[f32],
+    lse: &[f32],
+    dout: &[f32],
+    batch: usize,
+    seq: usize,
+    heads: usize,
+) -> Vec<f32> {
+    #[cfg(target_arch = "x86_64")]
+    if bf16_products(Precision::Bf16, dims(qkv.len(), batch, seq, heads).1) {
+        let n = seq * dims(qkv.len(), batch, seq, heads).0;
+        assert_eq!(out.len(), batch * n);
+        assert_eq!(dout.len(), batch * n);
+        assert_eq!(lse.len(), batch * heads * seq);
+        return super::attention_bf16::attention_backward(qkv, out, lse, dout, batch, seq, heads);
+    }
+    let q = widened(qkv);
+    attention_backward(&q, out, lse, dout, batch, seq, heads, Precision::Bf16)
+}
+
+fn widened(x: &[half::bf16]) -> Vec<f32> {
+    x.iter().map(|v| v.to_f32()).collect()
+}
+
 /// Attention backward. Returns `dqkv [B, N, 3D]` in the same layout as `qkv`.
 ///
 /// Recomputes `P = exp(scale·QKᵀ - lse)`; then `dV = Pᵀ dO`, `dP = dO Vᵀ`,

@@ -14,7 +14,7 @@
 use super::attention::{
     dims, probabilities, scale_head_rows, scaled_score_grads, scales, softmax_numerators,
 };
-use super::matmul::bf16::{pairs_across_into, pairs_along};
+use super::matmul::bf16::{PairSource, pairs_across_into, pairs_along};
 use super::matmul::bf16_pairs::{Lhs, Rhs, product, transpose};
 use rayon::prelude::*;
 use std::cell::RefCell;
@@ -78,9 +78,11 @@ fn scores(
     s.iter_mut().for_each(|x| *x *= scale2);
 }
 
-/// [`super::attention::attention_forward`] with bf16 products.
-pub fn attention_forward(
-    qkv: &[f32],
+/// [`super::attention::attention_forward`] with bf16 products; `qkv` in f32, or in bf16 as
+/// the qkv projection rounded it for these products (the same values: every operand is
+/// rounded to bf16 once, to nearest even), read with half the bytes.
+pub fn attention_forward<Q: PairSource>(
+    qkv: &[Q],
     batch: usize,
     seq: usize,
     heads: usize,
@@ -123,9 +125,11 @@ pub fn attention_forward(
 }
 
 /// [`super::attention::attention_backward`] with bf16 products; `lse` from
-/// [`attention_forward`]; the operands' lengths checked by the caller.
-pub fn attention_backward(
-    qkv: &[f32],
+/// [`attention_forward`]; the operands' lengths checked by the caller; `qkv` as in
+/// [`attention_forward`].
+#[allow(clippy::too_many_arguments)]
+pub fn attention_backward<Q: PairSource>(
+    qkv: &[Q],
     out: &[f32],
     lse: &[f32],
     dout: &[f32],
@@ -252,6 +256,31 @@ mod tests {
             assert!(rel(&l16, &l32) < 2e-3, "{tag} lse: {:e}", rel(&l16, &l32));
             assert!(rel(&g16, &g32) < 1e-2, "{tag} dqkv: {:e}", rel(&g16, &g32));
             assert_ne!(bits(&o16), bits(&o32), "{tag}: bf16 not applied");
+        }
+    }
+
+    /// A qkv already rounded to bf16 (by its projection) gives the floats of the f32 qkv it
+    /// was rounded from, forward and backward.
+    #[test]
+    fn bf16_qkv_is_the_f32_qkv_rounded() {
+        if !bf16_products() {
+            println!("skipped: no bf16 products on this CPU");
+            return;
+        }
+        let mut rg = rng(33);
+        for &(b, n, heads, hd) in &[(1, 1, 1, 2), (2, 27, 4, 16), (2, 64, 4, 32), (2, 33, 3, 10)] {
+            let d = heads * hd;
+            let qkv = uniform(&mut rg, b * n * 3 * d, 1.0);
+            let q16: Vec<half::bf16> = qkv.iter().map(|&v| half::bf16::from_f32(v)).collect();
+            let dout = uniform(&mut rg, b * n * d, 1.0);
+            let (o, l) = f32_attention::attention_forward(&qkv, b, n, heads, Bf16);
+            let (o16, l16) = f32_attention::attention_forward_rounded(&q16, b, n, heads);
+            let tag = format!("b{b} n{n} heads{heads} hd{hd}");
+            assert_eq!(bits(&o16), bits(&o), "{tag} out");
+            assert_eq!(bits(&l16), bits(&l), "{tag} lse");
+            let g = f32_attention::attention_backward(&qkv, &o, &l, &dout, b, n, heads, Bf16);
+            let g16 = f32_attention::attention_backward_rounded(&q16, &o, &l, &dout, b, n, heads);
+            assert_eq!(bits(&g16), bits(&g), "{tag} dqkv");
         }
     }
 

@@ -9,6 +9,8 @@
 
 use crate::ops::kernels::math::{self, simd_fn};
 use rayon::prelude::*;
+#[cfg(target_arch = "x86_64")]
+use std::cell::RefCell;
 use std::mem::MaybeUninit;
 
 /// Rows per parallel task (fixed: the reduction order of dweight/dbias depends on it).
@@ -91,6 +93,54 @@ pub fn layer_norm_affine_forward(
     eps: f32,
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     forward_impl(x, Some((weight, bias)), dim, eps)
+}
+
+/// [`layer_norm_affine_forward`] with `y` rounded to bf16 as it is written (`dim` even; where
+/// the CPU has bf16 products), for a LayerNorm whose output only bf16 products read (a block's
+/// norm1 and norm2, read by qkv and fc1 under bf16 autocast): the values those products would
+/// round it to, so they read it as it is, with half the bytes and no conversion pass. Each
+/// chunk of rows is normalised into a per-thread f32 buffer (in cache), then rounded.
+#[cfg(target_arch = "x86_64")]
+pub fn layer_norm_affine_forward_bf16(
+    x: &[f32],
+    weight: &[f32],
+    bias: &[f32],
+    dim: usize,
+    eps: f32,
+) -> (Vec<half::bf16>, Vec<f32>, Vec<f32>) {
+    use crate::ops::kernels::matmul::bf16::{assume_init_vec, round_to_bf16, uninit_vec};
+    thread_local! {
+        static ROWS: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    }
+    assert!(
+        dim > 0 && x.len().is_multiple_of(dim),
+        "x.len() must be a multiple of dim"
+    );
+    assert!(dim.is_multiple_of(2), "bf16 rows of whole pairs");
+    assert_eq!(weight.len(), dim);
+    assert_eq!(bias.len(), dim);
+    let rows = x.len() / dim;
+    let mut y = uninit_vec(x.len());
+    let mut mean = vec![0.0f32; rows];
+    let mut rstd = vec![0.0f32; rows];
+    y.par_chunks_mut(ROWS_PER_CHUNK * dim)
+        .zip(x.par_chunks(ROWS_PER_CHUNK * dim))
+        .zip(mean.par_chunks_mut(ROWS_PER_CHUNK))
+        .zip(rstd.par_chunks_mut(ROWS_PER_CHUNK))
+        .for_each(|(((y, x), mean), rstd)| {
+            ROWS.with_borrow_mut(|buf| {
+                if buf.len() < x.len() {
+                    buf.resize(x.len(), 0.0);
+                }
+                let buf = &mut buf[..x.len()];
+                // SAFETY: `forward_rows` only writes floats.
+                let rows = unsafe { super::as_uninit(buf) };
+                forward_rows(rows, x, mean, rstd, Some((weight, bias)), dim, eps);
+                round_to_bf16(buf, y);
+            })
+        });
+    // SAFETY: the chunks cover `y`, each written whole by `round_to_bf16`.
+    (unsafe { assume_init_vec(y) }, mean, rstd)
 }
 
 /// Parameter-free LayerNorm forward (I-JEPA target normalisation).
@@ -268,6 +318,29 @@ pub fn layer_norm_backward(
 mod tests {
     use super::*;
     use crate::ops::kernels::testutil::*;
+
+    /// The bf16 output is the f32 output rounded (to nearest even), with the same statistics.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn bf16_output_is_the_f32_output_rounded() {
+        use crate::ops::kernels::matmul::bf16::bf16_bits;
+        if !crate::ops::kernels::cpu::bf16_products() {
+            println!("skipped: no bf16 products on this CPU");
+            return;
+        }
+        let mut rg = rng(71);
+        for &(rows, dim) in &[(1, 2), (33, 64), (70, 128), (5, 6)] {
+            let x = uniform(&mut rg, rows * dim, 3.0);
+            let w = uniform(&mut rg, dim, 1.0);
+            let b = uniform(&mut rg, dim, 1.0);
+            let (y, mean, rstd) = layer_norm_affine_forward(&x, &w, &b, dim, 1e-6);
+            let (y16, mean16, rstd16) = layer_norm_affine_forward_bf16(&x, &w, &b, dim, 1e-6);
+            let want: Vec<u16> = y.iter().map(|&v| bf16_bits(v)).collect();
+            let got: Vec<u16> = y16.iter().map(|v| v.to_bits()).collect();
+            assert_eq!(got, want, "{rows}x{dim} y");
+            assert_eq!((bits(&mean16), bits(&rstd16)), (bits(&mean), bits(&rstd)));
+        }
+    }
 
     /// f64 reference forward of one row set; returns y.
     fn ref_forward(

@@ -16,6 +16,7 @@ use crate::ops::Precision;
 use crate::ops::kernels::gelu::gelu_in_place;
 use crate::ops::kernels::matmul::{PackedRhs, View, bf16, gemm_rows_keeping_pairs};
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 /// [`linear_gelu_forward`] with bf16 products whose activation is rounded to bf16 as it is
 /// written (`n` even): what the next Linear's bf16 product would round it to, so that product
@@ -47,12 +48,7 @@ pub fn linear_gelu_forward_bf16(
             &mut slope,
             with_slope,
             |x_blk, a_blk, s_blk| {
-                PRE.with_borrow_mut(|pre| {
-                    if pre.len() < a_blk.len() {
-                        pre.resize(a_blk.len(), 0.0);
-                    }
-                    // SAFETY: the product only writes floats.
-                    let pre = unsafe { crate::ops::kernels::as_uninit(&mut pre[..a_blk.len()]) };
+                with_pre(a_blk.len(), |pre| {
                     let pre = block_product(x_blk, k, &rhs, b, None, pre);
                     gelu_in_place(pre, s_blk);
                     bf16::round_to_bf16(pre, a_blk);
@@ -70,8 +66,48 @@ pub fn linear_gelu_forward_bf16(
 }
 
 thread_local! {
-    /// [`linear_gelu_forward_bf16`]'s f32 pre-activations, one block at a time.
+    /// The f32 products of one block of rows before they are rounded to bf16.
     static PRE: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// `f` on this thread's [`PRE`] buffer of `len` floats (contents unspecified).
+fn with_pre(len: usize, f: impl FnOnce(&mut [MaybeUninit<f32>])) {
+    PRE.with_borrow_mut(|pre| {
+        if pre.len() < len {
+            pre.resize(len, 0.0);
+        }
+        // SAFETY: the products only write floats.
+        f(unsafe { crate::ops::kernels::as_uninit(&mut pre[..len]) })
+    })
+}
+
+/// `y = x W + b` with bf16 products, rounded to bf16 as it is written (`n` even), for a Linear
+/// whose output only bf16 products read (the qkv projection, read by attention's products):
+/// what they would round it to, so they read it as it is, half the bytes and no conversion
+/// pass of their own.
+pub fn linear_forward_to_bf16(
+    x: Rows<'_>,
+    w: &[f32],
+    b: Option<&[f32]>,
+    m: usize,
+    k: usize,
+    n: usize,
+) -> Vec<half::bf16> {
+    check(x, w, b, m, k, n, Precision::Bf16);
+    assert!(n.is_multiple_of(2), "bf16 outputs of whole pairs");
+    let mut y = bf16::uninit_vec(m * n);
+    if m > 0 && n > 0 {
+        let rhs = PackedRhs::new_bf16(View::rows(w, n), k, n);
+        let br = rows_per_block(m);
+        y.par_chunks_mut(br * n).enumerate().for_each(|(i, y_blk)| {
+            let x_blk = x.range(i * br * k, y_blk.len() / n * k);
+            with_pre(y_blk.len(), |pre| {
+                bf16::round_to_bf16(block_product(x_blk, k, &rhs, b, None, pre), y_blk)
+            })
+        });
+    }
+    // SAFETY: the blocks cover `y`, each written whole by `round_to_bf16`.
+    unsafe { bf16::assume_init_vec(y) }
 }
 
 /// [`input_and_weight_grads`] with bf16 operands: `dx = dy Wᵀ` on the bf16 tiles, which also
@@ -201,6 +237,12 @@ mod tests {
             );
             let (on_bf16, _) = linear_gelu_forward_bf16(h, &w, Some(&b), m, k, n, false);
             assert_eq!(on_bf16, act16, "{tag} from bf16 rows");
+            let y16: Vec<u16> = linear_forward_to_bf16(f, &w, Some(&b), m, k, n)
+                .iter()
+                .map(|v| v.to_bits())
+                .collect();
+            let y32: Vec<u16> = y(f).iter().map(|&v| round(v)).collect();
+            assert_eq!(y16, y32, "{tag} bf16 output");
         }
     }
 }

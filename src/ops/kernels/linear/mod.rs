@@ -22,7 +22,7 @@ use std::mem::MaybeUninit;
 #[cfg(target_arch = "x86_64")]
 mod bf16;
 #[cfg(target_arch = "x86_64")]
-pub use bf16::linear_gelu_forward_bf16;
+pub use bf16::{linear_forward_to_bf16, linear_gelu_forward_bf16};
 
 /// Most rows per output block (256 rows measured best or on par with one all-pool GEMM for
 /// N = 128..1536 at K = 128..512).

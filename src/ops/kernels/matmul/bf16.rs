@@ -128,8 +128,8 @@ unsafe fn pairs_along_row(src: *const f32, len: usize, dst: *mut u32) {
 }
 
 /// The rows `[rows, cols]` (row stride `ld`) of `src` as pairs along each row:
-/// `[rows][cols.div_ceil(2)]`, written into `dst`.
-pub fn pairs_along(src: &[f32], rows: usize, cols: usize, ld: usize, dst: &mut [u32]) {
+/// `[rows][cols.div_ceil(2)]`, written into `dst` (from bf16 rows: a copy of half the bytes).
+pub fn pairs_along<T: PairSource>(src: &[T], rows: usize, cols: usize, ld: usize, dst: &mut [u32]) {
     let cp = cols.div_ceil(2);
     assert!(
         rows == 0 || (rows - 1) * ld + cols <= src.len(),
@@ -142,7 +142,7 @@ pub fn pairs_along(src: &[f32], rows: usize, cols: usize, ld: usize, dst: &mut [
     );
     for i in 0..rows {
         // SAFETY: bf16 products checked above (AVX-512 BF16 present); extents asserted.
-        unsafe { pairs_along_row(src.as_ptr().add(i * ld), cols, dst.as_mut_ptr().add(i * cp)) }
+        unsafe { T::along(src.as_ptr().add(i * ld), cols, dst.as_mut_ptr().add(i * cp)) }
     }
 }
 
@@ -182,6 +182,14 @@ pub trait PairSource: Copy + Send + Sync {
     /// bf16 products available; `a` (and `b` unless null) readable for `len` elements, `dst`
     /// writable for `len` pairs.
     unsafe fn across(a: *const Self, b: *const Self, len: usize, dst: *mut u32);
+
+    /// `dst[t] = pair(src[2t], src[2t + 1])` for `t < len.div_ceil(2)` (a missing odd element
+    /// zero).
+    ///
+    /// # Safety
+    /// bf16 products available; `src` readable for `len` elements, `dst` writable for
+    /// `len.div_ceil(2)` pairs.
+    unsafe fn along(src: *const Self, len: usize, dst: *mut u32);
 }
 
 impl PairSource for f32 {
@@ -189,12 +197,28 @@ impl PairSource for f32 {
         // SAFETY: the caller's contract.
         unsafe { pairs_across_row(a, b, len, dst) }
     }
+
+    unsafe fn along(src: *const f32, len: usize, dst: *mut u32) {
+        // SAFETY: the caller's contract.
+        unsafe { pairs_along_row(src, len, dst) }
+    }
 }
 
 impl PairSource for half::bf16 {
     unsafe fn across(a: *const half::bf16, b: *const half::bf16, len: usize, dst: *mut u32) {
         // SAFETY: the caller's contract (bf16 is a transparent u16).
         unsafe { bits_across_row(a.cast(), b.cast(), len, dst) }
+    }
+
+    unsafe fn along(src: *const half::bf16, len: usize, dst: *mut u32) {
+        // SAFETY: the caller's contract: the whole pairs are the bf16 bits as they lie (the
+        // even element in the low half), the odd last one gets a zero high half.
+        unsafe {
+            std::ptr::copy_nonoverlapping(src.cast::<u16>(), dst.cast::<u16>(), len & !1);
+            if len % 2 == 1 {
+                *dst.add(len / 2) = (*src.add(len - 1)).to_bits() as u32;
+            }
+        }
     }
 }
 
