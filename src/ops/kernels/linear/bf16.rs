@@ -11,7 +11,10 @@
 //! The arithmetic is that of converting on use: every operand is rounded to bf16 once, to
 //! nearest even, and every product accumulates in f32.
 
-use super::{Rows, block_product, check, in_gelu_blocks, rows_per_block};
+use super::{
+    Rows, SUM_ROWS, block_product, check, gelu_grad_rows, in_gelu_blocks, product_in_blocks,
+    reduce_partials, rows_per_block,
+};
 use crate::ops::Precision;
 use crate::ops::kernels::gelu::gelu_in_place;
 use crate::ops::kernels::matmul::{PackedRhs, View, bf16, gemm_rows_keeping_pairs};
@@ -146,6 +149,64 @@ pub(super) fn bf16_input_and_weight_grads(
     (dx, bf16::xt_y_pairs(&x_pairs, &dy_pairs, m, k, n))
 }
 
+/// [`linear_gelu_backward`] with bf16 products: `dpre = dact · slope` is written in bf16 (its
+/// f32 column sums taken first, for `db`), the rounding both its products apply to it anyway;
+/// `dx = dpre Wᵀ` reads it in place, `dW = xᵀ dpre` pairs it across rows from half the bytes.
+/// Why: `dpre` is as wide as the MLP's hidden layer, the largest gradient the step converts,
+/// and written in f32 it went through memory twice more (written, then read to convert).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn bf16_gelu_backward(
+    x: Rows<'_>,
+    w: &[f32],
+    slope: &[f32],
+    dact: &[f32],
+    m: usize,
+    k: usize,
+    n: usize,
+    with_bias: bool,
+) -> (Vec<f32>, Vec<f32>, Option<Vec<f32>>) {
+    assert!(n.is_multiple_of(2), "bf16 rows of whole pairs");
+    let mut dpre = bf16::uninit_vec(m * n);
+    let mut partials = vec![
+        0.0f32;
+        if with_bias {
+            m.div_ceil(SUM_ROWS) * n
+        } else {
+            0
+        }
+    ];
+    let work = |dp: &mut [MaybeUninit<half::bf16>], sl: &[f32], da: &[f32], part| {
+        with_pre(dp.len(), |buf| {
+            gelu_grad_rows(buf, sl, da, part, n);
+            // SAFETY: `gelu_grad_rows` wrote every element.
+            let buf = unsafe { &*(buf as *const [MaybeUninit<f32>] as *const [f32]) };
+            bf16::round_to_bf16(buf, dp);
+        })
+    };
+    let iter = dpre.par_chunks_mut(SUM_ROWS * n).zip(
+        slope
+            .par_chunks(SUM_ROWS * n)
+            .zip(dact.par_chunks(SUM_ROWS * n)),
+    );
+    if with_bias {
+        iter.zip(partials.par_chunks_mut(n))
+            .for_each(|((dp, (sl, da)), part)| work(dp, sl, da, Some(part)));
+    } else {
+        iter.for_each(|(dp, (sl, da))| work(dp, sl, da, None));
+    }
+    // SAFETY: the chunks cover `dpre`, each written whole by `round_to_bf16`.
+    let dpre = unsafe { bf16::assume_init_vec(dpre) };
+    let db = with_bias.then(|| reduce_partials(&partials, n));
+    let rhs = PackedRhs::new_bf16(View::t(w, n), n, k);
+    let dx = product_in_blocks(Rows::Bf16(&dpre), n, &rhs, None, None);
+    let dy_pairs = bf16::pairs_across(&dpre, m, n, n, n.next_multiple_of(16));
+    let x_pairs = match x {
+        Rows::F32(x) => bf16::pairs_across(x, m, k, k, k),
+        Rows::Bf16(x) => bf16::pairs_across(x, m, k, k, k),
+    };
+    (dx, bf16::xt_y_pairs(&x_pairs, &dy_pairs, m, k, n), db)
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::tests::{SHAPES, operands, ref_input_and_weight_grads, ref_linear};
@@ -243,6 +304,32 @@ mod tests {
                 .collect();
             let y32: Vec<u16> = y(f).iter().map(|&v| round(v)).collect();
             assert_eq!(y16, y32, "{tag} bf16 output");
+        }
+    }
+
+    /// The Linear+GELU backward with `dpre` kept in bf16 gives the floats of `dpre` in f32
+    /// handed to the bf16 Linear backward (what it computed before).
+    #[test]
+    fn bf16_gelu_backward_is_the_f32_dpre_path() {
+        if !crate::ops::kernels::cpu::bf16_products() {
+            println!("skipped: no bf16 products on this CPU");
+            return;
+        }
+        let mut rg = rng(48);
+        for &(m, k, n) in &[(1, 2, 2), (27, 48, 20), (130, 20, 100), (700, 34, 64)] {
+            let [x, w, b, dy] = operands(&mut rg, m, k, n);
+            let (_, slope) = linear_gelu_forward(Rows::F32(&x), &w, Some(&b), m, k, n, true, F32);
+            let slope = slope.unwrap();
+            let dpre: Vec<f32> = dy.iter().zip(&slope).map(|(&g, &s)| g * s).collect();
+            for with_bias in [true, false] {
+                let x = Rows::F32(&x);
+                let got = linear_gelu_backward(x, &w, &slope, &dy, m, k, n, with_bias, Bf16);
+                let want = linear_backward(x, &w, &dpre, m, k, n, with_bias, Bf16);
+                let tag = format!("{m}x{k}x{n} bias {with_bias}");
+                assert_eq!(bits(&got.0), bits(&want.0), "{tag} dx");
+                assert_eq!(bits(&got.1), bits(&want.1), "{tag} dw");
+                assert_eq!(got.2, want.2, "{tag} db");
+            }
         }
     }
 }

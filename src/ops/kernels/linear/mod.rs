@@ -443,6 +443,10 @@ pub fn linear_gelu_backward(
         let (dx, dw) = (vec![0.0; m * k], Vec::new());
         return (dx, dw, with_bias.then(Vec::new));
     }
+    #[cfg(target_arch = "x86_64")]
+    if p == Precision::Bf16 && m > 0 && k > 0 && n.is_multiple_of(2) {
+        return bf16::bf16_gelu_backward(x, w, slope, dact, m, k, n, with_bias);
+    }
     let mut dpre = super::uninit(m * n);
     let n_chunks = m.div_ceil(SUM_ROWS);
     let mut partials = vec![0.0f32; if with_bias { n_chunks * n } else { 0 }];
