@@ -107,56 +107,10 @@ fn main() {
         let b = values(n, 3, 7);
         let dy = values(m * n, 3, 17);
         let flop = 2.0 * (m * k * n) as f64;
-        let (f32f, bf16f) = best_pair(
-            || {
-                drop(linear_forward(
-                    Rows::F32(&x),
-                    &w,
-                    Some(&b),
-                    m,
-                    k,
-                    n,
-                    Precision::F32,
-                ))
-            },
-            || {
-                drop(linear_forward(
-                    Rows::F32(&x),
-                    &w,
-                    Some(&b),
-                    m,
-                    k,
-                    n,
-                    Precision::Bf16,
-                ))
-            },
-        );
-        let (f32b, bf16b) = best_pair(
-            || {
-                drop(linear_backward(
-                    Rows::F32(&x),
-                    &w,
-                    &dy,
-                    m,
-                    k,
-                    n,
-                    true,
-                    Precision::F32,
-                ))
-            },
-            || {
-                drop(linear_backward(
-                    Rows::F32(&x),
-                    &w,
-                    &dy,
-                    m,
-                    k,
-                    n,
-                    true,
-                    Precision::Bf16,
-                ))
-            },
-        );
+        let forward = |p| drop(linear_forward(Rows::F32(&x), &w, Some(&b), m, k, n, p));
+        let backward = |p| drop(linear_backward(Rows::F32(&x), &w, &dy, m, k, n, true, p));
+        let (f32f, bf16f) = best_pair(|| forward(Precision::F32), || forward(Precision::Bf16));
+        let (f32b, bf16b) = best_pair(|| backward(Precision::F32), || backward(Precision::Bf16));
         println!(
             "{what:<22} {m:>6} {k:>5} {n:>5} {:>9.1} {:>9.1} {:>9.1} {:>9.1}",
             flop / f32f / 1e9,

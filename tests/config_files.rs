@@ -1,8 +1,9 @@
-//! The four official config files and the Fashion-MNIST recipe load and describe the intended
+//! The four official config files and the two Fashion-MNIST recipes load and describe the intended
 //! models; a bad config is rejected with the file and key in the message.
 
 use std::path::PathBuf;
 
+use ijepa::masks::MaskMode;
 use ijepa::train::config::TrainConfig;
 
 fn configs() -> PathBuf {
@@ -107,6 +108,97 @@ fn recipe_is_the_documented_one() {
     );
     assert_eq!(cfg.meta.seed, 0);
     assert!(!cfg.meta.use_bfloat16);
+}
+
+/// `configs/fmnist_best.yaml` is the recipe docs/recipes.md and the README describe (run e14),
+/// and the quickstart's short variant of it (scripts/quickstart.sh's `--set`s) loads.
+#[test]
+fn best_recipe_is_the_documented_one() {
+    let path = configs().join("fmnist_best.yaml");
+    let cfg = TrainConfig::from_file(&path, &[]).unwrap_or_else(|e| panic!("{e}"));
+    let enc = cfg.encoder_config().unwrap();
+    assert_eq!(
+        (
+            enc.image_size,
+            enc.patch_size,
+            enc.in_chans,
+            enc.embed_dim,
+            enc.depth,
+            enc.num_heads,
+            enc.mlp_hidden
+        ),
+        (28, 4, 1, 256, 6, 8, 1024)
+    );
+    let pred = cfg.predictor_config().unwrap();
+    assert_eq!(
+        (pred.predictor_embed_dim, pred.depth, pred.num_heads),
+        (128, 3, 4)
+    );
+    let m = cfg.mask_config().unwrap();
+    assert_eq!(
+        (
+            m.npred,
+            m.nenc,
+            m.min_keep,
+            m.pred_mask_scale,
+            m.enc_mask_scale,
+            m.aspect_ratio,
+            m.mode
+        ),
+        (
+            4,
+            1,
+            4,
+            (0.15, 0.25),
+            (0.5, 0.7),
+            (0.75, 1.5),
+            MaskMode::Fixed
+        )
+    );
+    let o = &cfg.optimization;
+    assert_eq!(
+        (o.epochs, o.warmup, o.start_lr, o.lr, o.final_lr, o.ema),
+        (12, 2.0, 1e-4, 5e-4, 1e-6, (0.996, 1.0))
+    );
+    let r = &cfg.regularization;
+    assert_eq!(
+        (
+            r.vicreg_variance_weight,
+            r.vicreg_covariance_weight,
+            r.sigreg_weight
+        ),
+        (1.0, 0.04, 0.0)
+    );
+    assert_eq!(
+        (cfg.data.batch_size, cfg.data.pad, cfg.data.crop_size),
+        (128, 0, 28)
+    );
+    assert!(cfg.meta.use_bfloat16);
+
+    let quick: Vec<String> = [
+        "optimization.epochs=3",
+        "optimization.warmup=1",
+        "data.max_images=20000",
+        "logging.knn_monitor_bank=2000",
+        "logging.knn_monitor_queries=500",
+    ]
+    .map(String::from)
+    .to_vec();
+    let script = std::fs::read_to_string(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/quickstart.sh"),
+    )
+    .unwrap();
+    for set in &quick {
+        assert!(
+            script.contains(&format!("--set {set}")),
+            "scripts/quickstart.sh no longer sets {set}: update this test"
+        );
+    }
+    let short = TrainConfig::from_file(&path, &quick).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        (short.optimization.epochs, short.data.max_images),
+        (3, Some(20000))
+    );
 }
 
 #[test]
