@@ -11,7 +11,8 @@
 //! are rounded per head. The backward recomputes the scores from the same pairs on the same
 //! tiles as the forward, so it sees the forward's values bit for bit.
 
-use super::attention::{dims, probabilities, scale_head_rows, scaled_score_grads, scales};
+use super::attention::{dims, scale_head_rows, scales};
+use super::attention_bf16_rows::{probabilities_pairs, score_grads_pairs, softmax_pairs};
 use super::matmul::bf16::{PairSource, pairs_across_into, pairs_along};
 use super::matmul::bf16_pairs::{Lhs, Rhs, product, transpose};
 use rayon::prelude::*;
@@ -74,148 +75,6 @@ fn scores(
     transpose(&qk[d / 2 + h * hp..], n, hp, ld, kt, np);
     let q = Lhs::along(&qk[h * hp..], ld);
     product(n, hp, n, q, Rhs::new(kt, np), uninit_f32(s), n);
-}
-
-/// One head's softmax numerators on the scores `s [n, n]` (scaled here by `scale2`, the same
-/// floats as the backward's `s · scale2`), written straight into bf16 pairs along the rows
-/// (`pa [n][n.div_ceil(2)]`, the left operand of `P V`), with `lse` and `1 / Σ` per row as
-/// [`super::attention::softmax_numerators`] gives them (the sum in another order: the same up
-/// to an ulp). Why not that function and a conversion pass: its rows are short (64 tokens
-/// or fewer), so its 16-lane folds and scalar tails cost as much as the exponentials, and the
-/// numerators only ever go to a bf16 product.
-fn softmax_pairs(
-    s: &[f32],
-    n: usize,
-    scale2: f32,
-    lse: &mut [f32],
-    inv: &mut [f32],
-    pa: &mut [u32],
-) {
-    assert!(s.len() >= n * n && lse.len() >= n && inv.len() >= n);
-    assert!(pa.len() >= n * n.div_ceil(2));
-    assert!(super::cpu::bf16_products(), "no bf16 products on this CPU");
-    // SAFETY: AVX-512 BF16 present (asserted); the extents asserted above.
-    unsafe { softmax_pairs_avx512(s, n, scale2, lse, inv, pa) }
-}
-
-/// # Safety
-/// AVX-512 F/BW/BF16; the extents of [`softmax_pairs`].
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,avx512bf16")]
-#[allow(clippy::needless_range_loop)] // `c` indexes the row's chunks, `e` only for n <= 64
-unsafe fn softmax_pairs_avx512(
-    s: &[f32],
-    n: usize,
-    scale2: f32,
-    lse: &mut [f32],
-    inv: &mut [f32],
-    pa: &mut [u32],
-) {
-    use std::arch::x86_64::*;
-    let n2 = n.div_ceil(2);
-    let chunks = n.div_ceil(16);
-    let mask = |c: usize| -> __mmask16 { ((1u32 << (n - 16 * c).min(16)) - 1) as __mmask16 };
-    let scale = _mm512_set1_ps(scale2);
-    let mut e = [_mm512_setzero_ps(); 4]; // a row's numerators (n <= 64), or chunk by chunk
-    for i in 0..n {
-        // SAFETY (all): row i holds n floats of `s` and n2 pairs of `pa` (asserted by the caller);
-        // masked-off lanes are neither read nor written.
-        unsafe {
-            let row = s.as_ptr().add(i * n);
-            let load = |c: usize| {
-                let x = _mm512_maskz_loadu_ps(mask(c), row.add(16 * c));
-                _mm512_mul_ps(x, scale)
-            };
-            let mut m = _mm512_set1_ps(f32::NEG_INFINITY);
-            for c in 0..chunks {
-                m = _mm512_mask_max_ps(m, mask(c), m, load(c));
-            }
-            let m = _mm512_reduce_max_ps(m);
-            let mv = _mm512_set1_ps(m);
-            let mut sum = _mm512_setzero_ps();
-            let out = pa.as_mut_ptr().add(i * n2);
-            for c in 0..chunks {
-                let v = exp2_ps(_mm512_sub_ps(load(c), mv));
-                let v = _mm512_maskz_mov_ps(mask(c), v);
-                sum = _mm512_add_ps(sum, v);
-                if chunks <= 4 {
-                    e[c] = v;
-                } else {
-                    store_pairs(out, c, v, _mm512_setzero_ps(), n);
-                }
-            }
-            if chunks <= 4 {
-                for c in (0..chunks).step_by(2) {
-                    let hi = if c + 1 < chunks {
-                        e[c + 1]
-                    } else {
-                        _mm512_setzero_ps()
-                    };
-                    store_pairs(out, c, e[c], hi, n);
-                }
-            }
-            let sum = _mm512_reduce_add_ps(sum);
-            inv[i] = 1.0 / sum;
-            lse[i] = (m + sum.log2()) * std::f32::consts::LN_2;
-        }
-    }
-}
-
-/// The pairs of 16-float chunks `c` (and `c + 1` in `hi`) of a row of `n` into `out`: one
-/// `vcvtne2ps2bf16`, stored up to the row's `n.div_ceil(2)` pairs. With `n > 64` each chunk is
-/// stored alone (`hi` zero), as 8 pairs.
-///
-/// # Safety
-/// AVX-512 F/BW/BF16; `out` writable for `n.div_ceil(2)` pairs.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,avx512bf16")]
-unsafe fn store_pairs(
-    out: *mut u32,
-    c: usize,
-    lo: std::arch::x86_64::__m512,
-    hi: std::arch::x86_64::__m512,
-    n: usize,
-) {
-    use std::arch::x86_64::*;
-    let n2 = n.div_ceil(2);
-    // SAFETY: both are plain 64-byte vectors.
-    let v: __m512i = unsafe { std::mem::transmute(_mm512_cvtne2ps_pbh(hi, lo)) };
-    if n <= 64 {
-        // chunks c and c + 1: pairs 8c .. 8c + 16
-        let count = (n2 - 8 * c).min(16);
-        // SAFETY: pairs 8c .. 8c + count lie in the row (the caller's extent).
-        unsafe {
-            _mm512_mask_storeu_epi32(out.add(8 * c).cast(), ((1u32 << count) - 1) as __mmask16, v)
-        };
-    } else {
-        // chunk c alone: its 8 pairs are the low 256 bits
-        let count = (n2 - 8 * c).min(8);
-        // SAFETY: as above.
-        unsafe {
-            _mm512_mask_storeu_epi32(out.add(8 * c).cast(), ((1u32 << count) - 1) as __mmask16, v)
-        };
-    }
-}
-
-/// `2^u` on 16 lanes, [`crate::ops::kernels::math::exp2_core`]'s polynomial with fused
-/// multiply-adds; 0 below -126 (`u <= 0` here: the scores minus their maximum).
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,avx512bf16")]
-#[allow(clippy::approx_constant)] // fitted coefficient close to ln 2
-fn exp2_ps(u: std::arch::x86_64::__m512) -> std::arch::x86_64::__m512 {
-    use std::arch::x86_64::*;
-    let magic = _mm512_set1_ps(12_582_912.0);
-    let k = _mm512_add_ps(u, magic);
-    let f = _mm512_sub_ps(u, _mm512_sub_ps(k, magic));
-    let c = |v: f32| _mm512_set1_ps(v);
-    let f2 = _mm512_mul_ps(f, f);
-    let p01 = _mm512_fmadd_ps(c(6.931_47e-1), f, c(1.0));
-    let p23 = _mm512_fmadd_ps(c(5.550_734e-2), f, c(2.402_224_2e-1));
-    let p45 = _mm512_fmadd_ps(c(1.326_473_5e-3), f, c(9.671_518e-3));
-    let p = _mm512_fmadd_ps(f2, _mm512_fmadd_ps(f2, p45, p23), p01);
-    let scale = _mm512_castsi512_ps(_mm512_add_epi32(
-        _mm512_slli_epi32::<23>(_mm512_castps_si512(k)),
-        _mm512_set1_epi32(127 << 23),
-    ));
-    let keep = _mm512_cmp_ps_mask::<_CMP_GE_OQ>(u, c(-126.0));
-    _mm512_maskz_mul_ps(keep, p, scale)
 }
 
 /// [`super::attention::attention_forward`] with bf16 products; `qkv` in f32, or in bf16 as
@@ -282,7 +141,7 @@ pub fn attention_backward<Q: PairSource>(
     let (scale, scale2) = scales(hd);
     let (n2, np, hp) = (n.div_ceil(2), n.next_multiple_of(16), hd / 2);
     let (ldqk, ldg) = (2 * d + 16, d + 16); // pairs across rows, padded for whole panels
-    let floats = 2 * n * n + n;
+    let floats = 2 * n * n;
     // q k v along, q k across, dO along, dO across, Kᵀ / Vᵀ panels, P / dS along, across
     let pairs = n * 3 * d / 2 + n2 * ldqk + n * d / 2 + n2 * ldg + hp * np + 2 * n * n2 + n2 * n;
     let mut dqkv = super::uninit(qkv.len());
@@ -293,7 +152,7 @@ pub fn attention_backward<Q: PairSource>(
         .for_each(|(((dqkv_b, qkv_b), (out_b, dout_b)), lse_b)| {
             with_scratch(floats, pairs, |fb, pb| {
                 let (p, rest) = fb.split_at_mut(n * n);
-                let (dp, delta) = rest.split_at_mut(n * n);
+                let dp = rest;
                 let (qkva, rest) = pb.split_at_mut(n * 3 * d / 2);
                 let (qkc, rest) = rest.split_at_mut(n2 * ldqk);
                 let (ga, rest) = rest.split_at_mut(n * d / 2);
@@ -312,10 +171,8 @@ pub fn attention_backward<Q: PairSource>(
                     transpose(&qkva[d / 2 + h * hp..], n, hp, ld3, t, np);
                     let q = Lhs::along(&qkva[h * hp..], ld3);
                     product(n, hp, n, q, Rhs::new(t, np), uninit_f32(p), n);
-                    p.iter_mut().for_each(|x| *x *= scale2);
-                    probabilities(p, &lse_b[h * n..(h + 1) * n], n);
-                    // dV = Pᵀ dO
-                    pairs_across_into(p, n, n, n, uninit_u32(pc), n);
+                    // P (scaled here as in the forward), and Pᵀ's pairs for dV = Pᵀ dO
+                    probabilities_pairs(p, n, scale2, &lse_b[h * n..(h + 1) * n], pc);
                     let pt = Lhs::across(pc, n);
                     let gr = Rhs::new(&gc[h * hd..], ldg);
                     product(n, n2, hd, pt, gr, &mut dqkv_b[2 * d + h * hd..], 3 * d);
@@ -323,15 +180,14 @@ pub fn attention_backward<Q: PairSource>(
                     transpose(&qkva[d + h * hp..], n, hp, ld3, t, np);
                     let gl = Lhs::along(&ga[h * hp..], d / 2);
                     product(n, hp, n, gl, Rhs::new(t, np), uninit_f32(dp), n);
-                    // scale · dS = scale · P ∘ (dP - delta), delta_i = dO_i · O_i
-                    scaled_score_grads(dp, p, g, o, delta, n, d, hd, scale);
+                    // scale · dS = scale · P ∘ (dP - delta), delta_i = dO_i · O_i, as pairs
+                    // along rows (dS) and across them (dSᵀ)
+                    score_grads_pairs(dp, p, g, o, n, d, hd, scale, dsa, pa);
                     // dQ = (scale · dS) K
-                    pairs_along(dp, n, n, n, dsa);
                     let ds = Lhs::along(dsa, n2);
                     let k = Rhs::new(&qkc[d + h * hd..], ldqk);
                     product(n, n2, hd, ds, k, &mut dqkv_b[h * hd..], 3 * d);
                     // dK = (scale · dS)ᵀ Q
-                    pairs_across_into(dp, n, n, n, uninit_u32(pa), n);
                     let dst = Lhs::across(pa, n);
                     let q = Rhs::new(&qkc[h * hd..], ldqk);
                     product(n, n2, hd, dst, q, &mut dqkv_b[d + h * hd..], 3 * d);
@@ -420,47 +276,6 @@ mod tests {
             let g = f32_attention::attention_backward(&qkv, &o, &l, &dout, b, n, heads, Bf16);
             let g16 = f32_attention::attention_backward_rounded(&q16, &o, &l, &dout, b, n, heads);
             assert_eq!(bits(&g16), bits(&g), "{tag} dqkv");
-        }
-    }
-
-    /// The fused softmax against the f32 one followed by the conversion to pairs: `lse` and
-    /// `1 / Σ` to an ulp or two (the sum's order), the pairs to a bf16 ulp (an exponential an
-    /// ulp apart can round the other way), short rows, odd ones and rows of more than 64.
-    #[test]
-    fn softmax_pairs_follows_the_f32_softmax() {
-        use super::super::attention::softmax_numerators;
-        use crate::ops::kernels::matmul::bf16::pairs_along;
-        if !bf16_products() {
-            println!("skipped: no bf16 products on this CPU");
-            return;
-        }
-        let mut rg = rng(34);
-        for n in [1, 2, 7, 16, 27, 33, 64, 65, 100] {
-            let s = uniform(&mut rg, n * n, 8.0);
-            let scale2 = 0.255;
-            let n2 = n.div_ceil(2);
-            let (mut lse, mut inv, mut pa) = (vec![0.0; n], vec![0.0; n], vec![0u32; n * n2]);
-            softmax_pairs(&s, n, scale2, &mut lse, &mut inv, &mut pa);
-            let mut scaled: Vec<f32> = s.iter().map(|&x| x * scale2).collect();
-            let (mut lse32, mut inv32, mut pa32) = (lse.clone(), inv.clone(), pa.clone());
-            softmax_numerators(&mut scaled, n, &mut lse32, &mut inv32);
-            pairs_along(&scaled, n, n, n, &mut pa32);
-            assert!(
-                rel(&lse, &lse32) < 1e-6,
-                "n {n} lse {:e}",
-                rel(&lse, &lse32)
-            );
-            assert!(
-                rel(&inv, &inv32) < 1e-6,
-                "n {n} inv {:e}",
-                rel(&inv, &inv32)
-            );
-            let widen = |p: &[u32]| -> Vec<f32> {
-                p.iter()
-                    .flat_map(|&v| [f32::from_bits(v << 16), f32::from_bits(v & 0xffff_0000)])
-                    .collect()
-            };
-            assert!(rel(&widen(&pa), &widen(&pa32)) < 8e-3, "n {n} pairs");
         }
     }
 

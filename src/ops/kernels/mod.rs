@@ -23,6 +23,8 @@
 pub mod attention;
 #[cfg(target_arch = "x86_64")]
 pub mod attention_bf16;
+#[cfg(target_arch = "x86_64")]
+mod attention_bf16_rows;
 pub mod cpu;
 pub mod gelu;
 pub mod layernorm;
