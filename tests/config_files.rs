@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use ijepa::masks::MaskMode;
 use ijepa::train::config::TrainConfig;
+use ijepa::train::objective::RegFeatures;
 
 fn configs() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("configs")
@@ -110,7 +111,7 @@ fn recipe_is_the_documented_one() {
     assert!(!cfg.meta.use_bfloat16);
 }
 
-/// `configs/fmnist_best.yaml` is the recipe docs/recipes.md and the README describe (run e14),
+/// `configs/fmnist_best.yaml` is the recipe docs/recipes.md and the README describe (run e24),
 /// and the quickstart's short variant of it (scripts/quickstart.sh's `--set`s) loads.
 #[test]
 fn best_recipe_is_the_documented_one() {
@@ -158,7 +159,7 @@ fn best_recipe_is_the_documented_one() {
     let o = &cfg.optimization;
     assert_eq!(
         (o.epochs, o.warmup, o.start_lr, o.lr, o.final_lr, o.ema),
-        (12, 2.0, 1e-4, 5e-4, 1e-6, (0.996, 1.0))
+        (3, 1.0, 2e-4, 1e-3, 1e-6, (0.996, 1.0))
     );
     let r = &cfg.regularization;
     assert_eq!(
@@ -169,6 +170,7 @@ fn best_recipe_is_the_documented_one() {
         ),
         (1.0, 0.04, 0.0)
     );
+    assert_eq!(r.features, RegFeatures::Tokens);
     assert_eq!(
         (cfg.data.batch_size, cfg.data.pad, cfg.data.crop_size),
         (128, 0, 28)
@@ -176,8 +178,6 @@ fn best_recipe_is_the_documented_one() {
     assert!(cfg.meta.use_bfloat16);
 
     let quick: Vec<String> = [
-        "optimization.epochs=3",
-        "optimization.warmup=1",
         "data.max_images=20000",
         "logging.knn_monitor_bank=2000",
         "logging.knn_monitor_queries=500",
