@@ -12,8 +12,8 @@
 //! nearest even, and every product accumulates in f32.
 
 use super::{
-    Rows, SUM_ROWS, block_product, check, gelu_grad_rows, in_gelu_blocks, product_in_blocks,
-    reduce_partials, rows_per_block,
+    Rows, block_product, check, gelu_grad_chunks, gelu_grad_rows, in_gelu_blocks,
+    product_in_blocks, rows_per_block,
 };
 use crate::ops::Precision;
 use crate::ops::kernels::gelu::gelu_in_place;
@@ -167,36 +167,16 @@ pub(super) fn bf16_gelu_backward(
 ) -> (Vec<f32>, Vec<f32>, Option<Vec<f32>>) {
     assert!(n.is_multiple_of(2), "bf16 rows of whole pairs");
     let mut dpre = bf16::uninit_vec(m * n);
-    let mut partials = vec![
-        0.0f32;
-        if with_bias {
-            m.div_ceil(SUM_ROWS) * n
-        } else {
-            0
-        }
-    ];
-    let work = |dp: &mut [MaybeUninit<half::bf16>], sl: &[f32], da: &[f32], part| {
+    let db = gelu_grad_chunks(&mut dpre, slope, dact, n, with_bias, |dp, sl, da, part| {
         with_pre(dp.len(), |buf| {
             gelu_grad_rows(buf, sl, da, part, n);
             // SAFETY: `gelu_grad_rows` wrote every element.
             let buf = unsafe { &*(buf as *const [MaybeUninit<f32>] as *const [f32]) };
             bf16::round_to_bf16(buf, dp);
         })
-    };
-    let iter = dpre.par_chunks_mut(SUM_ROWS * n).zip(
-        slope
-            .par_chunks(SUM_ROWS * n)
-            .zip(dact.par_chunks(SUM_ROWS * n)),
-    );
-    if with_bias {
-        iter.zip(partials.par_chunks_mut(n))
-            .for_each(|((dp, (sl, da)), part)| work(dp, sl, da, Some(part)));
-    } else {
-        iter.for_each(|(dp, (sl, da))| work(dp, sl, da, None));
-    }
+    });
     // SAFETY: the chunks cover `dpre`, each written whole by `round_to_bf16`.
     let dpre = unsafe { bf16::assume_init_vec(dpre) };
-    let db = with_bias.then(|| reduce_partials(&partials, n));
     let rhs = PackedRhs::new_bf16(View::t(w, n), n, k);
     let dx = product_in_blocks(Rows::Bf16(&dpre), n, &rhs, None, None);
     let dy_pairs = bf16::pairs_across(&dpre, m, n, n, n.next_multiple_of(16));

@@ -421,6 +421,35 @@ simd_fn! {
     }
 }
 
+/// The Linear+GELU backward's `dpre = dact · slope`, in chunks of [`SUM_ROWS`] rows (`n > 0`)
+/// run in parallel: `work(dpre, slope, dact, part)` on each chunk writes all of its `dpre`
+/// and, with `part` (given when `with_bias`), adds the chunk's column sums into it. Returns
+/// `db` (the partials added in chunk order) when `with_bias`. Shared by the f32 and bf16
+/// `dpre`.
+fn gelu_grad_chunks<T: Send>(
+    dpre: &mut [MaybeUninit<T>],
+    slope: &[f32],
+    dact: &[f32],
+    n: usize,
+    with_bias: bool,
+    work: impl Fn(&mut [MaybeUninit<T>], &[f32], &[f32], Option<&mut [f32]>) + Sync,
+) -> Option<Vec<f32>> {
+    let n_chunks = (slope.len() / n).div_ceil(SUM_ROWS);
+    let mut partials = vec![0.0f32; if with_bias { n_chunks * n } else { 0 }];
+    let iter = dpre.par_chunks_mut(SUM_ROWS * n).zip(
+        slope
+            .par_chunks(SUM_ROWS * n)
+            .zip(dact.par_chunks(SUM_ROWS * n)),
+    );
+    if with_bias {
+        iter.zip(partials.par_chunks_mut(n))
+            .for_each(|((dp, (sl, da)), part)| work(dp, sl, da, Some(part)));
+    } else {
+        iter.for_each(|(dp, (sl, da))| work(dp, sl, da, None));
+    }
+    with_bias.then(|| reduce_partials(&partials, n))
+}
+
 /// Backward of [`linear_gelu_forward`] from its `slope` (= gelu'(pre)) and `d act`:
 /// `dpre = dact · slope` (fused with the ordered `db` column sum), then the linear
 /// backward. Returns `(dx, dW, db if with_bias)`.
@@ -448,23 +477,11 @@ pub fn linear_gelu_backward(
         return bf16::bf16_gelu_backward(x, w, slope, dact, m, k, n, with_bias);
     }
     let mut dpre = super::uninit(m * n);
-    let n_chunks = m.div_ceil(SUM_ROWS);
-    let mut partials = vec![0.0f32; if with_bias { n_chunks * n } else { 0 }];
-    let work = |dp, sl, da, part| gelu_grad_rows(dp, sl, da, part, n);
-    let iter = dpre.par_chunks_mut(SUM_ROWS * n).zip(
-        slope
-            .par_chunks(SUM_ROWS * n)
-            .zip(dact.par_chunks(SUM_ROWS * n)),
-    );
-    if with_bias {
-        iter.zip(partials.par_chunks_mut(n))
-            .for_each(|((dp, (sl, da)), part)| work(dp, sl, da, Some(part)));
-    } else {
-        iter.for_each(|(dp, (sl, da))| work(dp, sl, da, None));
-    }
-    // SAFETY: the chunks cover `dpre` and `work` writes all of each.
+    let db = gelu_grad_chunks(&mut dpre, slope, dact, n, with_bias, |dp, sl, da, part| {
+        gelu_grad_rows(dp, sl, da, part, n)
+    });
+    // SAFETY: the chunks cover `dpre` and `gelu_grad_rows` writes all of each.
     let dpre = unsafe { super::assume_init(dpre) };
-    let db = with_bias.then(|| reduce_partials(&partials, n));
     let (dx, dw) = input_and_weight_grads(x, w, &dpre, m, k, n, p);
     (dx, dw, db)
 }
