@@ -56,6 +56,26 @@ simd_fn! {
     }
 }
 
+/// The forward's parallel chunks of [`ROWS_PER_CHUNK`] rows of `x [rows, dim]` (`dim > 0`):
+/// `chunk(y, x, mean, rstd)` on each writes all of the chunk's `y` and its rows' statistics.
+/// Returns `(mean, rstd)`. Shared by the f32 and the bf16 `y`.
+fn forward_chunks<T: Send>(
+    y: &mut [MaybeUninit<T>],
+    x: &[f32],
+    dim: usize,
+    chunk: impl Fn(&mut [MaybeUninit<T>], &[f32], &mut [f32], &mut [f32]) + Sync,
+) -> (Vec<f32>, Vec<f32>) {
+    let rows = x.len() / dim;
+    let mut mean = vec![0.0f32; rows];
+    let mut rstd = vec![0.0f32; rows];
+    y.par_chunks_mut(ROWS_PER_CHUNK * dim)
+        .zip(x.par_chunks(ROWS_PER_CHUNK * dim))
+        .zip(mean.par_chunks_mut(ROWS_PER_CHUNK))
+        .zip(rstd.par_chunks_mut(ROWS_PER_CHUNK))
+        .for_each(|(((y, x), mean), rstd)| chunk(y, x, mean, rstd));
+    (mean, rstd)
+}
+
 fn forward_impl(
     x: &[f32],
     affine: Option<(&[f32], &[f32])>,
@@ -70,15 +90,10 @@ fn forward_impl(
         assert_eq!(w.len(), dim);
         assert_eq!(b.len(), dim);
     }
-    let rows = x.len() / dim;
     let mut y = super::uninit(x.len());
-    let mut mean = vec![0.0f32; rows];
-    let mut rstd = vec![0.0f32; rows];
-    y.par_chunks_mut(ROWS_PER_CHUNK * dim)
-        .zip(x.par_chunks(ROWS_PER_CHUNK * dim))
-        .zip(mean.par_chunks_mut(ROWS_PER_CHUNK))
-        .zip(rstd.par_chunks_mut(ROWS_PER_CHUNK))
-        .for_each(|(((y, x), mean), rstd)| forward_rows(y, x, mean, rstd, affine, dim, eps));
+    let (mean, rstd) = forward_chunks(&mut y, x, dim, |y, x, mean, rstd| {
+        forward_rows(y, x, mean, rstd, affine, dim, eps)
+    });
     // SAFETY: the chunks cover `y` and every element of each row was written above.
     (unsafe { super::assume_init(y) }, mean, rstd)
 }
@@ -119,26 +134,19 @@ pub fn layer_norm_affine_forward_bf16(
     assert!(dim.is_multiple_of(2), "bf16 rows of whole pairs");
     assert_eq!(weight.len(), dim);
     assert_eq!(bias.len(), dim);
-    let rows = x.len() / dim;
     let mut y = uninit_vec(x.len());
-    let mut mean = vec![0.0f32; rows];
-    let mut rstd = vec![0.0f32; rows];
-    y.par_chunks_mut(ROWS_PER_CHUNK * dim)
-        .zip(x.par_chunks(ROWS_PER_CHUNK * dim))
-        .zip(mean.par_chunks_mut(ROWS_PER_CHUNK))
-        .zip(rstd.par_chunks_mut(ROWS_PER_CHUNK))
-        .for_each(|(((y, x), mean), rstd)| {
-            ROWS.with_borrow_mut(|buf| {
-                if buf.len() < x.len() {
-                    buf.resize(x.len(), 0.0);
-                }
-                let buf = &mut buf[..x.len()];
-                // SAFETY: `forward_rows` only writes floats.
-                let rows = unsafe { super::as_uninit(buf) };
-                forward_rows(rows, x, mean, rstd, Some((weight, bias)), dim, eps);
-                round_to_bf16(buf, y);
-            })
-        });
+    let (mean, rstd) = forward_chunks(&mut y, x, dim, |y, x, mean, rstd| {
+        ROWS.with_borrow_mut(|buf| {
+            if buf.len() < x.len() {
+                buf.resize(x.len(), 0.0);
+            }
+            let buf = &mut buf[..x.len()];
+            // SAFETY: `forward_rows` only writes floats.
+            let rows = unsafe { super::as_uninit(buf) };
+            forward_rows(rows, x, mean, rstd, Some((weight, bias)), dim, eps);
+            round_to_bf16(buf, y);
+        })
+    });
     // SAFETY: the chunks cover `y`, each written whole by `round_to_bf16`.
     (unsafe { assume_init_vec(y) }, mean, rstd)
 }
@@ -324,8 +332,7 @@ mod tests {
     #[test]
     fn bf16_output_is_the_f32_output_rounded() {
         use crate::ops::kernels::matmul::bf16::bf16_bits;
-        if !crate::ops::kernels::cpu::bf16_products() {
-            println!("skipped: no bf16 products on this CPU");
+        if skip_without_bf16_products() {
             return;
         }
         let mut rg = rng(71);
