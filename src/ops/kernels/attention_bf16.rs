@@ -203,26 +203,14 @@ mod tests {
     use super::*;
     use crate::ops::Precision::{Bf16, F32};
     use crate::ops::kernels::attention as f32_attention;
-    use crate::ops::kernels::cpu::bf16_products;
     use crate::ops::kernels::testutil::*;
-
-    /// Largest `|got - want|` over the largest `|want|`.
-    fn rel(got: &[f32], want: &[f32]) -> f64 {
-        let scale = want.iter().fold(0.0f64, |m, &w| m.max(w.abs() as f64));
-        let worst = got
-            .iter()
-            .zip(want)
-            .fold(0.0f64, |m, (&g, &w)| m.max((g as f64 - w as f64).abs()));
-        worst / scale.max(1e-30)
-    }
 
     /// Forward and backward against the f32 kernels: equal up to bf16's rounding of the
     /// operands (a misplaced head, pair or panel would be off by the values' own size); odd
     /// token counts, head dims that are not a multiple of 16, one head, many.
     #[test]
     fn bf16_attention_follows_f32() {
-        if !bf16_products() {
-            println!("skipped: no bf16 products on this CPU");
+        if skip_without_bf16_products() {
             return;
         }
         let mut rg = rng(31);
@@ -258,8 +246,7 @@ mod tests {
     /// was rounded from, forward and backward.
     #[test]
     fn bf16_qkv_is_the_f32_qkv_rounded() {
-        if !bf16_products() {
-            println!("skipped: no bf16 products on this CPU");
+        if skip_without_bf16_products() {
             return;
         }
         let mut rg = rng(33);
@@ -282,8 +269,7 @@ mod tests {
     /// The same floats whatever the pool's thread count.
     #[test]
     fn bf16_attention_deterministic_across_thread_counts() {
-        if !bf16_products() {
-            println!("skipped: no bf16 products on this CPU");
+        if skip_without_bf16_products() {
             return;
         }
         let (b, n, heads, hd) = (5, 27, 4, 16);

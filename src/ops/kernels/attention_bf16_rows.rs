@@ -325,18 +325,7 @@ unsafe fn score_grads_pairs_avx512(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ops::kernels::cpu::bf16_products;
     use crate::ops::kernels::testutil::*;
-
-    /// Largest `|got - want|` over the largest `|want|`.
-    fn rel(got: &[f32], want: &[f32]) -> f64 {
-        let scale = want.iter().fold(0.0f64, |m, &w| m.max(w.abs() as f64));
-        let worst = got
-            .iter()
-            .zip(want)
-            .fold(0.0f64, |m, (&g, &w)| m.max((g as f64 - w as f64).abs()));
-        worst / scale.max(1e-30)
-    }
 
     /// Pairs (along or across) widened back to f32, in their storage order.
     fn widen(p: &[u32]) -> Vec<f32> {
@@ -352,8 +341,7 @@ mod tests {
     fn softmax_pairs_follows_the_f32_softmax() {
         use super::super::attention::softmax_numerators;
         use crate::ops::kernels::matmul::bf16::pairs_along;
-        if !bf16_products() {
-            println!("skipped: no bf16 products on this CPU");
+        if skip_without_bf16_products() {
             return;
         }
         let mut rg = rng(34);
@@ -388,8 +376,7 @@ mod tests {
     fn backward_rows_follow_the_f32_ones() {
         use super::super::attention::{probabilities, scaled_score_grads};
         use crate::ops::kernels::matmul::bf16::{pairs_across_into, pairs_along};
-        if !bf16_products() {
-            println!("skipped: no bf16 products on this CPU");
+        if skip_without_bf16_products() {
             return;
         }
         let across = |x: &[f32], n: usize| {

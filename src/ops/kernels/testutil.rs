@@ -119,6 +119,25 @@ pub fn bits(x: &[f32]) -> Vec<u32> {
     x.iter().map(|v| v.to_bits()).collect()
 }
 
+/// Largest `|got - want|` over the largest `|want|`.
+pub fn rel(got: &[f32], want: &[f32]) -> f64 {
+    let scale = want.iter().fold(0.0f64, |m, &w| m.max(w.abs() as f64));
+    let worst = got
+        .iter()
+        .zip(want)
+        .fold(0.0f64, |m, (&g, &w)| m.max((g as f64 - w as f64).abs()));
+    worst / scale.max(1e-30)
+}
+
+/// Whether a bf16 test skips (and says so): the CPU has no bf16 products.
+pub fn skip_without_bf16_products() -> bool {
+    let skip = !crate::ops::kernels::cpu::bf16_products();
+    if skip {
+        println!("skipped: no bf16 products on this CPU");
+    }
+    skip
+}
+
 /// Runs `f` in a 1-thread and a 2-thread pool and asserts bitwise equal outputs.
 pub fn assert_deterministic<F>(name: &str, f: F)
 where

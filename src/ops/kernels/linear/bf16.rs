@@ -202,8 +202,7 @@ mod tests {
     fn bf16_products_vs_f64_on_rounded_operands() {
         use crate::ops::Precision::Bf16;
         use crate::ops::kernels::matmul::bf16::round_bf16;
-        if !crate::ops::kernels::cpu::bf16_products() {
-            println!("skipped: no bf16 products on this CPU");
+        if skip_without_bf16_products() {
             return;
         }
         let rounded = |v: &[f32]| -> Vec<f64> { v.iter().map(|&x| round_bf16(x) as f64).collect() };
@@ -240,8 +239,7 @@ mod tests {
     /// the same slope.
     #[test]
     fn bf16_rows_are_the_f32_rows_rounded() {
-        if !crate::ops::kernels::cpu::bf16_products() {
-            println!("skipped: no bf16 products on this CPU");
+        if skip_without_bf16_products() {
             return;
         }
         let mut rg = rng(47);
@@ -291,8 +289,7 @@ mod tests {
     /// handed to the bf16 Linear backward (what it computed before).
     #[test]
     fn bf16_gelu_backward_is_the_f32_dpre_path() {
-        if !crate::ops::kernels::cpu::bf16_products() {
-            println!("skipped: no bf16 products on this CPU");
+        if skip_without_bf16_products() {
             return;
         }
         let mut rg = rng(48);

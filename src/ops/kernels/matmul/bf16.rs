@@ -631,7 +631,6 @@ unsafe fn tile<const ROWS: usize, const V: usize, const MASKED: bool>(t: Tile) {
 mod tests {
     use super::super::{PackedRhs, gemm_rows, gemm_rows_plus};
     use super::*;
-    use crate::ops::kernels::cpu::bf16_products;
     use crate::ops::kernels::testutil::*;
 
     fn rounded(x: &[f32]) -> Vec<f64> {
@@ -640,8 +639,7 @@ mod tests {
 
     #[test]
     fn scalar_rounding_is_the_instructions() {
-        if !bf16_products() {
-            println!("skipped: no bf16 products on this CPU");
+        if skip_without_bf16_products() {
             return;
         }
         let mut x = uniform(&mut rng(90), 100_000, 1e4);
@@ -690,8 +688,7 @@ mod tests {
     /// columns, odd k, bias, residual, a transposed right operand.
     #[test]
     fn products_vs_f64_on_rounded_operands() {
-        if !bf16_products() {
-            println!("skipped: no bf16 products on this CPU");
+        if skip_without_bf16_products() {
             return;
         }
         let mut rg = rng(91);
@@ -736,8 +733,7 @@ mod tests {
 
     #[test]
     fn xt_y_vs_f64_on_rounded_operands_and_thread_free() {
-        if !bf16_products() {
-            println!("skipped: no bf16 products on this CPU");
+        if skip_without_bf16_products() {
             return;
         }
         let mut rg = rng(92);
