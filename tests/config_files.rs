@@ -11,6 +11,35 @@ fn configs() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("configs")
 }
 
+/// The encoder's `[image_size, patch_size, in_chans, embed_dim, depth, num_heads, mlp_hidden]`.
+fn encoder_shape(cfg: &TrainConfig) -> [usize; 7] {
+    let e = cfg.encoder_config().unwrap();
+    [
+        e.image_size,
+        e.patch_size,
+        e.in_chans,
+        e.embed_dim,
+        e.depth,
+        e.num_heads,
+        e.mlp_hidden,
+    ]
+}
+
+/// The predictor's `[predictor_embed_dim, depth, num_heads]`.
+fn predictor_shape(cfg: &TrainConfig) -> [usize; 3] {
+    let p = cfg.predictor_config().unwrap();
+    [p.predictor_embed_dim, p.depth, p.num_heads]
+}
+
+/// The masks' `([npred, nenc, min_keep], [pred_mask_scale, enc_mask_scale, aspect_ratio])`.
+fn mask_shape(cfg: &TrainConfig) -> ([usize; 3], [(f64, f64); 3]) {
+    let m = cfg.mask_config().unwrap();
+    (
+        [m.npred, m.nenc, m.min_keep],
+        [m.pred_mask_scale, m.enc_mask_scale, m.aspect_ratio],
+    )
+}
+
 #[test]
 fn official_configs_parse() {
     let expect = [
@@ -23,17 +52,12 @@ fn official_configs_parse() {
         let cfg = TrainConfig::from_file(&configs().join("official").join(file), &[])
             .unwrap_or_else(|e| panic!("{e}"));
         let enc = cfg.encoder_config().unwrap();
-        let pred = cfg.predictor_config().unwrap();
         assert_eq!(
             (enc.embed_dim, enc.depth, enc.grid()),
             (dim, depth, grid),
             "{file}"
         );
-        assert_eq!(
-            (pred.predictor_embed_dim, pred.depth, pred.num_heads),
-            (384, pred_depth, 16),
-            "{file}"
-        );
+        assert_eq!(predictor_shape(&cfg), [384, pred_depth, 16], "{file}");
         assert_eq!(
             (cfg.data.batch_size, cfg.optimization.epochs),
             (batch, epochs),
@@ -46,35 +70,11 @@ fn official_configs_parse() {
 #[test]
 fn recipe_is_the_documented_one() {
     let cfg = TrainConfig::from_file(&configs().join("fmnist_vit.yaml"), &[]).unwrap();
-    let enc = cfg.encoder_config().unwrap();
+    assert_eq!(encoder_shape(&cfg), [32, 4, 1, 128, 6, 4, 512]);
+    assert_eq!(predictor_shape(&cfg), [64, 3, 4]);
     assert_eq!(
-        (
-            enc.image_size,
-            enc.patch_size,
-            enc.in_chans,
-            enc.embed_dim,
-            enc.depth,
-            enc.num_heads,
-            enc.mlp_hidden
-        ),
-        (32, 4, 1, 128, 6, 4, 512)
-    );
-    let pred = cfg.predictor_config().unwrap();
-    assert_eq!(
-        (pred.predictor_embed_dim, pred.depth, pred.num_heads),
-        (64, 3, 4)
-    );
-    let m = cfg.mask_config().unwrap();
-    assert_eq!(
-        (
-            m.npred,
-            m.nenc,
-            m.min_keep,
-            m.pred_mask_scale,
-            m.enc_mask_scale,
-            m.aspect_ratio
-        ),
-        (2, 1, 4, (0.15, 0.2), (0.85, 1.0), (0.75, 1.5))
+        mask_shape(&cfg),
+        ([2, 1, 4], [(0.15, 0.2), (0.85, 1.0), (0.75, 1.5)])
     );
     let o = &cfg.optimization;
     assert_eq!(
@@ -117,45 +117,13 @@ fn recipe_is_the_documented_one() {
 fn best_recipe_is_the_documented_one() {
     let path = configs().join("fmnist_best.yaml");
     let cfg = TrainConfig::from_file(&path, &[]).unwrap_or_else(|e| panic!("{e}"));
-    let enc = cfg.encoder_config().unwrap();
+    assert_eq!(encoder_shape(&cfg), [28, 4, 1, 256, 6, 8, 1024]);
+    assert_eq!(predictor_shape(&cfg), [128, 3, 4]);
     assert_eq!(
-        (
-            enc.image_size,
-            enc.patch_size,
-            enc.in_chans,
-            enc.embed_dim,
-            enc.depth,
-            enc.num_heads,
-            enc.mlp_hidden
-        ),
-        (28, 4, 1, 256, 6, 8, 1024)
+        mask_shape(&cfg),
+        ([4, 1, 4], [(0.15, 0.25), (0.5, 0.7), (0.75, 1.5)])
     );
-    let pred = cfg.predictor_config().unwrap();
-    assert_eq!(
-        (pred.predictor_embed_dim, pred.depth, pred.num_heads),
-        (128, 3, 4)
-    );
-    let m = cfg.mask_config().unwrap();
-    assert_eq!(
-        (
-            m.npred,
-            m.nenc,
-            m.min_keep,
-            m.pred_mask_scale,
-            m.enc_mask_scale,
-            m.aspect_ratio,
-            m.mode
-        ),
-        (
-            4,
-            1,
-            4,
-            (0.15, 0.25),
-            (0.5, 0.7),
-            (0.75, 1.5),
-            MaskMode::Fixed
-        )
-    );
+    assert_eq!(cfg.mask_config().unwrap().mode, MaskMode::Fixed);
     let o = &cfg.optimization;
     assert_eq!(
         (o.epochs, o.warmup, o.start_lr, o.lr, o.final_lr, o.ema),
