@@ -10,6 +10,14 @@
 
 use std::arch::x86_64::*;
 
+/// `($a, $b)` for the rows `i` and `i + 1` of a pair, `$b` zero (and not evaluated) where row
+/// `i + 1` is past the end (`!$two`), in that order.
+macro_rules! row_pair {
+    ($two:expr, $a:expr, $b:expr) => {
+        ($a, if $two { $b } else { _mm512_setzero_ps() })
+    };
+}
+
 /// One head's softmax numerators on the scores `s [n, n]` (scaled here by `scale2`, the same
 /// floats as the backward's `s · scale2`), written straight into bf16 pairs along the rows
 /// (`pa [n][n.div_ceil(2)]`, the left operand of `P V`), with `lse` and `1 / Σ` per row as
@@ -200,7 +208,7 @@ unsafe fn probabilities_pairs_avx512(
     for t in 0..n.div_ceil(2) {
         let (i, two) = (2 * t, 2 * t + 1 < n);
         let l = |r: usize| _mm512_set1_ps(lse[r] * std::f32::consts::LOG2_E);
-        let (la, lb) = (l(i), if two { l(i + 1) } else { _mm512_setzero_ps() });
+        let (la, lb) = row_pair!(two, l(i), l(i + 1));
         for c in 0..n.div_ceil(16) {
             let m = lanes(n, c);
             // SAFETY (all): rows i and i + 1 (when `two`) hold n floats; pair row t of `pc`
@@ -213,12 +221,7 @@ unsafe fn probabilities_pairs_avx512(
                     _mm512_mask_storeu_ps(at(r), m, v);
                     v
                 };
-                let a = prob(i, la);
-                let b = if two {
-                    prob(i + 1, lb)
-                } else {
-                    _mm512_setzero_ps()
-                };
+                let (a, b) = row_pair!(two, prob(i, la), prob(i + 1, lb));
                 store_across(pc.as_mut_ptr().add(t * n), c, a, b, n);
             }
         }
@@ -285,14 +288,7 @@ unsafe fn score_grads_pairs_avx512(
     };
     for t in 0..n2 {
         let (i, two) = (2 * t, 2 * t + 1 < n);
-        let (da, db) = (
-            delta(i),
-            if two {
-                delta(i + 1)
-            } else {
-                _mm512_setzero_ps()
-            },
-        );
+        let (da, db) = row_pair!(two, delta(i), delta(i + 1));
         for c in 0..n.div_ceil(16) {
             let m = lanes(n, c);
             // SAFETY: as above.
@@ -302,12 +298,7 @@ unsafe fn score_grads_pairs_avx512(
                     let pv = _mm512_maskz_loadu_ps(m, p.as_ptr().add(r * n + 16 * c));
                     _mm512_mul_ps(sv, _mm512_mul_ps(pv, _mm512_sub_ps(x, dl)))
                 };
-                let a = ds(i, da);
-                let b = if two {
-                    ds(i + 1, db)
-                } else {
-                    _mm512_setzero_ps()
-                };
+                let (a, b) = row_pair!(two, ds(i, da), ds(i + 1, db));
                 store_across(dsc.as_mut_ptr().add(t * n), c, a, b, n);
                 for (r, v) in [(i, a), (i + 1, b)].into_iter().take(1 + two as usize) {
                     // this chunk's 8 pairs along row r: the low half of one conversion
