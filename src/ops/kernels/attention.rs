@@ -162,33 +162,73 @@ pub fn attention_forward(
     let _ = p;
     let n = seq;
     let (_, scale2) = scales(hd);
+    let (out, lse) = forward_images(qkv, batch, n, d, heads, |out_b, lse_b, qkv_b| {
+        with_scratch(n * n + n + n * hd, |buf| {
+            let (s, rest) = buf.split_at_mut(n * n);
+            let (inv, pv) = rest.split_at_mut(n);
+            for h in 0..heads {
+                let q = &qkv_b[h * hd..];
+                let k = &qkv_b[d + h * hd..];
+                let v = &qkv_b[2 * d + h * hd..];
+                scores(q, k, d, n, hd, scale2, s);
+                softmax_numerators(s, n, &mut lse_b[h * n..(h + 1) * n], inv);
+                // O_h = (P V) / Σ, written into columns h·hd.. of out (V read in place)
+                let vp = PackedRhs::in_place(View::rows(v, 3 * d), n, hd);
+                // SAFETY: the product only writes floats.
+                let pv_out = unsafe { super::as_uninit(pv) };
+                gemm_rows_strided(n, s, n, &vp, None, pv_out, hd);
+                scale_head_rows(&mut out_b[h * hd..], pv, inv, d, hd);
+            }
+        })
+    });
+    // SAFETY: the per-image pieces cover `out`, and in each the heads' products wrote every
+    // column (head h: columns h·hd..(h+1)·hd of every row).
+    (unsafe { super::assume_init(out) }, lse)
+}
+
+/// The forward's images on the pool: `image(out, lse, qkv)` on each image's `out [n, d]` (to
+/// be written whole), `lse [heads, n]` and `qkv [n, 3d]`. Returns `(out, lse)` of the batch.
+/// Shared by the f32 and the bf16 products.
+pub(super) fn forward_images<Q: Sync>(
+    qkv: &[Q],
+    batch: usize,
+    n: usize,
+    d: usize,
+    heads: usize,
+    image: impl Fn(&mut [MaybeUninit<f32>], &mut [f32], &[Q]) + Sync,
+) -> (Vec<MaybeUninit<f32>>, Vec<f32>) {
     let mut out = super::uninit(batch * n * d);
     let mut lse = vec![0.0f32; batch * heads * n];
     out.par_chunks_mut(n * d)
         .zip(lse.par_chunks_mut(heads * n))
         .zip(qkv.par_chunks(n * 3 * d))
-        .for_each(|((out_b, lse_b), qkv_b)| {
-            with_scratch(n * n + n + n * hd, |buf| {
-                let (s, rest) = buf.split_at_mut(n * n);
-                let (inv, pv) = rest.split_at_mut(n);
-                for h in 0..heads {
-                    let q = &qkv_b[h * hd..];
-                    let k = &qkv_b[d + h * hd..];
-                    let v = &qkv_b[2 * d + h * hd..];
-                    scores(q, k, d, n, hd, scale2, s);
-                    softmax_numerators(s, n, &mut lse_b[h * n..(h + 1) * n], inv);
-                    // O_h = (P V) / Σ, written into columns h·hd.. of out (V read in place)
-                    let vp = PackedRhs::in_place(View::rows(v, 3 * d), n, hd);
-                    // SAFETY: the product only writes floats.
-                    let pv_out = unsafe { super::as_uninit(pv) };
-                    gemm_rows_strided(n, s, n, &vp, None, pv_out, hd);
-                    scale_head_rows(&mut out_b[h * hd..], pv, inv, d, hd);
-                }
-            })
+        .for_each(|((out_b, lse_b), qkv_b)| image(out_b, lse_b, qkv_b));
+    (out, lse)
+}
+
+/// The backward's images on the pool: `image(dqkv, qkv, out, dout, lse)` on each image's
+/// `dqkv [n, 3d]` (to be written whole), `qkv [n, 3d]`, `out` and `dout [n, d]` and
+/// `lse [heads, n]`. Returns `dqkv` of the batch. Shared by the f32 and the bf16 products.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn backward_images<Q: Sync>(
+    qkv: &[Q],
+    out: &[f32],
+    dout: &[f32],
+    lse: &[f32],
+    n: usize,
+    d: usize,
+    heads: usize,
+    image: impl Fn(&mut [MaybeUninit<f32>], &[Q], &[f32], &[f32], &[f32]) + Sync,
+) -> Vec<MaybeUninit<f32>> {
+    let mut dqkv = super::uninit(qkv.len());
+    dqkv.par_chunks_mut(n * 3 * d)
+        .zip(qkv.par_chunks(n * 3 * d))
+        .zip(out.par_chunks(n * d).zip(dout.par_chunks(n * d)))
+        .zip(lse.par_chunks(heads * n))
+        .for_each(|(((dqkv_b, qkv_b), (out_b, dout_b)), lse_b)| {
+            image(dqkv_b, qkv_b, out_b, dout_b, lse_b)
         });
-    // SAFETY: the per-image pieces cover `out`, and in each the heads' products wrote every
-    // column (head h: columns h·hd..(h+1)·hd of every row).
-    (unsafe { super::assume_init(out) }, lse)
+    dqkv
 }
 
 /// [`attention_forward`] in precision bf16 on a `qkv` its projection already rounded to bf16
@@ -262,12 +302,15 @@ pub fn attention_backward(
     #[cfg(not(target_arch = "x86_64"))]
     let _ = p;
     let (scale, scale2) = scales(hd);
-    let mut dqkv = super::uninit(qkv.len());
-    dqkv.par_chunks_mut(n * 3 * d)
-        .zip(qkv.par_chunks(n * 3 * d))
-        .zip(out.par_chunks(n * d).zip(dout.par_chunks(n * d)))
-        .zip(lse.par_chunks(heads * n))
-        .for_each(|(((dqkv_b, qkv_b), (out_b, dout_b)), lse_b)| {
+    let dqkv = backward_images(
+        qkv,
+        out,
+        dout,
+        lse,
+        n,
+        d,
+        heads,
+        |dqkv_b, qkv_b, out_b, dout_b, lse_b| {
             let dqkv_b = super::zeroed(dqkv_b);
             with_scratch(2 * n * n + n, |buf| {
                 let (p, rest) = buf.split_at_mut(n * n);
@@ -329,7 +372,8 @@ pub fn attention_backward(
                     );
                 }
             })
-        });
+        },
+    );
     // SAFETY: the per-image pieces cover `dqkv` and each went through `zeroed`.
     unsafe { super::assume_init(dqkv) }
 }

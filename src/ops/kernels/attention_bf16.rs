@@ -11,11 +11,10 @@
 //! are rounded per head. The backward recomputes the scores from the same pairs on the same
 //! tiles as the forward, so it sees the forward's values bit for bit.
 
-use super::attention::{dims, scale_head_rows, scales};
+use super::attention::{backward_images, dims, forward_images, scale_head_rows, scales};
 use super::attention_bf16_rows::{probabilities_pairs, score_grads_pairs, softmax_pairs};
 use super::matmul::bf16::{PairSource, pairs_across_into, pairs_along};
 use super::matmul::bf16_pairs::{Lhs, Rhs, product, transpose};
-use rayon::prelude::*;
 use std::cell::RefCell;
 use std::mem::MaybeUninit;
 
@@ -92,32 +91,27 @@ pub fn attention_forward<Q: PairSource>(
     let (_, scale2) = scales(hd);
     let (n2, np, hp) = (n.div_ceil(2), n.next_multiple_of(16), hd / 2);
     let ldv = d + 16; // v's pairs across rows, padded for the last head's whole panels
-    let mut out = super::uninit(batch * n * d);
-    let mut lse = vec![0.0f32; batch * heads * n];
     let floats = n * n + n + n * hd;
     let pairs = n * d + n2 * ldv + hp * np + n * n2;
-    out.par_chunks_mut(n * d)
-        .zip(lse.par_chunks_mut(heads * n))
-        .zip(qkv.par_chunks(n * 3 * d))
-        .for_each(|((out_b, lse_b), qkv_b)| {
-            with_scratch(floats, pairs, |fb, pb| {
-                let (s, rest) = fb.split_at_mut(n * n);
-                let (inv, pv) = rest.split_at_mut(n);
-                let (qk, rest) = pb.split_at_mut(n * d);
-                let (va, rest) = rest.split_at_mut(n2 * ldv);
-                let (kt, pa) = rest.split_at_mut(hp * np);
-                pairs_along(qkv_b, n, 2 * d, 3 * d, qk);
-                pairs_across_into(&qkv_b[2 * d..], n, d, 3 * d, uninit_u32(va), ldv);
-                for h in 0..heads {
-                    scores(qk, d, d, n, hd, h, kt, s);
-                    softmax_pairs(s, n, scale2, &mut lse_b[h * n..(h + 1) * n], inv, pa);
-                    let p = Lhs::along(pa, n2);
-                    let v = Rhs::new(&va[h * hd..], ldv);
-                    product(n, n2, hd, p, v, uninit_f32(pv), hd);
-                    scale_head_rows(&mut out_b[h * hd..], pv, inv, d, hd);
-                }
-            })
-        });
+    let (out, lse) = forward_images(qkv, batch, n, d, heads, |out_b, lse_b, qkv_b| {
+        with_scratch(floats, pairs, |fb, pb| {
+            let (s, rest) = fb.split_at_mut(n * n);
+            let (inv, pv) = rest.split_at_mut(n);
+            let (qk, rest) = pb.split_at_mut(n * d);
+            let (va, rest) = rest.split_at_mut(n2 * ldv);
+            let (kt, pa) = rest.split_at_mut(hp * np);
+            pairs_along(qkv_b, n, 2 * d, 3 * d, qk);
+            pairs_across_into(&qkv_b[2 * d..], n, d, 3 * d, uninit_u32(va), ldv);
+            for h in 0..heads {
+                scores(qk, d, d, n, hd, h, kt, s);
+                softmax_pairs(s, n, scale2, &mut lse_b[h * n..(h + 1) * n], inv, pa);
+                let p = Lhs::along(pa, n2);
+                let v = Rhs::new(&va[h * hd..], ldv);
+                product(n, n2, hd, p, v, uninit_f32(pv), hd);
+                scale_head_rows(&mut out_b[h * hd..], pv, inv, d, hd);
+            }
+        })
+    });
     // SAFETY: every head wrote its hd columns of every row of each image's piece.
     (unsafe { super::assume_init(out) }, lse)
 }
@@ -144,12 +138,15 @@ pub fn attention_backward<Q: PairSource>(
     let floats = 2 * n * n;
     // q k v along, q k across, dO along, dO across, Kᵀ / Vᵀ panels, P / dS along, across
     let pairs = n * 3 * d / 2 + n2 * ldqk + n * d / 2 + n2 * ldg + hp * np + 2 * n * n2 + n2 * n;
-    let mut dqkv = super::uninit(qkv.len());
-    dqkv.par_chunks_mut(n * 3 * d)
-        .zip(qkv.par_chunks(n * 3 * d))
-        .zip(out.par_chunks(n * d).zip(dout.par_chunks(n * d)))
-        .zip(lse.par_chunks(heads * n))
-        .for_each(|(((dqkv_b, qkv_b), (out_b, dout_b)), lse_b)| {
+    let dqkv = backward_images(
+        qkv,
+        out,
+        dout,
+        lse,
+        n,
+        d,
+        heads,
+        |dqkv_b, qkv_b, out_b, dout_b, lse_b| {
             with_scratch(floats, pairs, |fb, pb| {
                 let (p, rest) = fb.split_at_mut(n * n);
                 let dp = rest;
@@ -193,7 +190,8 @@ pub fn attention_backward<Q: PairSource>(
                     product(n, n2, hd, dst, q, &mut dqkv_b[d + h * hd..], 3 * d);
                 }
             })
-        });
+        },
+    );
     // SAFETY: every head wrote its hd columns of dq, dk and dv in every row of each piece.
     unsafe { super::assume_init(dqkv) }
 }
