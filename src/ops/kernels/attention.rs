@@ -260,15 +260,34 @@ pub fn attention_backward_rounded(
     heads: usize,
 ) -> Vec<f32> {
     #[cfg(target_arch = "x86_64")]
-    if bf16_products(Precision::Bf16, dims(qkv.len(), batch, seq, heads).1) {
-        let n = seq * dims(qkv.len(), batch, seq, heads).0;
-        assert_eq!(out.len(), batch * n);
-        assert_eq!(dout.len(), batch * n);
-        assert_eq!(lse.len(), batch * heads * seq);
-        return super::attention_bf16::attention_backward(qkv, out, lse, dout, batch, seq, heads);
+    {
+        let (d, hd) = dims(qkv.len(), batch, seq, heads);
+        if bf16_products(Precision::Bf16, hd) {
+            check_backward(out, dout, lse, batch, seq, heads, d);
+            return super::attention_bf16::attention_backward(
+                qkv, out, lse, dout, batch, seq, heads,
+            );
+        }
     }
     let q = widened(qkv);
     attention_backward(&q, out, lse, dout, batch, seq, heads, Precision::Bf16)
+}
+
+/// The backward's operands against `qkv`'s `[batch, seq, 3d]`: `out`, `dout [batch, seq, d]`,
+/// `lse [batch, heads, seq]`.
+#[allow(clippy::too_many_arguments)]
+fn check_backward(
+    out: &[f32],
+    dout: &[f32],
+    lse: &[f32],
+    batch: usize,
+    seq: usize,
+    heads: usize,
+    d: usize,
+) {
+    assert_eq!(out.len(), batch * seq * d);
+    assert_eq!(dout.len(), batch * seq * d);
+    assert_eq!(lse.len(), batch * heads * seq);
 }
 
 fn widened(x: &[half::bf16]) -> Vec<f32> {
@@ -292,9 +311,7 @@ pub fn attention_backward(
 ) -> Vec<f32> {
     let (d, hd) = dims(qkv.len(), batch, seq, heads);
     let n = seq;
-    assert_eq!(out.len(), batch * n * d);
-    assert_eq!(dout.len(), batch * n * d);
-    assert_eq!(lse.len(), batch * heads * n);
+    check_backward(out, dout, lse, batch, seq, heads, d);
     #[cfg(target_arch = "x86_64")]
     if bf16_products(p, hd) {
         return super::attention_bf16::attention_backward(qkv, out, lse, dout, batch, seq, heads);
