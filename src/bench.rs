@@ -98,6 +98,67 @@ pub fn run<B: crate::ops::TrainBackend>(
     spec: &BenchSpec,
     device: &B::Device,
 ) -> Result<BenchResult> {
+    let [t] = run_alternating::<B, 1>(spec, [spec.precision], device)?;
+    Ok(t.summary(spec))
+}
+
+/// Every step's and inference's milliseconds of one precision (warm-up excluded).
+#[derive(Clone, Debug)]
+pub struct Timings {
+    pub precision: Precision,
+    pub train_ms: Vec<f64>,
+    pub infer_ms: Vec<f64>,
+}
+
+impl Timings {
+    fn summary(&self, spec: &BenchSpec) -> BenchResult {
+        let (train, infer) = (median(self.train_ms.clone()), median(self.infer_ms.clone()));
+        BenchResult {
+            train_median_ms: train,
+            train_img_per_s: spec.batch_size as f64 / train * 1e3,
+            infer_median_ms: infer,
+            infer_img_per_s: spec.infer_batch_size as f64 / infer * 1e3,
+            peak_rss_mb: peak_rss_mb(),
+        }
+    }
+}
+
+/// f32 against bf16 autocast in one process (`ijepa bench --compare-bf16`).
+#[derive(Clone, Debug)]
+pub struct PrecisionComparison {
+    pub f32: BenchResult,
+    pub bf16: BenchResult,
+    /// Median over the step pairs of (f32 ms / bf16 ms): each pair ran the same masks
+    /// back to back, so the machine's drift (this project's 2-core VMs change speed by half
+    /// within minutes) cancels out of every ratio.
+    pub train_speedup: f64,
+    pub infer_speedup: f64,
+}
+
+/// The f32 and the bf16 step alternating on the same networks and masks (f32 first in even
+/// pairs, bf16 first in odd ones), then the inference likewise: the speed-up of bf16
+/// autocast measured without the drift between two separate runs.
+pub fn compare_bf16<B: crate::ops::TrainBackend>(
+    spec: &BenchSpec,
+    device: &B::Device,
+) -> Result<PrecisionComparison> {
+    let [f, h] = run_alternating::<B, 2>(spec, [Precision::F32, Precision::Bf16], device)?;
+    let paired = |a: &[f64], b: &[f64]| median(a.iter().zip(b).map(|(x, y)| x / y).collect());
+    Ok(PrecisionComparison {
+        train_speedup: paired(&f.train_ms, &h.train_ms),
+        infer_speedup: paired(&f.infer_ms, &h.infer_ms),
+        f32: f.summary(spec),
+        bf16: h.summary(spec),
+    })
+}
+
+/// The timed loops of [`run`], each iteration running every one of `precisions` in turn
+/// (the order rotating by one every iteration), on the same networks and masks.
+fn run_alternating<B: crate::ops::TrainBackend, const P: usize>(
+    spec: &BenchSpec,
+    precisions: [Precision; P],
+    device: &B::Device,
+) -> Result<[Timings; P]> {
     crate::ops::kernels::cpu::check()?;
     let enc = &spec.encoder;
     let n = enc.num_patches();
@@ -160,33 +221,39 @@ pub fn run<B: crate::ops::TrainBackend>(
         momentum: 0.996,
         grad_clip: None,
     };
-    let mut times = Vec::new();
+    let mut timings = precisions.map(|precision| Timings {
+        precision,
+        train_ms: Vec::new(),
+        infer_ms: Vec::new(),
+    });
     for i in 0..spec.warmup + spec.steps {
         let (me, mp) = masks_for(i)?;
-        let batch = Batch::<B> {
-            images: images.clone(),
-            masks_enc: me,
-            masks_pred: mp,
-        };
-        let t0 = Instant::now();
-        let key = StepKey {
-            seed: spec.seed,
-            step: i as u64,
-            replica: 0,
-        };
-        let g = loss_and_grads_with(&nets, &batch, &spec.objective, key, spec.precision);
-        nets = apply_update(nets, &mut adam, g.grads, h).0;
-        // Force the lazy work of the update to finish inside the timed region.
-        let _ = nets.target.norm.weight.val().into_data();
-        let ms = t0.elapsed().as_secs_f64() * 1e3;
-        if spec.verbose {
-            eprintln!("train iteration {i}: {ms:.1} ms");
-        }
-        if i >= spec.warmup {
-            times.push(ms);
+        for j in 0..P {
+            let t = &mut timings[(i + j) % P];
+            let batch = Batch::<B> {
+                images: images.clone(),
+                masks_enc: me.clone(),
+                masks_pred: mp.clone(),
+            };
+            let t0 = Instant::now();
+            let key = StepKey {
+                seed: spec.seed,
+                step: i as u64,
+                replica: 0,
+            };
+            let g = loss_and_grads_with(&nets, &batch, &spec.objective, key, t.precision);
+            nets = apply_update(nets, &mut adam, g.grads, h).0;
+            // Force the lazy work of the update to finish inside the timed region.
+            let _ = nets.target.norm.weight.val().into_data();
+            let ms = t0.elapsed().as_secs_f64() * 1e3;
+            if spec.verbose {
+                eprintln!("train iteration {i} ({}): {ms:.1} ms", t.precision);
+            }
+            if i >= spec.warmup {
+                t.train_ms.push(ms);
+            }
         }
     }
-    let train = median(times);
 
     let x = Tensor::<B::InnerBackend, 4>::random(
         [
@@ -198,24 +265,20 @@ pub fn run<B: crate::ops::TrainBackend>(
         Distribution::Normal(0.0, 1.0),
         device,
     );
-    let mut times = Vec::new();
     for i in 0..spec.warmup + spec.steps {
-        let t0 = Instant::now();
-        let _ = with_precision(spec.precision, || nets.target.forward(x.clone(), None)).into_data();
-        let ms = t0.elapsed().as_secs_f64() * 1e3;
-        if spec.verbose {
-            eprintln!("inference {i}: {ms:.1} ms");
-        }
-        if i >= spec.warmup {
-            times.push(ms);
+        for j in 0..P {
+            let t = &mut timings[(i + j) % P];
+            let t0 = Instant::now();
+            let _ =
+                with_precision(t.precision, || nets.target.forward(x.clone(), None)).into_data();
+            let ms = t0.elapsed().as_secs_f64() * 1e3;
+            if spec.verbose {
+                eprintln!("inference {i} ({}): {ms:.1} ms", t.precision);
+            }
+            if i >= spec.warmup {
+                t.infer_ms.push(ms);
+            }
         }
     }
-    let infer = median(times);
-    Ok(BenchResult {
-        train_median_ms: train,
-        train_img_per_s: b as f64 / train * 1e3,
-        infer_median_ms: infer,
-        infer_img_per_s: spec.infer_batch_size as f64 / infer * 1e3,
-        peak_rss_mb: peak_rss_mb(),
-    })
+    Ok(timings)
 }

@@ -316,3 +316,71 @@ fn write_i64(path: &Path, shape: &[u64], values: &[i64]) {
     }
     std::fs::write(path, bytes).unwrap();
 }
+
+/// `ijepa bench --compare-bf16` on tiny shapes: where the CPU has bf16 products, both
+/// precisions' RESULT lines and a positive paired speed-up; elsewhere one clear error.
+/// `--bf16` alongside it is refused.
+#[test]
+fn bench_compares_bf16_with_f32_in_one_process() {
+    let cmd = || {
+        let mut c = Command::new(ijepa_bin());
+        c.args([
+            "bench",
+            "--embed-dim",
+            "32",
+            "--depth",
+            "1",
+            "--heads",
+            "2",
+            "--pred-dim",
+            "16",
+            "--pred-depth",
+            "1",
+            "--pred-heads",
+            "2",
+            "--batch-size",
+            "4",
+            "--infer-batch-size",
+            "4",
+            "--steps",
+            "3",
+            "--warmup",
+            "0",
+            "--threads",
+            "1",
+            "--k-enc",
+            "20",
+            "--k-pred",
+            "6",
+            "--compare-bf16",
+        ]);
+        c
+    };
+    match ijepa::ops::cpu_bf16() {
+        Ok(_) => {
+            let out = run_ok(cmd());
+            for line in [
+                "RESULT train_step_f32 ",
+                "RESULT train_step_bf16 ",
+                "RESULT infer_f32 ",
+                "RESULT infer_bf16 ",
+            ] {
+                assert!(out.contains(line), "no '{line}' in: {out}");
+            }
+            let speedup: f64 = out
+                .split("RESULT bf16_speedup train=")
+                .nth(1)
+                .and_then(|s| s.split_whitespace().next())
+                .and_then(|s| s.parse().ok())
+                .unwrap_or_else(|| panic!("no speed-up in: {out}"));
+            assert!(speedup.is_finite() && speedup > 0.0, "{speedup}");
+        }
+        Err(_) => {
+            let err = run_err(cmd());
+            assert!(err.contains("--compare-bf16"), "{err}");
+        }
+    }
+    let out = cmd().arg("--bf16").output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "a usage error");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot be used with"));
+}

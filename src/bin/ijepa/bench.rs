@@ -1,7 +1,7 @@
 use std::path::PathBuf;
 
 use anyhow::Result;
-use ijepa::bench::{BenchResult, BenchSpec, run};
+use ijepa::bench::{BenchResult, BenchSpec, compare_bf16, run};
 use ijepa::device::DeviceSpec;
 use ijepa::masks::MaskSampler;
 use ijepa::model::padding::StaticShapes;
@@ -57,8 +57,13 @@ pub struct Args {
     #[arg(long, default_value = "cpu")]
     device: String,
     /// bf16 autocast of the forward passes' matrix products (as the PyTorch script's --bf16).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "compare_bf16")]
     bf16: bool,
+    /// Time f32 and bf16 autocast alternating step by step in this one process (same networks,
+    /// same masks) and print the median of the paired speed-ups: the bf16 gain without the
+    /// machine's drift between two runs (CPU only).
+    #[arg(long)]
+    compare_bf16: bool,
     /// Let f32 matrix products run as TF32 on NVIDIA tensor cores.
     #[arg(long)]
     tf32: bool,
@@ -170,20 +175,47 @@ pub fn run_cli(a: Args) -> Result<()> {
     if device == DeviceSpec::Cpu {
         println!("{}", ijepa::ops::kernels::cpu::describe());
     }
+    if a.compare_bf16 {
+        anyhow::ensure!(
+            device == DeviceSpec::Cpu,
+            "--compare-bf16 runs on the CPU only (a GPU run: --bf16 against none)"
+        );
+        if let Err(note) = ijepa::ops::cpu_bf16() {
+            anyhow::bail!("--compare-bf16: {note}");
+        }
+        let c = compare_bf16::<ijepa::CpuAutodiff>(&spec, &Default::default())?;
+        for (what, r) in [("f32", &c.f32), ("bf16", &c.bf16)] {
+            print_result(&format!("_{what}"), r);
+        }
+        println!(
+            "RESULT bf16_speedup train={:.3} infer={:.3} (median of {} step pairs)",
+            c.train_speedup, c.infer_speedup, spec.steps
+        );
+        println!(
+            "RESULT peak_rss_mb={:.0} (both precisions)",
+            c.bf16.peak_rss_mb
+        );
+        return Ok(());
+    }
     let r = match device {
         DeviceSpec::Cpu => run::<ijepa::CpuAutodiff>(&spec, &Default::default())?,
         DeviceSpec::Cuda(i) => run_cuda(&spec, i)?,
     };
+    print_result("", &r);
+    println!("RESULT peak_rss_mb={:.0}", r.peak_rss_mb);
+    Ok(())
+}
+
+/// The PyTorch script's RESULT lines (`train_step{tag}`, `infer{tag}`).
+fn print_result(tag: &str, r: &BenchResult) {
     println!(
-        "RESULT train_step median_ms={:.1} img_per_s={:.1}",
+        "RESULT train_step{tag} median_ms={:.1} img_per_s={:.1}",
         r.train_median_ms, r.train_img_per_s
     );
     println!(
-        "RESULT infer median_ms={:.1} img_per_s={:.1}",
+        "RESULT infer{tag} median_ms={:.1} img_per_s={:.1}",
         r.infer_median_ms, r.infer_img_per_s
     );
-    println!("RESULT peak_rss_mb={:.0}", r.peak_rss_mb);
-    Ok(())
 }
 
 #[cfg(feature = "cuda")]
