@@ -12,7 +12,7 @@
 //! nearest even, and every product accumulates in f32.
 
 use super::{
-    Rows, block_product, check, gelu_grad_chunks, gelu_grad_rows, in_gelu_blocks,
+    Rows, SUM_ROWS, block_product, check, gelu_grad_chunks, gelu_grad_rows, in_gelu_blocks,
     product_in_blocks, rows_per_block,
 };
 use crate::ops::Precision;
@@ -65,6 +65,19 @@ pub fn linear_gelu_forward_bf16(
             bf16::assume_init_vec(act),
             with_slope.then(|| crate::ops::kernels::assume_init(slope)),
         )
+    }
+}
+
+/// The chunks' shared output, each chunk writing its own rows through it.
+#[derive(Clone, Copy)]
+struct SendPtr(*mut MaybeUninit<u32>);
+// SAFETY: the chunks of `bf16_gelu_backward` write disjoint rows through it.
+unsafe impl Send for SendPtr {}
+// SAFETY: as above.
+unsafe impl Sync for SendPtr {}
+impl SendPtr {
+    fn get(self) -> *mut MaybeUninit<u32> {
+        self.0
     }
 }
 
@@ -150,10 +163,12 @@ pub(super) fn bf16_input_and_weight_grads(
 }
 
 /// [`linear_gelu_backward`] with bf16 products: `dpre = dact · slope` is written in bf16 (its
-/// f32 column sums taken first, for `db`), the rounding both its products apply to it anyway;
-/// `dx = dpre Wᵀ` reads it in place, `dW = xᵀ dpre` pairs it across rows from half the bytes.
-/// Why: `dpre` is as wide as the MLP's hidden layer, the largest gradient the step converts,
-/// and written in f32 it went through memory twice more (written, then read to convert).
+/// f32 column sums taken first, for `db`), the rounding both its products apply to it anyway,
+/// twice from the same f32 chunk while it is in cache: along its rows, which `dx = dpre Wᵀ`
+/// reads in place, and as pairs across rows, the layout of `dW = xᵀ dpre`.
+/// Why: `dpre` is as wide as the MLP's hidden layer, the largest gradient the step converts;
+/// written in f32 it went through memory twice more (written, then read to convert), and
+/// paired across rows afterwards once more (read, then written again).
 #[allow(clippy::too_many_arguments)]
 pub(super) fn bf16_gelu_backward(
     x: Rows<'_>,
@@ -167,19 +182,42 @@ pub(super) fn bf16_gelu_backward(
 ) -> (Vec<f32>, Vec<f32>, Option<Vec<f32>>) {
     assert!(n.is_multiple_of(2), "bf16 rows of whole pairs");
     let mut dpre = bf16::uninit_vec(m * n);
-    let db = gelu_grad_chunks(&mut dpre, slope, dact, n, with_bias, |dp, sl, da, part| {
-        with_pre(dp.len(), |buf| {
-            gelu_grad_rows(buf, sl, da, part, n);
-            // SAFETY: `gelu_grad_rows` wrote every element.
-            let buf = unsafe { &*(buf as *const [MaybeUninit<f32>] as *const [f32]) };
-            bf16::round_to_bf16(buf, dp);
-        })
-    });
-    // SAFETY: the chunks cover `dpre`, each written whole by `round_to_bf16`.
-    let dpre = unsafe { bf16::assume_init_vec(dpre) };
+    let ldp = n.next_multiple_of(16);
+    let mut dpre_pairs = bf16::uninit_vec::<u32>(m.div_ceil(2) * ldp);
+    let pairs_at = SendPtr(dpre_pairs.as_mut_ptr());
+    let db = gelu_grad_chunks(
+        &mut dpre,
+        slope,
+        dact,
+        n,
+        with_bias,
+        |c, dp, sl, da, part| {
+            let rows = dp.len() / n;
+            // SAFETY: chunk c holds rows c·SUM_ROWS.. (SUM_ROWS even), whose pair rows
+            // c·SUM_ROWS/2.. are this chunk's alone and inside `dpre_pairs`.
+            let pairs = unsafe {
+                let at = pairs_at.get().add(c * SUM_ROWS / 2 * ldp);
+                std::slice::from_raw_parts_mut(at, rows.div_ceil(2) * ldp)
+            };
+            with_pre(dp.len(), |buf| {
+                gelu_grad_rows(buf, sl, da, part, n);
+                // SAFETY: `gelu_grad_rows` wrote every element.
+                let buf = unsafe { &*(buf as *const [MaybeUninit<f32>] as *const [f32]) };
+                bf16::round_to_bf16(buf, dp);
+                bf16::pairs_across_into(buf, rows, n, n, pairs, ldp);
+            })
+        },
+    );
+    // SAFETY: the chunks cover `dpre` and `dpre_pairs`, written whole by `round_to_bf16` and
+    // `pairs_across_into`.
+    let (dpre, dy_pairs) = unsafe {
+        (
+            bf16::assume_init_vec(dpre),
+            bf16::assume_init_vec(dpre_pairs),
+        )
+    };
     let rhs = PackedRhs::new_bf16(View::t(w, n), n, k);
     let dx = product_in_blocks(Rows::Bf16(&dpre), n, &rhs, None, None);
-    let dy_pairs = bf16::pairs_across(&dpre, m, n, n, n.next_multiple_of(16));
     let x_pairs = match x {
         Rows::F32(x) => bf16::pairs_across(x, m, k, k, k),
         Rows::Bf16(x) => bf16::pairs_across(x, m, k, k, k),

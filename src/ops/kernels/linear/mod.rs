@@ -41,7 +41,8 @@ fn rows_per_block(m: usize) -> usize {
     let mr = tile_rows();
     m.div_ceil(threads * rounds).next_multiple_of(mr).max(mr)
 }
-/// Rows per chunk of the ordered column sums.
+/// Rows per chunk of the ordered column sums (even: [`bf16::bf16_gelu_backward`] pairs rows
+/// within a chunk).
 const SUM_ROWS: usize = 64;
 
 #[allow(clippy::too_many_arguments)]
@@ -422,30 +423,30 @@ simd_fn! {
 }
 
 /// The Linear+GELU backward's `dpre = dact · slope`, in chunks of [`SUM_ROWS`] rows (`n > 0`)
-/// run in parallel: `work(dpre, slope, dact, part)` on each chunk writes all of its `dpre`
-/// and, with `part` (given when `with_bias`), adds the chunk's column sums into it. Returns
-/// `db` (the partials added in chunk order) when `with_bias`. Shared by the f32 and bf16
-/// `dpre`.
+/// run in parallel: `work(chunk, dpre, slope, dact, part)` on chunk number `chunk` writes all
+/// of its `dpre` and, with `part` (given when `with_bias`), adds the chunk's column sums into
+/// it. Returns `db` (the partials added in chunk order) when `with_bias`. Shared by the f32
+/// and bf16 `dpre`.
 fn gelu_grad_chunks<T: Send>(
     dpre: &mut [MaybeUninit<T>],
     slope: &[f32],
     dact: &[f32],
     n: usize,
     with_bias: bool,
-    work: impl Fn(&mut [MaybeUninit<T>], &[f32], &[f32], Option<&mut [f32]>) + Sync,
+    work: impl Fn(usize, &mut [MaybeUninit<T>], &[f32], &[f32], Option<&mut [f32]>) + Sync,
 ) -> Option<Vec<f32>> {
     let n_chunks = (slope.len() / n).div_ceil(SUM_ROWS);
     let mut partials = vec![0.0f32; if with_bias { n_chunks * n } else { 0 }];
-    let iter = dpre.par_chunks_mut(SUM_ROWS * n).zip(
+    let iter = dpre.par_chunks_mut(SUM_ROWS * n).enumerate().zip(
         slope
             .par_chunks(SUM_ROWS * n)
             .zip(dact.par_chunks(SUM_ROWS * n)),
     );
     if with_bias {
         iter.zip(partials.par_chunks_mut(n))
-            .for_each(|((dp, (sl, da)), part)| work(dp, sl, da, Some(part)));
+            .for_each(|(((c, dp), (sl, da)), part)| work(c, dp, sl, da, Some(part)));
     } else {
-        iter.for_each(|(dp, (sl, da))| work(dp, sl, da, None));
+        iter.for_each(|((c, dp), (sl, da))| work(c, dp, sl, da, None));
     }
     with_bias.then(|| reduce_partials(&partials, n))
 }
@@ -477,9 +478,14 @@ pub fn linear_gelu_backward(
         return bf16::bf16_gelu_backward(x, w, slope, dact, m, k, n, with_bias);
     }
     let mut dpre = super::uninit(m * n);
-    let db = gelu_grad_chunks(&mut dpre, slope, dact, n, with_bias, |dp, sl, da, part| {
-        gelu_grad_rows(dp, sl, da, part, n)
-    });
+    let db = gelu_grad_chunks(
+        &mut dpre,
+        slope,
+        dact,
+        n,
+        with_bias,
+        |_, dp, sl, da, part| gelu_grad_rows(dp, sl, da, part, n),
+    );
     // SAFETY: the chunks cover `dpre` and `gelu_grad_rows` writes all of each.
     let dpre = unsafe { super::assume_init(dpre) };
     let (dx, dw) = input_and_weight_grads(x, w, &dpre, m, k, n, p);

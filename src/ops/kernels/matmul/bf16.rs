@@ -348,8 +348,20 @@ pub fn pack(rhs: View<'_>, k: usize, n: usize) -> Vec<u32> {
                 // from column c0 (bounds asserted above); the panel row holds 16.
                 unsafe { pairs_across_row(a.as_ptr(), b, cols, row.as_mut_ptr()) }
             }
+        } else if rhs.rs == 1 {
+            // a transposed view (the backward's `Wᵀ`): each column's elements are contiguous,
+            // paired along it by the vector rounding, then spread over the panel's pair rows
+            let mut column = vec![0u32; kp];
+            for (jj, j) in (c0..c0 + cols).enumerate() {
+                // SAFETY: AVX-512 BF16 present (asserted); column j holds k floats from
+                // data[j·cs] (the extent asserted above); `column` holds k.div_ceil(2) pairs.
+                unsafe { pairs_along_row(rhs.data[j * rhs.cs..].as_ptr(), k, column.as_mut_ptr()) }
+                for (t, &v) in column.iter().enumerate() {
+                    panel[t * NR + jj] = v;
+                }
+            }
         } else {
-            // a transposed (or strided) view: pairs gathered element by element
+            // a strided view: pairs gathered element by element
             for (t, row) in panel.chunks_exact_mut(NR).enumerate() {
                 for (j, v) in row[..cols].iter_mut().enumerate() {
                     let hi = if 2 * t + 1 < k {
