@@ -155,6 +155,37 @@ impl<B: crate::ops::IjepaBackend> VisionTransformer<B> {
         }
     }
 
+    /// [`VisionTransformer::forward_kept`] with targets averaged over the last `layers` blocks:
+    /// `(1/L) Σ norm(h_l)` over the outputs `h_l` of the last `layers` blocks, each through the
+    /// final norm (as the last-4-layers evaluation reads them), kept at the listed positions.
+    /// `layers = 1` is `forward_kept` (the official target).
+    pub fn forward_kept_layers(
+        &self,
+        img: Tensor<B, 4>,
+        masks: &MaskIndices,
+        repeat: usize,
+        layers: usize,
+    ) -> Tensor<B, 3> {
+        let depth = self.blocks.len();
+        if layers <= 1 || depth == 0 {
+            return self.forward_kept(img, masks, repeat);
+        }
+        let layers = layers.min(depth);
+        let mut x = self.embed(img);
+        let mut sum: Option<Tensor<B, 3>> = None;
+        for (i, block) in self.blocks.iter().enumerate() {
+            x = block.forward(x);
+            if i + layers >= depth {
+                let h = self.norm.forward(apply_masks(x.clone(), masks, repeat));
+                sum = Some(match sum {
+                    Some(s) => s + h,
+                    None => h,
+                });
+            }
+        }
+        sum.expect("layers >= 1").div_scalar(layers as f64)
+    }
+
     /// Average-pooled features of the full image: the final (normed) output (`layers = 1`), or
     /// the concatenation of the last `layers` blocks' outputs, each passed through the final
     /// norm and pooled (the paper's "last 4 layers" protocol), `[B, layers * D]`.
@@ -235,6 +266,74 @@ mod tests {
                 .map(|(a, b)| (a - b).abs())
                 .fold(0.0f32, f32::max);
             assert!(max_diff <= 1e-6, "repeat {repeat}: max diff {max_diff}");
+        }
+    }
+
+    /// Targets averaged over the last blocks against float64 written from the definition:
+    /// each of the last `L` blocks' outputs through the final LayerNorm (a non-trivial weight
+    /// and bias), averaged, then gathered at the kept positions; `L = 1` is `forward_kept`.
+    #[test]
+    fn kept_layers_are_the_mean_of_the_normed_last_blocks() {
+        let (d, depth, eps) = (16, 3, 1e-6);
+        let cfg = EncoderConfig {
+            image_size: 16,
+            patch_size: 4,
+            in_chans: 1,
+            embed_dim: d,
+            depth,
+            num_heads: 2,
+            mlp_hidden: 32,
+            qkv_bias: true,
+            layer_norm_eps: eps,
+        };
+        let device = Default::default();
+        let mut vit = VisionTransformer::<Cpu>::new(&cfg, &mut Init::new(5), &device);
+        let (w, b): (Vec<f32>, Vec<f32>) = (0..d)
+            .map(|i| (0.5 + i as f32 * 0.07, (i as f32 - 7.0) * 0.03))
+            .unzip();
+        let vec1 =
+            |v: &[f32]| Tensor::<Cpu, 1>::from_data(TensorData::new(v.to_vec(), [d]), &device);
+        vit.norm.weight = burn::module::Param::from_tensor(vec1(&w));
+        vit.norm.bias = burn::module::Param::from_tensor(vec1(&b));
+        let values: Vec<f32> = (0..2 * 16 * 16)
+            .map(|i| ((i * 29 % 97) as f32 / 48.0) - 1.0)
+            .collect();
+        let img = Tensor::<Cpu, 4>::from_data(TensorData::new(values, [2, 1, 16, 16]), &device);
+        let masks = MaskIndices::new(&[vec![vec![0, 5, 9], vec![15, 14, 4]]], 16).unwrap();
+        let (_, hidden) = vit.forward_hidden(img.clone());
+        let hidden: Vec<Vec<f32>> = hidden
+            .into_iter()
+            .map(|h| h.into_data().to_vec::<f32>().unwrap())
+            .collect();
+        for layers in 1..=depth {
+            let rows = 2 * 16;
+            let mut want = vec![0.0f64; rows * d];
+            for h in &hidden[depth + 1 - layers..] {
+                for (r, row) in h.chunks(d).enumerate() {
+                    let mean = row.iter().map(|&x| x as f64).sum::<f64>() / d as f64;
+                    let var =
+                        row.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / d as f64;
+                    for (j, &x) in row.iter().enumerate() {
+                        let y = (x as f64 - mean) / (var + eps).sqrt() * w[j] as f64 + b[j] as f64;
+                        want[r * d + j] += y / layers as f64;
+                    }
+                }
+            }
+            let want: Vec<f32> = want.iter().map(|&v| v as f32).collect();
+            let want = Tensor::<Cpu, 3>::from_data(TensorData::new(want, [2, 16, d]), &device);
+            let want = apply_masks(want, &masks, 1)
+                .into_data()
+                .to_vec::<f32>()
+                .unwrap();
+            let got = vit.forward_kept_layers(img.clone(), &masks, 1, layers);
+            assert_eq!(got.dims(), [2, 3, d]);
+            let got = got.into_data().to_vec::<f32>().unwrap();
+            let max_diff = got
+                .iter()
+                .zip(&want)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0f32, f32::max);
+            assert!(max_diff <= 1e-5, "{layers} layers: max diff {max_diff}");
         }
     }
 }

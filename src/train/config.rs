@@ -212,6 +212,10 @@ pub struct MetaSection {
     /// `alpha` of `dyntanh` targets (default 1; only with `target_norm: dyntanh`).
     #[serde(default)]
     pub target_dyntanh_alpha: Option<f64>,
+    /// Targets averaged over the target encoder's last N blocks, each through its final norm
+    /// (data2vec's targets; 1, the default: the last block, official).
+    #[serde(default)]
+    pub target_layers: Option<usize>,
     /// StoP: variance σ of the noise on the target queries' positions (0: off; the
     /// paper uses 0.25).
     #[serde(default)]
@@ -462,6 +466,7 @@ impl TrainConfig {
                 },
                 TargetNormKind::None => TargetNorm::None,
             },
+            target_layers: m.target_layers.unwrap_or(1),
             stop_sigma: m.stop_sigma,
             sigreg_weight: r.sigreg_weight,
             sigreg_projections: r.sigreg_projections,
@@ -576,6 +581,16 @@ impl TrainConfig {
             }
             if !(a.is_finite() && a > 0.0) {
                 return bad("meta.target_dyntanh_alpha", "a finite number > 0", &a);
+            }
+        }
+        if let Some(layers) = m.target_layers {
+            let depth = self.encoder_config()?.depth;
+            if layers == 0 || layers > depth {
+                return bad(
+                    "meta.target_layers",
+                    &format!("1 ..= the encoder's {depth} blocks"),
+                    &layers,
+                );
             }
         }
         if !(m.stop_sigma.is_finite() && m.stop_sigma >= 0.0) {
@@ -718,6 +733,7 @@ optimization:
             "meta.target_norm=dyntanh",
             "meta.target_dyntanh_alpha=0.5",
             "meta.stop_sigma=0.25",
+            "meta.target_layers=4",
             "regularization.sigreg_weight=0.1",
             "regularization.sigreg_projections=64",
             "regularization.vicreg_variance_weight=1.0",
@@ -728,6 +744,7 @@ optimization:
         let o = cfg.objective();
         assert_eq!(o.loss, LossKind::L1);
         assert_eq!(o.target_norm, TargetNorm::Dyntanh { alpha: 0.5 });
+        assert_eq!(o.target_layers, 4);
         assert_eq!(
             (o.stop_sigma, o.sigreg_weight, o.sigreg_projections),
             (0.25, 0.1, 64)
@@ -745,6 +762,8 @@ optimization:
             ("meta.target_norm=batch_norm", "target_norm"),
             ("meta.target_dyntanh_alpha=2", "target_dyntanh_alpha"),
             ("meta.stop_sigma=-1", "stop_sigma"),
+            ("meta.target_layers=0", "target_layers"),
+            ("meta.target_layers=33", "target_layers"),
             ("regularization.sigreg_weight=-0.1", "sigreg_weight"),
             (
                 "regularization.vicreg_variance_weight=.nan",

@@ -4,6 +4,8 @@
 //! - the loss between prediction and target: smooth-L1 (official), L2 (the paper), L1
 //!   (V-JEPA 2), see [`super::loss`];
 //! - the targets' normalisation: layer norm (official), DynTanh, none;
+//! - targets averaged over the target encoder's last blocks (data2vec's targets, Baevski et
+//!   al. 2022) instead of its last block alone;
 //! - StoP noise on the target queries' positions (Bar et al. 2024), see
 //!   [`crate::model::predictor`];
 //! - SIGReg (LeJEPA) and VICReg's variance and covariance terms (C-JEPA) on the context
@@ -42,6 +44,8 @@ pub const DEFAULT_PROJECTIONS: usize = 256;
 pub struct Objective {
     pub loss: LossKind,
     pub target_norm: TargetNorm,
+    /// Blocks of the target encoder averaged into the targets (1: the last one, official).
+    pub target_layers: usize,
     /// StoP's σ (variance of the position noise); 0 is off.
     pub stop_sigma: f64,
     pub sigreg_weight: f64,
@@ -57,6 +61,7 @@ impl Objective {
         Self {
             loss,
             target_norm: TargetNorm::LayerNorm,
+            target_layers: 1,
             stop_sigma: 0.0,
             sigreg_weight: 0.0,
             sigreg_projections: DEFAULT_PROJECTIONS,

@@ -76,9 +76,12 @@ fn forward_backward<B: crate::ops::TrainBackend>(
     let nenc = batch.masks_enc.n_masks();
     let targets = {
         // normalize(gather_targets(target(imgs))): row-wise ops commute with the gather
-        let h = nets
-            .target
-            .forward_kept(batch.images.clone(), &batch.masks_pred, nenc);
+        let h = nets.target.forward_kept_layers(
+            batch.images.clone(),
+            &batch.masks_pred,
+            nenc,
+            objective.target_layers,
+        );
         loss::normalize_targets_with(h, objective.target_norm)
     };
     let images = Tensor::<B, 4>::from_inner(batch.images.clone());
