@@ -221,6 +221,18 @@ mod tests {
     use super::*;
     use crate::Cpu;
 
+    /// Largest |got - want| over two tensors' elements.
+    fn max_abs_diff(got: Tensor<Cpu, 3>, want: Tensor<Cpu, 3>) -> f32 {
+        let (got, want) = (
+            got.into_data().to_vec::<f32>().unwrap(),
+            want.into_data().to_vec::<f32>().unwrap(),
+        );
+        got.iter()
+            .zip(&want)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max)
+    }
+
     /// `forward_kept` gives the full forward's tokens at the kept positions (the rows it
     /// skips only ever fed themselves after the attention), on the skipping path (kept rows
     /// fewer than the patches) and on the fallback (repeat 3: 18 rows for 16 patches).
@@ -256,15 +268,7 @@ mod tests {
             let got = vit.forward_kept(img.clone(), &masks, repeat);
             assert_eq!(got.dims(), [2 * repeat * 3, 3, 32]);
             assert_eq!(got.dims(), want.dims());
-            let (got, want) = (
-                got.into_data().to_vec::<f32>().unwrap(),
-                want.into_data().to_vec::<f32>().unwrap(),
-            );
-            let max_diff = got
-                .iter()
-                .zip(&want)
-                .map(|(a, b)| (a - b).abs())
-                .fold(0.0f32, f32::max);
+            let max_diff = max_abs_diff(got, want);
             assert!(max_diff <= 1e-6, "repeat {repeat}: max diff {max_diff}");
         }
     }
@@ -321,18 +325,10 @@ mod tests {
             }
             let want: Vec<f32> = want.iter().map(|&v| v as f32).collect();
             let want = Tensor::<Cpu, 3>::from_data(TensorData::new(want, [2, 16, d]), &device);
-            let want = apply_masks(want, &masks, 1)
-                .into_data()
-                .to_vec::<f32>()
-                .unwrap();
+            let want = apply_masks(want, &masks, 1);
             let got = vit.forward_kept_layers(img.clone(), &masks, 1, layers);
             assert_eq!(got.dims(), [2, 3, d]);
-            let got = got.into_data().to_vec::<f32>().unwrap();
-            let max_diff = got
-                .iter()
-                .zip(&want)
-                .map(|(a, b)| (a - b).abs())
-                .fold(0.0f32, f32::max);
+            let max_diff = max_abs_diff(got, want);
             assert!(max_diff <= 1e-5, "{layers} layers: max diff {max_diff}");
         }
     }
