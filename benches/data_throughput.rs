@@ -43,6 +43,7 @@ fn main() {
                 replicas: 1,
                 prefetch: 4,
                 strict: false,
+                second_view: false,
             },
         )
         .expect("loader")

@@ -234,6 +234,7 @@ fn run_alternating<B: crate::ops::TrainBackend, const P: usize>(
                 images: images.clone(),
                 masks_enc: me.clone(),
                 masks_pred: mp.clone(),
+                second_view: None,
             };
             let t0 = Instant::now();
             let key = StepKey {

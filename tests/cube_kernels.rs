@@ -364,6 +364,7 @@ fn official_reference_matches<G: TrainBackend>(dev: &G::Device, tol: f32) {
         images: npy("official/x.npy").to_tensor(dev),
         masks_enc: m_enc,
         masks_pred: m_pred,
+        second_view: None,
     };
     let g = loss_and_grads(
         &nets,

@@ -130,6 +130,7 @@ pub fn padded_batches_match<B: TrainBackend>(device: &B::Device, tol: f32) {
                 images: images.clone(),
                 masks_enc: me.clone(),
                 masks_pred: mp.clone(),
+                second_view: None,
             };
             loss_and_grads(&nets, &b, kind, Precision::F32)
         };
@@ -250,6 +251,7 @@ fn train_step_with_static_shapes_takes_the_unpadded_step() {
             .map(|(me, mp, px)| Batch {
                 images: Tensor::from_data(TensorData::new(px.clone(), [2, 2, 32, 32]), &device),
                 masks_enc: me.clone(),
+                second_view: None,
                 masks_pred: mp.clone(),
             })
             .collect();

@@ -83,6 +83,7 @@ fn three_iterations<B: TrainBackend>(dev: &B::Device, tol: f32, rel: f32) {
         images: npy("official/x.npy").to_tensor(&dev),
         masks_enc: masks("official/masks_enc.npy", n),
         masks_pred: masks("official/masks_pred.npy", n),
+        second_view: None,
     };
     let mut shapes: BTreeMap<String, Vec<usize>> = BTreeMap::new();
     for (k, v) in parameter_shapes::<B, _>(&nets.encoder) {

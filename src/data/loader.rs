@@ -39,6 +39,10 @@ pub struct LoaderConfig {
     pub prefetch: usize,
     /// Fail on an unreadable image instead of substituting another one.
     pub strict: bool,
+    /// Also draw a second augmented view of every image (the transform applied again with the
+    /// same image's rng, after the first view: the first view does not change).
+    #[serde(default)]
+    pub second_view: bool,
 }
 
 impl Default for LoaderConfig {
@@ -49,6 +53,7 @@ impl Default for LoaderConfig {
             replicas: 1,
             prefetch: 4,
             strict: false,
+            second_view: false,
         }
     }
 }
@@ -63,6 +68,8 @@ pub struct Batch {
     pub indices: Vec<usize>,
     /// Names of unreadable images that were replaced in this batch (non-strict mode).
     pub skipped: Vec<String>,
+    /// `[B, C, S, S]`: a second view of the same images, when the loader draws one.
+    pub second_view: Option<Vec<f32>>,
     /// Step within the epoch.
     pub step: usize,
 }
@@ -299,8 +306,10 @@ struct EpochJob {
     order: Arc<Vec<usize>>,
 }
 
-/// One augmented sample: pixels, label, dataset index used, name of the image it replaced.
-type Sample = (Vec<f32>, Option<usize>, usize, Option<String>);
+/// One augmented sample: pixels (and those of its second view), label, dataset index used,
+/// name of the image it replaced.
+type Sample = (Views, Option<usize>, usize, Option<String>);
+type Views = (Vec<f32>, Option<Vec<f32>>);
 
 impl EpochJob {
     /// Sample at position `pos` of the epoch order. A broken image is replaced (non-strict)
@@ -313,12 +322,7 @@ impl EpochJob {
         let mut rng = sample_rng(self.config.seed, self.epoch, idx);
         let mut last = match ds.get(idx) {
             Ok(img) => {
-                return Ok((
-                    self.transform.apply(&img, &mut rng),
-                    ds.label(idx),
-                    idx,
-                    None,
-                ));
+                return Ok((self.views(&img, &mut rng), ds.label(idx), idx, None));
             }
             Err(e) if self.config.strict => return Err(e),
             Err(e) => e,
@@ -327,7 +331,7 @@ impl EpochJob {
             let j = self.order[(pos + k) % n];
             match ds.get(j) {
                 Ok(img) => {
-                    let px = self.transform.apply(&img, &mut rng);
+                    let px = self.views(&img, &mut rng);
                     return Ok((px, ds.label(j), j, Some(ds.name(idx))));
                 }
                 Err(e) => last = e,
@@ -336,6 +340,15 @@ impl EpochJob {
         Err(DataError::NothingReadable {
             last: Box::new(last),
         })
+    }
+
+    fn views(&self, img: &crate::data::RawImage, rng: &mut Rng) -> Views {
+        let first = self.transform.apply(img, rng);
+        let second = self
+            .config
+            .second_view
+            .then(|| self.transform.apply(img, rng));
+        (first, second)
     }
 
     /// Batches of `replicas` for one step, all samples decoded in parallel.
@@ -357,10 +370,14 @@ impl EpochJob {
                     labels: Vec::with_capacity(b),
                     indices: Vec::with_capacity(b),
                     skipped: Vec::new(),
+                    second_view: self.config.second_view.then(|| Vec::with_capacity(per * b)),
                     step,
                 };
-                for (px, label, index, skipped) in chunk {
+                for ((px, second), label, index, skipped) in chunk {
                     batch.pixels.extend_from_slice(px);
+                    if let (Some(all), Some(px)) = (&mut batch.second_view, second) {
+                        all.extend_from_slice(px);
+                    }
                     batch.labels.push(*label);
                     batch.indices.push(*index);
                     batch.skipped.extend(skipped.iter().cloned());

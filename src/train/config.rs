@@ -45,6 +45,23 @@ pub struct RegularizationSection {
     /// `pooled` (one vector per image: the mean of its context tokens) or `tokens`.
     #[serde(default)]
     pub features: RegFeatures,
+    /// VICReg's invariance term between the mean context token and the mean target token of
+    /// a second view (0: off).
+    #[serde(default)]
+    pub invariance_weight: f64,
+    /// The second view: `crop` (the training transform drawn again for the same image) or
+    /// `same` (the image itself: the masked context against the full image).
+    #[serde(default)]
+    pub invariance_view: InvarianceView,
+}
+
+/// Which view the invariance term compares the context with.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InvarianceView {
+    #[default]
+    Crop,
+    Same,
 }
 
 impl Default for RegularizationSection {
@@ -55,6 +72,8 @@ impl Default for RegularizationSection {
             vicreg_variance_weight: 0.0,
             vicreg_covariance_weight: 0.0,
             features: RegFeatures::Pooled,
+            invariance_weight: 0.0,
+            invariance_view: InvarianceView::Crop,
         }
     }
 }
@@ -473,7 +492,14 @@ impl TrainConfig {
             vicreg_variance_weight: r.vicreg_variance_weight,
             vicreg_covariance_weight: r.vicreg_covariance_weight,
             features: r.features,
+            invariance_weight: r.invariance_weight,
         }
+    }
+
+    /// Whether the loader draws a second view of every image.
+    pub fn second_view(&self) -> bool {
+        let r = &self.regularization;
+        r.invariance_weight > 0.0 && r.invariance_view == InvarianceView::Crop
     }
 
     /// Normalisation statistics (ImageNet's by default, averaged for one channel).
@@ -605,6 +631,7 @@ impl TrainConfig {
             ("sigreg_weight", r.sigreg_weight),
             ("vicreg_variance_weight", r.vicreg_variance_weight),
             ("vicreg_covariance_weight", r.vicreg_covariance_weight),
+            ("invariance_weight", r.invariance_weight),
         ] {
             if !(v.is_finite() && v >= 0.0) {
                 return bad(
@@ -724,6 +751,7 @@ optimization:
     fn options_default_off_and_bad_values_name_their_key() {
         let cfg = TrainConfig::from_yaml(OFFICIAL_H14, &[], Path::new("x.yaml")).unwrap();
         assert_eq!(cfg.objective(), Objective::official(LossKind::SmoothL1));
+        assert!(!cfg.second_view());
         let with = |sets: &[&str]| {
             let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
             TrainConfig::from_yaml(OFFICIAL_H14, &sets, Path::new("x.yaml"))
@@ -739,9 +767,12 @@ optimization:
             "regularization.vicreg_variance_weight=1.0",
             "regularization.vicreg_covariance_weight=0.04",
             "regularization.features=tokens",
+            "regularization.invariance_weight=0.5",
         ])
         .unwrap();
+        assert!(cfg.second_view());
         let o = cfg.objective();
+        assert_eq!(o.invariance_weight, 0.5);
         assert_eq!(o.loss, LossKind::L1);
         assert_eq!(o.target_norm, TargetNorm::Dyntanh { alpha: 0.5 });
         assert_eq!(o.target_layers, 4);
@@ -774,6 +805,8 @@ optimization:
                 "vicreg_covariance_weight",
             ),
             ("regularization.features=cls", "features"),
+            ("regularization.invariance_weight=-1", "invariance_weight"),
+            ("regularization.invariance_view=other", "invariance_view"),
             ("regularization.sigreg_weigth=1", "sigreg_weigth"),
             ("logging.knn_monitor_bank=0", "knn_monitor"),
         ] {
@@ -791,5 +824,12 @@ optimization:
             .unwrap_err()
             .to_string();
         assert!(e.contains("target_dyntanh_alpha"), "{e}");
+        // `same` compares with the image itself: no second view is drawn.
+        let same = with(&[
+            "regularization.invariance_weight=1",
+            "regularization.invariance_view=same",
+        ])
+        .unwrap();
+        assert!(!same.second_view());
     }
 }

@@ -10,7 +10,10 @@
 //!   [`crate::model::predictor`];
 //! - SIGReg (LeJEPA) and VICReg's variance and covariance terms (C-JEPA) on the context
 //!   encoder's features, average-pooled per image or token by token, each added to the loss
-//!   with its weight: `loss = prediction + λ_sig SIGReg + λ_var v + λ_cov c`.
+//!   with its weight: `loss = prediction + λ_sig SIGReg + λ_var v + λ_cov c`;
+//! - VICReg's invariance term across two views: the mean of the context tokens of view A
+//!   against the mean of the target encoder's tokens of a second crop B of the same image
+//!   (no gradient through B, as every I-JEPA target), `+ λ_inv s`.
 //!
 //! The random parts of a step (StoP's noise, SIGReg's directions) come from streams keyed by
 //! the run's seed, the step and the replica ([`StepKey`]), so that a resumed run and a
@@ -35,6 +38,10 @@ pub enum RegFeatures {
     Pooled,
     /// Every context token on its own.
     Tokens,
+    /// Both: the terms on every token plus the terms on the per-image means (with a
+    /// cross-view invariance term the means need their own spread, or they can agree by
+    /// all being the same while the tokens still vary by position).
+    Both,
 }
 
 /// SIGReg's random directions per step unless configured (LeJEPA uses a few hundred).
@@ -53,6 +60,8 @@ pub struct Objective {
     pub vicreg_variance_weight: f64,
     pub vicreg_covariance_weight: f64,
     pub features: RegFeatures,
+    /// VICReg's invariance term across views; 0 is off.
+    pub invariance_weight: f64,
 }
 
 impl Objective {
@@ -68,6 +77,7 @@ impl Objective {
             vicreg_variance_weight: 0.0,
             vicreg_covariance_weight: 0.0,
             features: RegFeatures::Pooled,
+            invariance_weight: 0.0,
         }
     }
 
@@ -88,10 +98,22 @@ impl Objective {
             return None;
         }
         let [rows, k, d] = z.dims();
-        let feats: Tensor<B, 2> = match self.features {
-            RegFeatures::Pooled => z.mean_dim(1).reshape([rows, d]),
-            RegFeatures::Tokens => z.reshape([rows * k, d]),
-        };
+        let pooled = || z.clone().mean_dim(1).reshape([rows, d]);
+        let tokens = || z.clone().reshape([rows * k, d]);
+        match self.features {
+            RegFeatures::Pooled => Some(self.terms(pooled(), key)),
+            RegFeatures::Tokens => Some(self.terms(tokens(), key)),
+            RegFeatures::Both => Some(self.terms(tokens(), key) + self.terms(pooled(), key)),
+        }
+    }
+
+    /// The weighted sum of the regularisers on the rows of `feats` (`[N, D]`).
+    fn terms<B: crate::ops::IjepaBackend>(
+        &self,
+        feats: Tensor<B, 2>,
+        key: StepKey,
+    ) -> Tensor<B, 1> {
+        let [_, d] = feats.dims();
         let mut terms = Vec::new();
         if self.sigreg_weight > 0.0 {
             let m = self.sigreg_projections;
@@ -110,7 +132,26 @@ impl Objective {
         if self.vicreg_covariance_weight > 0.0 {
             terms.push(vicreg::covariance(feats).mul_scalar(self.vicreg_covariance_weight));
         }
-        terms.into_iter().reduce(|a, b| a + b)
+        terms
+            .into_iter()
+            .reduce(|a, b| a + b)
+            .expect("regularised() checked that a term is on")
+    }
+
+    /// The weighted invariance term between the context encoder's output `z`
+    /// (`[nenc*B, K_enc, D]`, mask-major rows) and the pooled features of the other view
+    /// `view` (`[B, 1, D]`), each image's view repeated for each of its context blocks.
+    pub fn invariance<B: burn::tensor::backend::Backend>(
+        &self,
+        z: Tensor<B, 3>,
+        view: Tensor<B, 3>,
+        nenc: usize,
+    ) -> Tensor<B, 1> {
+        let [rows, _, d] = z.dims();
+        let [b, _, _] = view.dims();
+        let pooled = z.mean_dim(1).reshape([rows, d]);
+        let view = Tensor::cat(vec![view.reshape([b, d]); nenc], 0);
+        vicreg::invariance(pooled, view).mul_scalar(self.invariance_weight)
     }
 
     /// StoP's noise for `rows x k` target queries in width `d`, N(0, σ I); `None` when off.
@@ -218,11 +259,57 @@ mod tests {
         };
         let p = z.clone().mean_dim(1).reshape([2, 4]);
         let want = 2.0 * scalar(vicreg::variance(p.clone())) + 3.0 * scalar(vicreg::covariance(p));
-        let got = scalar(pooled.regulariser(z, key).unwrap());
+        let got = scalar(pooled.regulariser(z.clone(), key).unwrap());
         assert!(
             (got - want).abs() < 1e-5 * want.abs().max(1.0),
             "{got} vs {want}"
         );
+        let both = Objective {
+            features: RegFeatures::Both,
+            ..pooled
+        };
+        let tokens = z.clone().reshape([6, 4]);
+        let want = want
+            + 2.0 * scalar(vicreg::variance(tokens.clone()))
+            + 3.0 * scalar(vicreg::covariance(tokens));
+        let got = scalar(both.regulariser(z, key).unwrap());
+        assert!(
+            (got - want).abs() < 1e-5 * want.abs().max(1.0),
+            "{got} vs {want}"
+        );
+    }
+
+    /// The invariance term against f64 from its definition: each context block's mean token
+    /// against its image's pooled view, rows mask-major (`nenc` blocks of `B` images).
+    #[test]
+    fn invariance_pairs_each_context_block_with_its_image_view() {
+        let (nenc, b, k, d) = (2, 3, 4, 5);
+        let z: Vec<f64> = (0..nenc * b * k * d)
+            .map(|i| ((i * 7919 % 97) as f64) / 40.0 - 1.1)
+            .collect();
+        let view: Vec<f64> = (0..b * d)
+            .map(|i| ((i * 13 % 11) as f64) / 6.0 - 0.8)
+            .collect();
+        let mut want = 0.0;
+        for row in 0..nenc * b {
+            let image = row % b;
+            for j in 0..d {
+                let mean = (0..k).map(|t| z[(row * k + t) * d + j]).sum::<f64>() / k as f64;
+                want += (mean - view[image * d + j]).powi(2);
+            }
+        }
+        want *= 0.7 / (nenc * b * d) as f64;
+        let device = Default::default();
+        let f32s = |v: &[f64]| v.iter().map(|x| *x as f32).collect::<Vec<f32>>();
+        let zt = Tensor::<Cpu, 3>::from_data(TensorData::new(f32s(&z), [nenc * b, k, d]), &device);
+        let vt = Tensor::<Cpu, 3>::from_data(TensorData::new(f32s(&view), [b, 1, d]), &device);
+        let o = Objective {
+            invariance_weight: 0.7,
+            ..Objective::official(LossKind::SmoothL1)
+        };
+        let got: f64 = o.invariance(zt, vt, nenc).into_scalar().into();
+        assert!(want > 0.1, "the case should not be trivial: {want}");
+        assert!((got - want).abs() < 1e-5 * want, "{got} vs {want}");
     }
 
     #[test]

@@ -54,6 +54,7 @@ impl Run {
             replicas,
             prefetch: d.prefetch.max(1),
             strict,
+            second_view: cfg.second_view(),
         };
         let loader = Loader::new(dataset, train_transform(cfg), loader_cfg)?;
         let ipe = loader.ipe();

@@ -27,6 +27,9 @@ pub struct Batch<B: crate::ops::TrainBackend> {
     pub images: Tensor<B::InnerBackend, 4>,
     pub masks_enc: MaskIndices,
     pub masks_pred: MaskIndices,
+    /// A second view of the same images (`[B, C, H, W]`), for the invariance term; the
+    /// term uses `images` themselves when it is `None`.
+    pub second_view: Option<Tensor<B::InnerBackend, 4>>,
 }
 
 /// Loss and gradients of one batch (before any optimizer update).
@@ -84,9 +87,21 @@ fn forward_backward<B: crate::ops::TrainBackend>(
         );
         loss::normalize_targets_with(h, objective.target_norm)
     };
+    // The pooled target-encoder features of the second view (no grad), for the invariance term.
+    let view_target = (objective.invariance_weight > 0.0).then(|| {
+        let view = batch.second_view.as_ref().unwrap_or(&batch.images).clone();
+        nets.target.forward(view, None).mean_dim(1)
+    });
     let images = Tensor::<B, 4>::from_inner(batch.images.clone());
     let z = nets.encoder.forward(images, Some(&batch.masks_enc));
-    let regulariser = objective.regulariser(z.clone(), key);
+    let mut regulariser = objective.regulariser(z.clone(), key);
+    if let Some(t) = view_target {
+        let term = objective.invariance(z.clone(), Tensor::from_inner(t), nenc);
+        regulariser = Some(match regulariser {
+            Some(r) => r + term,
+            None => term,
+        });
+    }
     let [_, _, d] = z.dims();
     let noise = objective.stop_noise::<B>(
         [
@@ -220,6 +235,7 @@ pub fn train_step<B: crate::ops::TrainBackend>(
                 images: batch.images.clone(),
                 masks_enc,
                 masks_pred,
+                second_view: batch.second_view.clone(),
             };
             &padded
         } else {
@@ -320,6 +336,7 @@ mod tests {
             images: Tensor::from_data(TensorData::new(pixels, [4, 1, 16, 16]), &device),
             masks_enc: MaskIndices::new(&[ctx], 16).unwrap(),
             masks_pred: MaskIndices::new(&tgt_sorted, 16).unwrap(),
+            second_view: None,
         };
         let nets = Networks {
             encoder,

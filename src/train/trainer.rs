@@ -288,6 +288,9 @@ pub fn pretrain_peer<B: crate::ops::TrainBackend>(
                     images: Tensor::from_data(TensorData::new(pixels, [b, c, s, s]), device),
                     masks_enc: MaskIndices::new(&masks.enc, n)?,
                     masks_pred: MaskIndices::new(&masks.pred, n)?,
+                    second_view: batch
+                        .second_view
+                        .map(|px| Tensor::from_data(TensorData::new(px, [b, c, s, s]), device)),
                 };
                 // The shape train_step runs (padded to buckets with static shapes).
                 let (ke, kp) = (batch.masks_enc.k(), batch.masks_pred.k());

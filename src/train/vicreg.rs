@@ -1,8 +1,10 @@
-//! The variance and covariance terms of VICReg (Bardes, Ponce & LeCun, ICLR 2022), which
+//! The invariance, variance and covariance terms of VICReg (Bardes, Ponce & LeCun, ICLR 2022), which
 //! C-JEPA (Mo & Tong, NeurIPS 2024) adds to I-JEPA on the context encoder's features to keep
 //! them from collapsing. For embeddings `z_n` (rows of `[N, D]`), with `z̄` their mean and
 //! `C = (1/(N-1)) Σ_n (z_n - z̄)(z_n - z̄)ᵀ` their covariance:
 //!
+//! - invariance: `s(Z, Z') = (1/(N D)) Σ_n ||z_n - z'_n||²` between two views' embeddings
+//!   (the mean squared error, as VICReg's code computes it);
 //! - variance: `v(Z) = (1/D) Σ_j max(0, γ - sqrt(C_jj + ε))`, γ = 1, ε = 1e-4: a hinge that
 //!   keeps the standard deviation of every dimension across the batch at least γ;
 //! - covariance: `c(Z) = (1/D) Σ_{i≠j} C_ij²`: decorrelates the dimensions, so that they do
@@ -18,6 +20,12 @@ pub const EPS: f64 = 1e-4;
 
 fn centred<B: Backend>(z: Tensor<B, 2>) -> Tensor<B, 2> {
     z.clone() - z.mean_dim(0)
+}
+
+/// `s(Z, Z')`.
+pub fn invariance<B: Backend>(z: Tensor<B, 2>, other: Tensor<B, 2>) -> Tensor<B, 1> {
+    let diff = z - other;
+    (diff.clone() * diff).mean()
 }
 
 /// `v(Z)`.
@@ -94,10 +102,34 @@ mod tests {
         s / d as f64
     }
 
+    /// The second view of the invariance test: a fixed function of the position.
+    fn other_view(i: usize) -> f64 {
+        ((i * 31 % 17) as f64 / 9.0) - 0.7
+    }
+
+    fn invariance_f64(z: &[f64], n: usize, d: usize) -> f64 {
+        let mut s = 0.0;
+        for r in 0..n {
+            let mut row = 0.0;
+            for j in 0..d {
+                row += (z[r * d + j] - other_view(r * d + j)).powi(2);
+            }
+            s += row;
+        }
+        s / (n * d) as f64
+    }
+
+    fn invariance_to_other(z: Tensor<B, 2>) -> Tensor<B, 1> {
+        let [n, d] = z.dims();
+        let other: Vec<f32> = (0..n * d).map(|i| other_view(i) as f32).collect();
+        let other = Tensor::from_data(TensorData::new(other, [n, d]), &z.device());
+        invariance(z, other)
+    }
+
     type F64Term = fn(&[f64], usize, usize) -> f64;
     type Term = fn(Tensor<B, 2>) -> Tensor<B, 1>;
 
-    /// Values and gradients of both terms against the f64 formulas (gradients by central
+    /// Values and gradients of the three terms against the f64 formulas (gradients by central
     /// differences). Dimension scales straddle γ so that some hinges are active and some not.
     #[test]
     fn terms_and_gradients_match_f64() {
@@ -109,7 +141,8 @@ mod tests {
                 scale * raw + 0.2 * ((i / d) as f64).sin()
             })
             .collect();
-        let cases: [(&str, Term, F64Term); 2] = [
+        let cases: [(&str, Term, F64Term); 3] = [
+            ("invariance", invariance_to_other, invariance_f64),
             ("variance", variance::<B>, variance_f64),
             ("covariance", covariance::<B>, covariance_f64),
         ];

@@ -90,6 +90,7 @@ fn loader_for(root: &Path, strict: bool) -> Loader {
         replicas: 1,
         prefetch: 1,
         strict,
+        second_view: false,
     };
     Loader::new(Arc::new(ds) as Arc<dyn Dataset>, t, cfg).unwrap()
 }

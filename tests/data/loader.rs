@@ -22,6 +22,7 @@ fn cfg(batch_size: usize, replicas: usize, seed: u64) -> LoaderConfig {
         replicas,
         prefetch: 2,
         strict: false,
+        second_view: false,
     }
 }
 
@@ -101,6 +102,45 @@ fn same_seed_same_batches_other_epoch_or_seed_differs() {
     assert_ne!(v0, t.apply(&img, &mut sample_rng(1, 1, i)));
 }
 
+/// A second view is the transform drawn again from the same image's rng, after the first:
+/// turning it on leaves the first view (and the order) exactly as it was.
+#[test]
+fn second_view_is_the_transform_drawn_again_and_leaves_the_first_alone() {
+    let ds: Arc<dyn Dataset> = Arc::new(MemDataset::new(50, 10));
+    let one = Loader::new(ds.clone(), transform(), cfg(5, 2, 1)).unwrap();
+    let two = Loader::new(
+        ds,
+        transform(),
+        LoaderConfig {
+            second_view: true,
+            ..cfg(5, 2, 1)
+        },
+    )
+    .unwrap();
+    let (a, b) = (all(&one, 0), all(&two, 0));
+    assert!(a.iter().flatten().all(|batch| batch.second_view.is_none()));
+    let t = transform();
+    let mut differ = 0;
+    for (x, y) in a.iter().flatten().zip(b.iter().flatten()) {
+        assert_eq!((&x.pixels, &x.indices), (&y.pixels, &y.indices));
+        let second = y.second_view.as_ref().expect("a second view");
+        assert_eq!(second.len(), y.pixels.len());
+        for (n, &i) in y.indices.iter().enumerate() {
+            let img = MemDataset::new(50, 10).get(i).unwrap();
+            let mut rng = sample_rng(1, 0, i);
+            let first = t.apply(&img, &mut rng);
+            let again = t.apply(&img, &mut rng);
+            assert_eq!(&y.pixels[n * 36..(n + 1) * 36], &first[..]);
+            assert_eq!(&second[n * 36..(n + 1) * 36], &again[..]);
+            differ += usize::from(first != again);
+        }
+    }
+    assert!(
+        differ > 40,
+        "the two views should mostly differ: {differ} of 50"
+    );
+}
+
 #[test]
 fn resume_yields_the_tail_of_the_epoch() {
     let l = loader(64, 4, 2, 3);
@@ -158,6 +198,7 @@ fn results_do_not_depend_on_the_thread_count() {
                 replicas: 2,
                 prefetch,
                 strict: true,
+                second_view: false,
             },
         )
         .unwrap()
