@@ -18,7 +18,7 @@ use ijepa::model::{
 };
 use ijepa::ops::{Precision, TrainBackend};
 use ijepa::train::loss::LossKind;
-use ijepa::train::objective::Objective;
+use ijepa::train::objective::{Objective, RegFeatures};
 use ijepa::train::step::{Batch, Networks, loss_and_grads};
 
 fn config() -> (EncoderConfig, PredictorConfig) {
@@ -208,7 +208,8 @@ fn padded_batches_match_unpadded_on_cuda() {
 
 /// What `pretrain` runs: `train_step` with `static_shapes` pads each micro-batch itself and
 /// takes the step the unpadded batches would take (same loss, same updated encoder and
-/// EMA target, within 1e-6).
+/// EMA target, within 1e-6), with the official objective and with the regularisers (which
+/// must leave the padded context tokens out).
 #[test]
 fn train_step_with_static_shapes_takes_the_unpadded_step() {
     use ijepa::train::distributed::Single;
@@ -237,7 +238,7 @@ fn train_step_with_static_shapes_takes_the_unpadded_step() {
         ),
         &device,
     );
-    let step = |static_shapes: bool| {
+    let step = |static_shapes: bool, objective: Objective| {
         let mut init = Init::new(5);
         let encoder = VisionTransformer::<B>::new(&enc_cfg, &mut init, &device);
         let predictor = Predictor::<B>::new(&pred_cfg, &mut init, &device);
@@ -257,7 +258,7 @@ fn train_step_with_static_shapes_takes_the_unpadded_step() {
             .collect();
         let settings = StepSettings {
             step: 1,
-            objective: Objective::official(LossKind::SmoothL1),
+            objective,
             seed: 0,
             first_replica: 0,
             precision: Precision::F32,
@@ -275,16 +276,28 @@ fn train_step_with_static_shapes_takes_the_unpadded_step() {
         let target = floats(nets.target.forward(probe.clone().inner(), None));
         (loss.loss, enc, target)
     };
-    let (loss, enc, target) = step(false);
-    let (loss_p, enc_p, target_p) = step(true);
-    assert!(
-        (loss - loss_p).abs() <= 1e-6 * loss.abs().max(1.0),
-        "loss {loss_p} vs {loss}"
-    );
-    let d = max_diff(&enc, &enc_p, "encoder");
-    assert!(d <= 1e-6, "updated encoder outputs differ by {d}");
-    let d = max_diff(&target, &target_p, "target");
-    assert!(d <= 1e-6, "updated target outputs differ by {d}");
+    let official = Objective::official(LossKind::SmoothL1);
+    let regularised = Objective {
+        vicreg_variance_weight: 1.0,
+        vicreg_covariance_weight: 0.5,
+        features: RegFeatures::Both,
+        invariance_weight: 1.0,
+        ..official
+    };
+    let mut enc = Vec::new();
+    for objective in [regularised, official] {
+        let (loss, e, target) = step(false, objective);
+        let (loss_p, enc_p, target_p) = step(true, objective);
+        assert!(
+            (loss - loss_p).abs() <= 1e-6 * loss.abs().max(1.0),
+            "loss {loss_p} vs {loss} ({objective:?})"
+        );
+        let d = max_diff(&e, &enc_p, "encoder");
+        assert!(d <= 1e-6, "updated encoder outputs differ by {d}");
+        let d = max_diff(&target, &target_p, "target");
+        assert!(d <= 1e-6, "updated target outputs differ by {d}");
+        enc = e;
+    }
     // The step changed the weights (the comparison is not of two untouched networks).
     let mut init = Init::new(5);
     let fresh = VisionTransformer::<B>::new(&enc_cfg, &mut init, &device);

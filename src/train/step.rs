@@ -94,9 +94,17 @@ fn forward_backward<B: crate::ops::TrainBackend>(
     });
     let images = Tensor::<B, 4>::from_inner(batch.images.clone());
     let z = nets.encoder.forward(images, Some(&batch.masks_enc));
-    let mut regulariser = objective.regulariser(z.clone(), key);
+    // The regularisers see the real context tokens only (padded ones come last in each row).
+    let z_real = match batch.masks_enc.is_padded() {
+        true => {
+            let [rows, _, d] = z.dims();
+            z.clone().slice([0..rows, 0..batch.masks_enc.valid(), 0..d])
+        }
+        false => z.clone(),
+    };
+    let mut regulariser = objective.regulariser(z_real.clone(), key);
     if let Some(t) = view_target {
-        let term = objective.invariance(z.clone(), Tensor::from_inner(t), nenc);
+        let term = objective.invariance(z_real, Tensor::from_inner(t), nenc);
         regulariser = Some(match regulariser {
             Some(r) => r + term,
             None => term,
