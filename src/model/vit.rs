@@ -186,6 +186,39 @@ impl<B: crate::ops::IjepaBackend> VisionTransformer<B> {
         sum.expect("layers >= 1").div_scalar(layers as f64)
     }
 
+    /// [`VisionTransformer::forward_kept_layers`] and the full image's average-pooled final
+    /// output (`[B, 1, D]`, as `forward(img, None).mean_dim(1)`) from one pass: the targets
+    /// and the `same`-view invariance target of a step share the target encoder's blocks
+    /// (the last block then runs on every token, not the kept ones alone).
+    pub fn forward_kept_layers_pooled(
+        &self,
+        img: Tensor<B, 4>,
+        masks: &MaskIndices,
+        repeat: usize,
+        layers: usize,
+    ) -> (Tensor<B, 3>, Tensor<B, 3>) {
+        let depth = self.blocks.len();
+        if depth == 0 {
+            let x = self.forward(img, None);
+            return (apply_masks(x.clone(), masks, repeat), x.mean_dim(1));
+        }
+        let layers = layers.clamp(1, depth);
+        let mut x = self.embed(img);
+        let mut sum: Option<Tensor<B, 3>> = None;
+        for (i, block) in self.blocks.iter().enumerate() {
+            x = block.forward(x);
+            if i + layers >= depth {
+                let h = self.norm.forward(apply_masks(x.clone(), masks, repeat));
+                sum = Some(match sum {
+                    Some(s) => s + h,
+                    None => h,
+                });
+            }
+        }
+        let kept = sum.expect("layers >= 1").div_scalar(layers as f64);
+        (kept, self.norm.forward(x).mean_dim(1))
+    }
+
     /// Average-pooled features of the full image: the final (normed) output (`layers = 1`), or
     /// the concatenation of the last `layers` blocks' outputs, each passed through the final
     /// norm and pooled (the paper's "last 4 layers" protocol), `[B, layers * D]`.
@@ -328,8 +361,21 @@ mod tests {
             let want = apply_masks(want, &masks, 1);
             let got = vit.forward_kept_layers(img.clone(), &masks, 1, layers);
             assert_eq!(got.dims(), [2, 3, d]);
-            let max_diff = max_abs_diff(got, want);
+            let max_diff = max_abs_diff(got, want.clone());
             assert!(max_diff <= 1e-5, "{layers} layers: max diff {max_diff}");
+            // The one-pass variant gives the same targets, and the pooled final output.
+            let (got, pooled) = vit.forward_kept_layers_pooled(img.clone(), &masks, 1, layers);
+            let max_diff = max_abs_diff(got, want);
+            assert!(
+                max_diff <= 1e-5,
+                "{layers} layers, one pass: max diff {max_diff}"
+            );
+            assert_eq!(pooled.dims(), [2, 1, d]);
+            let max_diff = max_abs_diff(pooled, vit.forward(img.clone(), None).mean_dim(1));
+            assert!(
+                max_diff <= 1e-6,
+                "{layers} layers, pooled: max diff {max_diff}"
+            );
         }
     }
 }

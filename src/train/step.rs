@@ -77,21 +77,32 @@ fn forward_backward<B: crate::ops::TrainBackend>(
     key: StepKey,
 ) -> Gradients<B> {
     let nenc = batch.masks_enc.n_masks();
-    let targets = {
-        // normalize(gather_targets(target(imgs))): row-wise ops commute with the gather
-        let h = nets.target.forward_kept_layers(
-            batch.images.clone(),
-            &batch.masks_pred,
-            nenc,
-            objective.target_layers,
-        );
-        loss::normalize_targets_with(h, objective.target_norm)
+    // normalize(gather_targets(target(imgs))): row-wise ops commute with the gather. The
+    // invariance term's target is the pooled target-encoder output of the second view (no
+    // grad), or of the images themselves (`same`), then taken from the same pass.
+    let (h, view_target) = match (objective.invariance_weight > 0.0, &batch.second_view) {
+        (true, None) => {
+            let (h, pooled) = nets.target.forward_kept_layers_pooled(
+                batch.images.clone(),
+                &batch.masks_pred,
+                nenc,
+                objective.target_layers,
+            );
+            (h, Some(pooled))
+        }
+        (on, view) => (
+            nets.target.forward_kept_layers(
+                batch.images.clone(),
+                &batch.masks_pred,
+                nenc,
+                objective.target_layers,
+            ),
+            view.as_ref()
+                .filter(|_| on)
+                .map(|v| nets.target.forward(v.clone(), None).mean_dim(1)),
+        ),
     };
-    // The pooled target-encoder features of the second view (no grad), for the invariance term.
-    let view_target = (objective.invariance_weight > 0.0).then(|| {
-        let view = batch.second_view.as_ref().unwrap_or(&batch.images).clone();
-        nets.target.forward(view, None).mean_dim(1)
-    });
+    let targets = loss::normalize_targets_with(h, objective.target_norm);
     let images = Tensor::<B, 4>::from_inner(batch.images.clone());
     let z = nets.encoder.forward(images, Some(&batch.masks_enc));
     // The regularisers see the real context tokens only (padded ones come last in each row).
@@ -354,6 +365,15 @@ mod tests {
         (nets, batch)
     }
 
+    /// The mean of each image's context tokens, `[4, 8]` (the pooled context features).
+    fn z_mean(nets: &Networks<B>, batch: &Batch<B>) -> Tensor<crate::Cpu, 2> {
+        nets.encoder
+            .valid()
+            .forward(batch.images.clone(), Some(&batch.masks_enc))
+            .mean_dim(1)
+            .reshape([4, 8])
+    }
+
     fn grads_differ(a: &Gradients<B>, b: &Gradients<B>) -> bool {
         a.grads.iter().any(|(name, g)| {
             let h = &b.grads[name];
@@ -392,12 +412,7 @@ mod tests {
             ..official
         };
         let g = run(&vic, key);
-        let z = nets
-            .encoder
-            .valid()
-            .forward(batch.images.clone(), Some(&batch.masks_enc))
-            .mean_dim(1)
-            .reshape([4, 8]);
+        let z = z_mean(&nets, &batch);
         let scalar = |t: Tensor<crate::Cpu, 1>| -> f64 { t.into_scalar().into() };
         let want = 0.7 * scalar(vicreg::variance(z.clone())) + 0.3 * scalar(vicreg::covariance(z));
         assert!(want > 1e-3, "{want}");
@@ -409,6 +424,45 @@ mod tests {
             g.prediction
         );
         assert!(grads_differ(&g, &base));
+
+        // The invariance term: the mean of the context tokens against the target encoder's
+        // pooled output of the images themselves (`same`, from the targets' pass) or of a
+        // second view; the prediction loss is untouched either way.
+        let inv = Objective {
+            invariance_weight: 0.6,
+            ..official
+        };
+        let context = z_mean(&nets, &batch);
+        let pooled_target = |images: Tensor<crate::Cpu, 4>| {
+            nets.target
+                .forward(images, None)
+                .mean_dim(1)
+                .reshape([4, 8])
+        };
+        let flipped = batch.images.clone().flip([3]);
+        let views = [
+            (None, batch.images.clone()),
+            (Some(flipped.clone()), flipped),
+        ];
+        for (second_view, view) in views {
+            let b = Batch {
+                images: batch.images.clone(),
+                masks_enc: batch.masks_enc.clone(),
+                masks_pred: batch.masks_pred.clone(),
+                second_view,
+            };
+            let g = loss_and_grads_with(&nets, &b, &inv, key, Precision::F32);
+            let want = 0.6 * scalar(vicreg::invariance(context.clone(), pooled_target(view)));
+            assert!(want > 1e-4, "{want}");
+            assert!((g.prediction - base.loss).abs() <= 1e-6 * base.loss);
+            assert!(
+                (g.loss - g.prediction - want).abs() <= 1e-5 * (1.0 + want),
+                "{} - {} vs {want}",
+                g.loss,
+                g.prediction
+            );
+            assert!(grads_differ(&g, &base));
+        }
 
         let stop = |sigma| Objective {
             stop_sigma: sigma,
