@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use ijepa::masks::MaskMode;
-use ijepa::train::config::TrainConfig;
+use ijepa::train::config::{InvarianceView, TrainConfig};
 use ijepa::train::objective::RegFeatures;
 
 fn configs() -> PathBuf {
@@ -111,7 +111,7 @@ fn recipe_is_the_documented_one() {
     assert!(!cfg.meta.use_bfloat16);
 }
 
-/// `configs/fmnist_best.yaml` is the recipe docs/recipes.md and the README describe (run e24),
+/// `configs/fmnist_best.yaml` is the recipe docs/recipes.md and the README describe (run j02),
 /// and the quickstart's short variant of it (scripts/quickstart.sh's `--set`s) loads.
 #[test]
 fn best_recipe_is_the_documented_one() {
@@ -139,6 +139,10 @@ fn best_recipe_is_the_documented_one() {
         (1.0, 0.04, 0.0)
     );
     assert_eq!(r.features, RegFeatures::Tokens);
+    assert_eq!(
+        (r.invariance_weight, r.invariance_view),
+        (0.5, InvarianceView::Same)
+    );
     assert_eq!(
         (cfg.data.batch_size, cfg.data.pad, cfg.data.crop_size),
         (128, 0, 28)
