@@ -111,7 +111,7 @@ fn recipe_is_the_documented_one() {
     assert!(!cfg.meta.use_bfloat16);
 }
 
-/// `configs/fmnist_best.yaml` is the recipe docs/recipes.md and the README describe (run j02),
+/// `configs/fmnist_best.yaml` is the recipe docs/recipes.md and the README describe (run j07),
 /// and the quickstart's short variant of it (scripts/quickstart.sh's `--set`s) loads.
 #[test]
 fn best_recipe_is_the_documented_one() {
@@ -127,7 +127,7 @@ fn best_recipe_is_the_documented_one() {
     let o = &cfg.optimization;
     assert_eq!(
         (o.epochs, o.warmup, o.start_lr, o.lr, o.final_lr, o.ema),
-        (3, 1.0, 2e-4, 1e-3, 1e-6, (0.996, 1.0))
+        (3, 1.0, 1e-4, 5e-4, 1e-6, (0.996, 1.0))
     );
     let r = &cfg.regularization;
     assert_eq!(
