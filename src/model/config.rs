@@ -33,6 +33,10 @@ pub struct PredictorConfig {
     pub grid: usize,
     pub qkv_bias: bool,
     pub layer_norm_eps: f64,
+    /// Hidden width of the invariance head (an MLP from the mean context token to the mean
+    /// target token, this project's option); 0: none, as the official predictor.
+    #[serde(default)]
+    pub invariance_head: usize,
 }
 
 /// `(embed_dim, depth, heads, mlp_ratio)` of the official `vit_*` factories.
@@ -126,6 +130,7 @@ impl PredictorConfig {
             grid: enc.grid(),
             qkv_bias: enc.qkv_bias,
             layer_norm_eps: enc.layer_norm_eps,
+            invariance_head: 0,
         };
         cfg.validate()?;
         Ok(cfg)

@@ -6,6 +6,12 @@
 //! projection that brings the context tokens into the predictor (`predictor_embed`'s weight,
 //! without its bias): the predictor cannot silence the noise without also silencing its
 //! context. Off (no noise) the forward is the official one.
+//!
+//! Option: an invariance head, an MLP from the mean context token to the mean target token of
+//! the whole image, through which VICReg's invariance term is taken (this project's option:
+//! VICReg puts its terms on an expander rather than on the features read out, and a head
+//! lets the context's mean differ from the full image's by what the mask hid). None by
+//! default: the official predictor.
 
 use burn::module::{Module, Param};
 use burn::tensor::{Tensor, TensorData};
@@ -13,7 +19,7 @@ use burn::tensor::{Tensor, TensorData};
 use super::config::PredictorConfig;
 use super::gather::{MaskIndices, gather_table};
 use super::init::Init;
-use super::layers::{Block, BlockDims, LayerNorm, Linear};
+use super::layers::{Block, BlockDims, LayerNorm, Linear, Mlp};
 use super::pos_embed::sincos_2d;
 
 #[derive(Module, Debug)]
@@ -26,6 +32,8 @@ pub struct Predictor<B: crate::ops::IjepaBackend> {
     pub predictor_blocks: Vec<Block<B>>,
     pub predictor_norm: LayerNorm<B>,
     pub predictor_proj: Linear<B>,
+    /// The invariance head (`PredictorConfig::invariance_head`); `None` in the official model.
+    pub invariance_head: Option<Mlp<B>>,
 }
 
 impl<B: crate::ops::IjepaBackend> Predictor<B> {
@@ -45,6 +53,11 @@ impl<B: crate::ops::IjepaBackend> Predictor<B> {
         let predictor_blocks = (0..cfg.depth)
             .map(|_| Block::new(dims, init, device))
             .collect();
+        let predictor_norm = LayerNorm::new(dp, cfg.layer_norm_eps, device);
+        let predictor_proj = Linear::new(dp, cfg.embed_dim, true, init, device);
+        // Drawn last, so that the official parameters' initial values do not depend on it.
+        let invariance_head = (cfg.invariance_head > 0)
+            .then(|| Mlp::new(cfg.embed_dim, cfg.invariance_head, init, device));
         Self {
             predictor_embed,
             mask_token,
@@ -53,8 +66,20 @@ impl<B: crate::ops::IjepaBackend> Predictor<B> {
                 device,
             ),
             predictor_blocks,
-            predictor_norm: LayerNorm::new(dp, cfg.layer_norm_eps, device),
-            predictor_proj: Linear::new(dp, cfg.embed_dim, true, init, device),
+            predictor_norm,
+            predictor_proj,
+            invariance_head,
+        }
+    }
+
+    /// The image-level features the invariance term compares with the target's mean token:
+    /// the mean of each row's context tokens (`z [rows, K, D]` -> `[rows, 1, D]`), through the
+    /// invariance head when there is one.
+    pub fn invariance_features(&self, z: Tensor<B, 3>) -> Tensor<B, 3> {
+        let pooled = z.mean_dim(1);
+        match &self.invariance_head {
+            Some(head) => head.forward(pooled),
+            None => pooled,
         }
     }
 

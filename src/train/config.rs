@@ -53,6 +53,11 @@ pub struct RegularizationSection {
     /// `same` (the image itself: the masked context against the full image).
     #[serde(default)]
     pub invariance_view: InvarianceView,
+    /// Hidden width of an MLP head the mean context token goes through before the invariance
+    /// term (VICReg's expander, on the context side only); 0: none, the term on the mean
+    /// itself. The head is trained with the predictor and saved in its checkpoint.
+    #[serde(default)]
+    pub invariance_head: usize,
 }
 
 /// Which view the invariance term compares the context with.
@@ -74,6 +79,7 @@ impl Default for RegularizationSection {
             features: RegFeatures::Pooled,
             invariance_weight: 0.0,
             invariance_view: InvarianceView::Crop,
+            invariance_head: 0,
         }
     }
 }
@@ -452,7 +458,16 @@ impl TrainConfig {
     pub fn predictor_config(&self) -> Result<PredictorConfig> {
         let enc = self.encoder_config()?;
         let heads = self.meta.pred_num_heads.unwrap_or(enc.num_heads);
-        PredictorConfig::for_encoder(&enc, self.meta.pred_emb_dim, self.meta.pred_depth, heads)
+        let cfg = PredictorConfig::for_encoder(
+            &enc,
+            self.meta.pred_emb_dim,
+            self.meta.pred_depth,
+            heads,
+        )?;
+        Ok(PredictorConfig {
+            invariance_head: self.regularization.invariance_head,
+            ..cfg
+        })
     }
 
     pub fn mask_config(&self) -> Result<MaskConfig> {
@@ -648,6 +663,13 @@ impl TrainConfig {
                 &0,
             );
         }
+        if r.invariance_head > 0 && r.invariance_weight == 0.0 {
+            return Err(ConfigError::Needs {
+                key: "regularization.invariance_head".into(),
+                needs: "regularization.invariance_weight > 0".into(),
+            }
+            .into());
+        }
         if self.meta.threads == Some(0) {
             return bad("meta.threads", positive, &0);
         }
@@ -824,6 +846,20 @@ optimization:
             .unwrap_err()
             .to_string();
         assert!(e.contains("target_dyntanh_alpha"), "{e}");
+        let e = with(&["regularization.invariance_head=512"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("invariance_head") && e.contains("invariance_weight"),
+            "{e}"
+        );
+        let head = with(&[
+            "regularization.invariance_weight=0.5",
+            "regularization.invariance_head=512",
+        ])
+        .unwrap();
+        assert_eq!(head.predictor_config().unwrap().invariance_head, 512);
+        assert_eq!(cfg.predictor_config().unwrap().invariance_head, 0);
         // `same` compares with the image itself: no second view is drawn.
         let same = with(&[
             "regularization.invariance_weight=1",

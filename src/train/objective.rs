@@ -139,7 +139,8 @@ impl Objective {
     }
 
     /// The weighted invariance term between the context encoder's output `z`
-    /// (`[nenc*B, K_enc, D]`, mask-major rows) and the pooled features of the other view
+    /// (`[nenc*B, K_enc, D]`, mask-major rows; or its image-level features `[nenc*B, 1, D]`,
+    /// see [`crate::model::Predictor::invariance_features`]) and the pooled features of the other view
     /// `view` (`[B, 1, D]`), each image's view repeated for each of its context blocks.
     pub fn invariance<B: burn::tensor::backend::Backend>(
         &self,

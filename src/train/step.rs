@@ -115,7 +115,8 @@ fn forward_backward<B: crate::ops::TrainBackend>(
     };
     let mut regulariser = objective.regulariser(z_real.clone(), key);
     if let Some(t) = view_target {
-        let term = objective.invariance(z_real, Tensor::from_inner(t), nenc);
+        let features = nets.predictor.invariance_features(z_real);
+        let term = objective.invariance(features, Tensor::from_inner(t), nenc);
         regulariser = Some(match regulariser {
             Some(r) => r + term,
             None => term,
@@ -303,6 +304,7 @@ mod tests {
     use super::*;
     use crate::CpuAutodiff;
     use crate::model::{EncoderConfig, Init, PredictorConfig};
+    use crate::ops::kernels::testutil::erf_f64;
     use crate::train::objective::RegFeatures;
     use crate::train::vicreg;
 
@@ -311,6 +313,11 @@ mod tests {
     /// A one-block encoder and predictor on 16x16 images (a 4x4 grid), four images, one
     /// context block of 6 patches and two target blocks of 3.
     fn setup() -> (Networks<B>, Batch<B>) {
+        setup_with_head(0)
+    }
+
+    /// [`setup`] with an invariance head of this hidden width (0: none).
+    fn setup_with_head(invariance_head: usize) -> (Networks<B>, Batch<B>) {
         let device = Default::default();
         let enc = EncoderConfig {
             image_size: 16,
@@ -332,6 +339,7 @@ mod tests {
             grid: 4,
             qkv_bias: true,
             layer_norm_eps: 1e-6,
+            invariance_head,
         };
         let mut init = Init::new(3);
         let encoder = VisionTransformer::<B>::new(&enc, &mut init, &device);
@@ -480,6 +488,108 @@ mod tests {
             (tiny - base.loss).abs() <= 1e-5 * base.loss,
             "{tiny} vs {}",
             base.loss
+        );
+    }
+
+    /// The invariance head: the term compares `fc2(gelu(fc1(mean context)))` with the
+    /// target's mean token, against an f64 computation from the head's weights; the head is
+    /// trained (its gradients are collected under `predictor.invariance_head.`).
+    #[test]
+    fn invariance_head_reaches_the_step() {
+        let (mut nets, batch) = setup_with_head(12);
+        // Weights far from the init's 0.02 scale and non-zero biases, so that every part of
+        // the head moves the term.
+        let device = Default::default();
+        let values = |n: usize, shape: Vec<usize>, seed: usize| {
+            let v: Vec<f32> = (0..n)
+                .map(|i| (((i * 7 + seed * 13) % 23) as f32 - 11.0) / 20.0)
+                .collect();
+            TensorData::new(v, shape)
+        };
+        let linear = |i: usize, o: usize, seed: usize| crate::model::layers::Linear::<B> {
+            weight: burn::module::Param::from_tensor(Tensor::from_data(
+                values(i * o, vec![i, o], seed),
+                &device,
+            )),
+            bias: Some(burn::module::Param::from_tensor(Tensor::from_data(
+                values(o, vec![o], seed + 1),
+                &device,
+            ))),
+        };
+        nets.predictor.invariance_head = Some(crate::model::layers::Mlp {
+            fc1: linear(8, 12, 1),
+            fc2: linear(12, 8, 3),
+        });
+        let head = nets.predictor.invariance_head.as_ref().expect("a head");
+        let f64s = |t: Tensor<crate::Cpu, 2>| -> Vec<f64> {
+            t.into_data()
+                .to_vec::<f32>()
+                .unwrap()
+                .into_iter()
+                .map(f64::from)
+                .collect()
+        };
+        let weight = |l: &crate::model::layers::Linear<B>| f64s(l.weight.val().inner());
+        let bias = |l: &crate::model::layers::Linear<B>| {
+            let b = l.bias.as_ref().expect("bias").val().inner();
+            let n = b.dims()[0];
+            f64s(b.reshape([1, n]))
+        };
+        let (w1, b1, w2, b2) = (
+            weight(&head.fc1),
+            bias(&head.fc1),
+            weight(&head.fc2),
+            bias(&head.fc2),
+        );
+        let (d, h) = (8, 12);
+        let gelu = |x: f64| 0.5 * x * (1.0 + erf_f64(x / std::f64::consts::SQRT_2));
+        let context = f64s(z_mean(&nets, &batch));
+        let target = f64s(
+            nets.target
+                .forward(batch.images.clone(), None)
+                .mean_dim(1)
+                .reshape([4, 8]),
+        );
+        let mut want = 0.0;
+        for b in 0..4 {
+            let x = &context[b * d..(b + 1) * d];
+            // burn's Linear weight is [in, out].
+            let hidden: Vec<f64> = (0..h)
+                .map(|j| gelu(b1[j] + (0..d).map(|i| x[i] * w1[i * h + j]).sum::<f64>()))
+                .collect();
+            for k in 0..d {
+                let y = b2[k] + (0..h).map(|j| hidden[j] * w2[j * d + k]).sum::<f64>();
+                want += (y - target[b * d + k]).powi(2);
+            }
+        }
+        want *= 0.6 / (4 * d) as f64;
+        let inv = Objective {
+            invariance_weight: 0.6,
+            ..Objective::official(LossKind::SmoothL1)
+        };
+        let g = loss_and_grads_with(&nets, &batch, &inv, StepKey::default(), Precision::F32);
+        assert!(want > 1e-4, "{want}");
+        assert!(
+            (g.loss - g.prediction - want).abs() <= 1e-5 * (1.0 + want),
+            "{} - {} vs {want}",
+            g.loss,
+            g.prediction
+        );
+        for name in ["fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"] {
+            let key = format!("predictor.invariance_head.{name}");
+            let grad = g
+                .grads
+                .get(&key)
+                .unwrap_or_else(|| panic!("no gradient for {key}"));
+            let norm: f32 = (grad.clone() * grad.clone()).sum().into_scalar();
+            assert!(norm > 0.0, "{key}");
+        }
+        // Without the term the head has no gradient: it only serves the invariance term.
+        let official = loss_and_grads(&nets, &batch, LossKind::SmoothL1, Precision::F32);
+        assert!(
+            !official
+                .grads
+                .contains_key("predictor.invariance_head.fc1.weight")
         );
     }
 }
