@@ -304,7 +304,7 @@ mod tests {
     use super::*;
     use crate::CpuAutodiff;
     use crate::model::{EncoderConfig, Init, PredictorConfig};
-    use crate::ops::kernels::testutil::erf_f64;
+    use crate::ops::kernels::testutil::{erf_f64, to_f64};
     use crate::train::objective::RegFeatures;
     use crate::train::vicreg;
 
@@ -521,14 +521,8 @@ mod tests {
             fc2: linear(12, 8, 3),
         });
         let head = nets.predictor.invariance_head.as_ref().expect("a head");
-        let f64s = |t: Tensor<crate::Cpu, 2>| -> Vec<f64> {
-            t.into_data()
-                .to_vec::<f32>()
-                .unwrap()
-                .into_iter()
-                .map(f64::from)
-                .collect()
-        };
+        let f64s =
+            |t: Tensor<crate::Cpu, 2>| to_f64(&t.into_data().to_vec::<f32>().expect("f32 data"));
         let weight = |l: &crate::model::layers::Linear<B>| f64s(l.weight.val().inner());
         let bias = |l: &crate::model::layers::Linear<B>| {
             let b = l.bias.as_ref().expect("bias").val().inner();
