@@ -301,6 +301,8 @@ impl<T> Drop for Prefetch<T> {
 struct EpochJob {
     dataset: Arc<dyn Dataset>,
     transform: Arc<TrainTransform>,
+    /// The second view's transform (the first's unless the loader was given another).
+    second_transform: Arc<TrainTransform>,
     config: LoaderConfig,
     epoch: u64,
     order: Arc<Vec<usize>>,
@@ -347,7 +349,7 @@ impl EpochJob {
         let second = self
             .config
             .second_view
-            .then(|| self.transform.apply(img, rng));
+            .then(|| self.second_transform.apply(img, rng));
         (first, second)
     }
 
@@ -393,6 +395,7 @@ impl EpochJob {
 pub struct Loader {
     dataset: Arc<dyn Dataset>,
     transform: Arc<TrainTransform>,
+    second_transform: Option<Arc<TrainTransform>>,
     config: LoaderConfig,
     pool: Option<Arc<rayon::ThreadPool>>,
 }
@@ -426,9 +429,32 @@ impl Loader {
         Ok(Self {
             dataset,
             transform: Arc::new(transform),
+            second_transform: None,
             config,
             pool: None,
         })
+    }
+
+    /// Draws the second view (when `config.second_view` asks for one) with `transform`
+    /// instead of the first view's: e.g. another crop scale. The draw order stays the same:
+    /// the second view's random numbers still come after the first's.
+    pub fn with_second_view_transform(
+        mut self,
+        transform: TrainTransform,
+    ) -> Result<Self, DataError> {
+        transform.validate()?;
+        if transform.output_len() != self.transform.output_len() {
+            return Err(DataError::Config(Setting::new(
+                "second view",
+                format!(
+                    "{} floats per image, as the first view",
+                    self.transform.output_len()
+                ),
+                transform.output_len(),
+            )));
+        }
+        self.second_transform = Some(Arc::new(transform));
+        Ok(self)
     }
 
     /// Builds batches inside `pool` instead of rayon's global pool (to bound the data
@@ -465,6 +491,11 @@ impl Loader {
         EpochJob {
             dataset: self.dataset.clone(),
             transform: self.transform.clone(),
+            second_transform: self
+                .second_transform
+                .as_ref()
+                .unwrap_or(&self.transform)
+                .clone(),
             config: self.config.clone(),
             epoch,
             order: Arc::new(self.epoch_order(epoch)),

@@ -58,6 +58,10 @@ pub struct RegularizationSection {
     /// itself. The head is trained with the predictor and saved in its checkpoint.
     #[serde(default)]
     pub invariance_head: usize,
+    /// Crop scale of the `crop` view (default: `data.crop_scale`, the first view's): e.g.
+    /// `[1, 1]` compares the masked random crop with the whole image (local to global).
+    #[serde(default)]
+    pub invariance_crop_scale: Option<(f64, f64)>,
 }
 
 /// Which view the invariance term compares the context with.
@@ -80,6 +84,7 @@ impl Default for RegularizationSection {
             invariance_weight: 0.0,
             invariance_view: InvarianceView::Crop,
             invariance_head: 0,
+            invariance_crop_scale: None,
         }
     }
 }
@@ -670,6 +675,22 @@ impl TrainConfig {
             }
             .into());
         }
+        if let Some(scale @ (lo, hi)) = r.invariance_crop_scale {
+            if !(0.0 < lo && lo <= hi && hi <= 1.0) {
+                return bad(
+                    "regularization.invariance_crop_scale",
+                    "[a, b] with 0 < a <= b <= 1",
+                    &format_args!("{scale:?}"),
+                );
+            }
+            if !self.second_view() {
+                return Err(ConfigError::Needs {
+                    key: "regularization.invariance_crop_scale".into(),
+                    needs: "regularization.invariance_weight > 0 and invariance_view: crop".into(),
+                }
+                .into());
+            }
+        }
         if self.meta.threads == Some(0) {
             return bad("meta.threads", positive, &0);
         }
@@ -867,5 +888,31 @@ optimization:
         ])
         .unwrap();
         assert!(!same.second_view());
+        let e = with(&["regularization.invariance_crop_scale=[1,1]"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("invariance_crop_scale") && e.contains("invariance_weight"),
+            "{e}"
+        );
+        let e = with(&[
+            "regularization.invariance_weight=1",
+            "regularization.invariance_crop_scale=[0.5,1.5]",
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("invariance_crop_scale") && e.contains("1.5"),
+            "{e}"
+        );
+        let global = with(&[
+            "regularization.invariance_weight=1",
+            "regularization.invariance_crop_scale=[1,1]",
+        ])
+        .unwrap();
+        assert_eq!(
+            global.regularization.invariance_crop_scale,
+            Some((1.0, 1.0))
+        );
     }
 }

@@ -56,7 +56,10 @@ impl Run {
             strict,
             second_view: cfg.second_view(),
         };
-        let loader = Loader::new(dataset, train_transform(cfg), loader_cfg)?;
+        let mut loader = Loader::new(dataset, train_transform(cfg), loader_cfg)?;
+        if let Some(second) = second_view_transform(cfg) {
+            loader = loader.with_second_view_transform(second)?;
+        }
         let ipe = loader.ipe();
         if ipe == 0 {
             return Err(ConfigError::value(
@@ -161,5 +164,15 @@ pub fn open_train_set(cfg: &TrainConfig, spec: &DataSpec) -> Result<Box<dyn Data
     Ok(match cfg.data.max_images {
         Some(n) => with_max_images(ds, n),
         None => ds,
+    })
+}
+
+/// The `crop` view's transform where it differs from the first view's: the training
+/// transform at `regularization.invariance_crop_scale`.
+fn second_view_transform(cfg: &TrainConfig) -> Option<TrainTransform> {
+    let scale = cfg.regularization.invariance_crop_scale?;
+    Some(TrainTransform {
+        crop_scale: scale,
+        ..train_transform(cfg)
     })
 }

@@ -141,6 +141,64 @@ fn second_view_is_the_transform_drawn_again_and_leaves_the_first_alone() {
     );
 }
 
+/// A second view's own transform (`regularization.invariance_crop_scale`): the second view is
+/// that transform drawn after the first view, which stays exactly as it was.
+#[test]
+fn second_view_transform_draws_the_second_view_only() {
+    let ds: Arc<dyn Dataset> = Arc::new(MemDataset::new(50, 10));
+    let second_cfg = LoaderConfig {
+        second_view: true,
+        ..cfg(5, 2, 1)
+    };
+    let global = TrainTransform {
+        crop_scale: (1.0, 1.0),
+        ..transform()
+    };
+    let same = Loader::new(ds.clone(), transform(), second_cfg.clone()).unwrap();
+    let other = Loader::new(ds.clone(), transform(), second_cfg)
+        .unwrap()
+        .with_second_view_transform(global.clone())
+        .unwrap();
+    let (a, b) = (all(&same, 0), all(&other, 0));
+    let t = transform();
+    let mut differ = 0;
+    for (x, y) in a.iter().flatten().zip(b.iter().flatten()) {
+        assert_eq!((&x.pixels, &x.indices), (&y.pixels, &y.indices));
+        let second = y.second_view.as_ref().expect("a second view");
+        for (n, &i) in y.indices.iter().enumerate() {
+            let img = MemDataset::new(50, 10).get(i).unwrap();
+            let mut rng = sample_rng(1, 0, i);
+            let _first = t.apply(&img, &mut rng);
+            let again = global.apply(&img, &mut rng);
+            assert_eq!(&second[n * 36..(n + 1) * 36], &again[..]);
+        }
+        differ += usize::from(x.second_view != y.second_view);
+    }
+    assert!(differ > 0, "the other crop scale changed no second view");
+    let wrong = TrainTransform {
+        crop_size: 5,
+        ..transform()
+    };
+    let e = Loader::new(ds.clone(), transform(), cfg(5, 2, 1))
+        .unwrap()
+        .with_second_view_transform(wrong)
+        .err()
+        .expect("a second view of another size is rejected")
+        .to_string();
+    assert!(e.contains("second view") && e.contains("25"), "{e}");
+    let bad = TrainTransform {
+        crop_scale: (0.0, 1.0),
+        ..transform()
+    };
+    let e = Loader::new(ds, transform(), cfg(5, 2, 1))
+        .unwrap()
+        .with_second_view_transform(bad)
+        .err()
+        .expect("a bad crop scale is rejected")
+        .to_string();
+    assert!(e.contains("crop_scale"), "{e}");
+}
+
 #[test]
 fn resume_yields_the_tail_of_the_epoch() {
     let l = loader(64, 4, 2, 3);
