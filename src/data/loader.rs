@@ -395,7 +395,8 @@ impl EpochJob {
 pub struct Loader {
     dataset: Arc<dyn Dataset>,
     transform: Arc<TrainTransform>,
-    second_transform: Option<Arc<TrainTransform>>,
+    /// The second view's transform: the first's unless [`Loader::with_second_view_transform`].
+    second_transform: Arc<TrainTransform>,
     config: LoaderConfig,
     pool: Option<Arc<rayon::ThreadPool>>,
 }
@@ -426,10 +427,11 @@ impl Loader {
                 replicas: config.replicas,
             });
         }
+        let transform = Arc::new(transform);
         Ok(Self {
             dataset,
-            transform: Arc::new(transform),
-            second_transform: None,
+            second_transform: transform.clone(),
+            transform,
             config,
             pool: None,
         })
@@ -453,7 +455,7 @@ impl Loader {
                 transform.output_len(),
             )));
         }
-        self.second_transform = Some(Arc::new(transform));
+        self.second_transform = Arc::new(transform);
         Ok(self)
     }
 
@@ -491,11 +493,7 @@ impl Loader {
         EpochJob {
             dataset: self.dataset.clone(),
             transform: self.transform.clone(),
-            second_transform: self
-                .second_transform
-                .as_ref()
-                .unwrap_or(&self.transform)
-                .clone(),
+            second_transform: self.second_transform.clone(),
             config: self.config.clone(),
             epoch,
             order: Arc::new(self.epoch_order(epoch)),

@@ -557,14 +557,19 @@ impl TrainConfig {
         if !(d.in_chans == 1 || d.in_chans == 3) {
             return bad("data.in_chans", "1 or 3", &d.in_chans);
         }
-        let (lo, hi) = d.crop_scale;
-        if !(0.0 < lo && lo <= hi && hi <= 1.0) {
-            return bad(
-                "data.crop_scale",
-                "[a, b] with 0 < a <= b <= 1",
-                &format_args!("{:?}", d.crop_scale),
-            );
-        }
+        // A crop's area as a fraction of the image: both crop scales follow this rule.
+        let crop_scale = |key: &str, (lo, hi): (f64, f64)| -> Result<()> {
+            if 0.0 < lo && lo <= hi && hi <= 1.0 {
+                Ok(())
+            } else {
+                bad(
+                    key,
+                    "[a, b] with 0 < a <= b <= 1",
+                    &format_args!("{:?}", (lo, hi)),
+                )
+            }
+        };
+        crop_scale("data.crop_scale", d.crop_scale)?;
         let (mean, std) = self.normalisation();
         if mean.len() != d.in_chans || std.len() != d.in_chans || std.iter().any(|s| *s <= 0.0) {
             return bad(
@@ -675,14 +680,8 @@ impl TrainConfig {
             }
             .into());
         }
-        if let Some(scale @ (lo, hi)) = r.invariance_crop_scale {
-            if !(0.0 < lo && lo <= hi && hi <= 1.0) {
-                return bad(
-                    "regularization.invariance_crop_scale",
-                    "[a, b] with 0 < a <= b <= 1",
-                    &format_args!("{scale:?}"),
-                );
-            }
+        if let Some(scale) = r.invariance_crop_scale {
+            crop_scale("regularization.invariance_crop_scale", scale)?;
             if !self.second_view() {
                 return Err(ConfigError::Needs {
                     key: "regularization.invariance_crop_scale".into(),
