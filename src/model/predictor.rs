@@ -167,6 +167,42 @@ impl<B: crate::ops::IjepaBackend> Predictor<B> {
     }
 }
 
+impl<B: crate::ops::IjepaBackend> Predictor<B> {
+    /// The targets predicted from one token per context block: its mean `pooled`
+    /// (`[nenc*B, 1, D]`, no position: it stands for the whole block) instead of the context
+    /// tokens; rows as in [`Self::forward`]. This project's option
+    /// (`regularization.pooled_prediction_weight`): what the target blocks hold must pass
+    /// through the mean, the feature the evaluation protocol reads.
+    pub fn forward_pooled(&self, pooled: Tensor<B, 3>, masks: &MaskIndices) -> Tensor<B, 3> {
+        let [rows, _, _] = pooled.dims();
+        let npred = masks.n_masks();
+        let k_pred = masks.k();
+        let x = self.predictor_embed.forward(pooled);
+        let queries = self.mask_token.val()
+            + gather_table(
+                self.predictor_pos_embed.clone(),
+                masks,
+                rows / masks.batch(),
+            );
+        let x = Tensor::cat(vec![Tensor::cat(vec![x; npred], 0), queries], 1);
+        let keys = masks.is_padded().then(|| 1 + masks.valid());
+        let queries_only = |x: Tensor<B, 3>| {
+            let [rows, _, dp] = x.dims();
+            x.slice([0..rows, 1..1 + k_pred, 0..dp])
+        };
+        let x = match self.predictor_blocks.split_last() {
+            Some((last, blocks)) => {
+                let x = blocks
+                    .iter()
+                    .fold(x, |x, block| block.forward_keys(x, keys));
+                last.forward_picked(x, keys, queries_only)
+            }
+            None => queries_only(x),
+        };
+        self.predictor_proj.forward(self.predictor_norm.forward(x))
+    }
+}
+
 /// The target queries: `mask_token + ψ_j`, plus `n_j A` when StoP noise is given (`A` the
 /// `[D, Dp]` weight of `predictor_embed`, rows of `noise` in the encoder's width `D`).
 pub fn stop_queries<B: crate::ops::IjepaBackend>(
@@ -273,6 +309,78 @@ mod tests {
         let plain: Vec<f64> = (0..r * k * dp).map(|i| m[i % dp] + psi[i]).collect();
         for (g, w) in host(q.inner()).iter().zip(&plain) {
             assert!((g - w).abs() <= 1e-6);
+        }
+    }
+
+    /// The prediction from the mean context token is the official predictor run on one
+    /// context token without a position (its row of the position table zeroed; no target
+    /// sits there): same embedding, tiling over the target masks, query positions and keys,
+    /// with the target masks as they are and padded.
+    #[test]
+    fn pooled_prediction_is_the_predictor_on_one_positionless_token() {
+        type F = burn::backend::Flex;
+        let device = Default::default();
+        let cfg = PredictorConfig {
+            embed_dim: 6,
+            predictor_embed_dim: 8,
+            depth: 2,
+            num_heads: 2,
+            mlp_hidden: 12,
+            grid: 4,
+            qkv_bias: true,
+            layer_norm_eps: 1e-6,
+            invariance_head: 0,
+        };
+        let pred = Predictor::<F>::new(&cfg, &mut Init::new(5), &device);
+        let (nenc, b, d, free) = (2, 3, 6, 15);
+        let pooled = Tensor::<F, 3>::from_data(
+            TensorData::new(
+                vals(nenc * b * d, 7)
+                    .iter()
+                    .map(|v| *v as f32)
+                    .collect::<Vec<_>>(),
+                [nenc * b, 1, d],
+            ),
+            &device,
+        );
+        let targets = |j: usize| -> Vec<Vec<usize>> {
+            (0..b).map(|i| vec![j + i, 4 + j + i, 8 + i]).collect()
+        };
+        let masks = MaskIndices::new(&[targets(0), targets(1)], 16).unwrap();
+        let context = MaskIndices::new(&vec![vec![vec![free]; b]; nenc], 16).unwrap();
+        let mut table = host(pred.predictor_pos_embed.clone());
+        table[free * 8..(free + 1) * 8].fill(0.0);
+        let official = Predictor {
+            predictor_pos_embed: Tensor::from_data(
+                TensorData::new(table.iter().map(|v| *v as f32).collect(), [16, 8]),
+                &device,
+            ),
+            ..pred.clone()
+        };
+        for padded in [false, true] {
+            let masks = if padded {
+                masks.padded(5).unwrap()
+            } else {
+                masks.clone()
+            };
+            let got = pred.forward_pooled(pooled.clone(), &masks);
+            let want = official.forward(pooled.clone(), &context, &masks);
+            assert_eq!(got.dims(), [2 * nenc * b, masks.k(), d]);
+            let (got, want) = (host(got), host(want));
+            let k = masks.k();
+            for row in 0..2 * nenc * b {
+                for q in 0..masks.valid() {
+                    for c in 0..d {
+                        let i = (row * k + q) * d + c;
+                        assert!(
+                            (got[i] - want[i]).abs() <= 1e-5,
+                            "padded {padded} row {row} query {q}: {} vs {}",
+                            got[i],
+                            want[i]
+                        );
+                    }
+                }
+            }
         }
     }
 }

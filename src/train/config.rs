@@ -62,6 +62,11 @@ pub struct RegularizationSection {
     /// `[1, 1]` compares the masked random crop with the whole image (local to global).
     #[serde(default)]
     pub invariance_crop_scale: Option<(f64, f64)>,
+    /// Weight of a second prediction of the same targets from the mean context token alone
+    /// (the predictor sees no context token, only their mean): the pooled features the
+    /// evaluation reads must then hold what the target blocks hold, layout included (0: off).
+    #[serde(default)]
+    pub pooled_prediction_weight: f64,
 }
 
 /// Which view the invariance term compares the context with.
@@ -85,6 +90,7 @@ impl Default for RegularizationSection {
             invariance_view: InvarianceView::Crop,
             invariance_head: 0,
             invariance_crop_scale: None,
+            pooled_prediction_weight: 0.0,
         }
     }
 }
@@ -513,6 +519,7 @@ impl TrainConfig {
             vicreg_covariance_weight: r.vicreg_covariance_weight,
             features: r.features,
             invariance_weight: r.invariance_weight,
+            pooled_prediction_weight: r.pooled_prediction_weight,
         }
     }
 
@@ -657,6 +664,7 @@ impl TrainConfig {
             ("vicreg_variance_weight", r.vicreg_variance_weight),
             ("vicreg_covariance_weight", r.vicreg_covariance_weight),
             ("invariance_weight", r.invariance_weight),
+            ("pooled_prediction_weight", r.pooled_prediction_weight),
         ] {
             if !(v.is_finite() && v >= 0.0) {
                 return bad(
@@ -849,6 +857,10 @@ optimization:
             ("regularization.features=cls", "features"),
             ("regularization.invariance_weight=-1", "invariance_weight"),
             ("regularization.invariance_view=other", "invariance_view"),
+            (
+                "regularization.pooled_prediction_weight=.nan",
+                "pooled_prediction_weight",
+            ),
             ("regularization.sigreg_weigth=1", "sigreg_weigth"),
             ("logging.knn_monitor_bank=0", "knn_monitor"),
         ] {

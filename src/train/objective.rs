@@ -13,7 +13,10 @@
 //!   with its weight: `loss = prediction + λ_sig SIGReg + λ_var v + λ_cov c`;
 //! - VICReg's invariance term across two views: the mean of the context tokens of view A
 //!   against the mean of the target encoder's tokens of a second crop B of the same image
-//!   (no gradient through B, as every I-JEPA target), `+ λ_inv s`.
+//!   (no gradient through B, as every I-JEPA target), `+ λ_inv s`;
+//! - the same targets predicted a second time from each context block's mean token alone
+//!   (this project's option, see [`crate::model::Predictor::forward_pooled`]),
+//!   `+ λ_pool loss(pred(mean z), targets)`.
 //!
 //! The random parts of a step (StoP's noise, SIGReg's directions) come from streams keyed by
 //! the run's seed, the step and the replica ([`StepKey`]), so that a resumed run and a
@@ -62,6 +65,8 @@ pub struct Objective {
     pub features: RegFeatures,
     /// VICReg's invariance term across views; 0 is off.
     pub invariance_weight: f64,
+    /// The prediction of the targets from the mean context token alone; 0 is off.
+    pub pooled_prediction_weight: f64,
 }
 
 impl Objective {
@@ -78,6 +83,7 @@ impl Objective {
             vicreg_covariance_weight: 0.0,
             features: RegFeatures::Pooled,
             invariance_weight: 0.0,
+            pooled_prediction_weight: 0.0,
         }
     }
 

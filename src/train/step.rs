@@ -115,8 +115,25 @@ fn forward_backward<B: crate::ops::TrainBackend>(
     };
     let mut regulariser = objective.regulariser(z_real.clone(), key);
     if let Some(t) = view_target {
-        let features = nets.predictor.invariance_features(z_real);
+        let features = nets.predictor.invariance_features(z_real.clone());
         let term = objective.invariance(features, Tensor::from_inner(t), nenc);
+        regulariser = Some(match regulariser {
+            Some(r) => r + term,
+            None => term,
+        });
+    }
+    let targets = Tensor::<B, 3>::from_inner(targets);
+    if objective.pooled_prediction_weight > 0.0 {
+        let pooled = nets
+            .predictor
+            .forward_pooled(z_real.clone().mean_dim(1), &batch.masks_pred);
+        let term = loss::loss_valid(
+            objective.loss,
+            pooled,
+            targets.clone(),
+            batch.masks_pred.valid(),
+        )
+        .mul_scalar(objective.pooled_prediction_weight);
         regulariser = Some(match regulariser {
             Some(r) => r + term,
             None => term,
@@ -136,12 +153,7 @@ fn forward_backward<B: crate::ops::TrainBackend>(
         .predictor
         .forward_stop(z, &batch.masks_enc, &batch.masks_pred, noise);
     // Padded target rows (static shapes) are left out of the mean and the gradients.
-    let prediction = loss::loss_valid(
-        objective.loss,
-        pred,
-        Tensor::from_inner(targets),
-        batch.masks_pred.valid(),
-    );
+    let prediction = loss::loss_valid(objective.loss, pred, targets, batch.masks_pred.valid());
     let prediction_value: f64 = prediction.clone().into_scalar().elem();
     let loss = match regulariser {
         Some(r) => prediction + r,
@@ -489,6 +501,64 @@ mod tests {
             "{tiny} vs {}",
             base.loss
         );
+    }
+
+    /// The prediction from the mean context token: the term is the weight times smooth-L1
+    /// (beta 1, in f64 here) between `forward_pooled` of each context block's mean token and
+    /// the step's own targets (the layer-normed target tokens of the target blocks); the
+    /// prediction loss is untouched and the term's gradients reach the encoder.
+    #[test]
+    fn pooled_prediction_reaches_the_step() {
+        let (nets, batch) = setup();
+        let base = loss_and_grads(&nets, &batch, LossKind::SmoothL1, Precision::F32);
+        let pooled = Objective {
+            pooled_prediction_weight: 0.8,
+            ..Objective::official(LossKind::SmoothL1)
+        };
+        let g = loss_and_grads_with(&nets, &batch, &pooled, StepKey::default(), Precision::F32);
+        let context = z_mean(&nets, &batch).reshape([4, 1, 8]);
+        let predicted = nets
+            .predictor
+            .valid()
+            .forward_pooled(context, &batch.masks_pred);
+        let targets = crate::train::loss::normalize_targets(nets.target.forward_kept(
+            batch.images.clone(),
+            &batch.masks_pred,
+            1,
+        ));
+        let flat = |t: Tensor<crate::Cpu, 3>| to_f64(&t.into_data().to_vec::<f32>().unwrap());
+        let (p, t) = (flat(predicted), flat(targets));
+        assert_eq!(p.len(), 2 * 4 * 3 * 8);
+        let smooth_l1: f64 = p
+            .iter()
+            .zip(&t)
+            .map(|(a, b)| {
+                let d = (a - b).abs();
+                if d < 1.0 { 0.5 * d * d } else { d - 0.5 }
+            })
+            .sum::<f64>()
+            / p.len() as f64;
+        let want = 0.8 * smooth_l1;
+        assert!(want > 1e-3, "{want}");
+        assert!((g.prediction - base.loss).abs() <= 1e-6 * base.loss);
+        assert!(
+            (g.loss - g.prediction - want).abs() <= 1e-5 * (1.0 + want),
+            "{} - {} vs {want}",
+            g.loss,
+            g.prediction
+        );
+        let encoder_moved = g.grads.iter().any(|(name, x)| {
+            let y = &base.grads[name];
+            name.starts_with("encoder.")
+                && x.clone()
+                    .into_data()
+                    .to_vec::<f32>()
+                    .unwrap()
+                    .iter()
+                    .zip(&y.clone().into_data().to_vec::<f32>().unwrap())
+                    .any(|(a, b)| (a - b).abs() > 1e-7)
+        });
+        assert!(encoder_moved);
     }
 
     /// The invariance head: the term compares `fc2(gelu(fc1(mean context)))` with the
