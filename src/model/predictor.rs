@@ -148,11 +148,21 @@ impl<B: crate::ops::IjepaBackend> Predictor<B> {
             Tensor::cat(vec![context, queries], 1)
         };
         let keys = (masks_x.is_padded() || masks.is_padded()).then(|| real_context + masks.valid());
+        self.predict_queries(x, keys, real_context..real_context + k_pred)
+    }
 
-        // Only the queries' outputs are used: the last block computes those alone.
+    /// The blocks, norm and projection on `x` (`[rows, tokens, Dp]`, keys its first `keys`
+    /// tokens when given), returning the outputs at the `queries` positions only: the last
+    /// block computes those alone.
+    fn predict_queries(
+        &self,
+        x: Tensor<B, 3>,
+        keys: Option<usize>,
+        queries: std::ops::Range<usize>,
+    ) -> Tensor<B, 3> {
         let queries_only = |x: Tensor<B, 3>| {
             let [rows, _, dp] = x.dims();
-            x.slice([0..rows, real_context..real_context + k_pred, 0..dp])
+            x.slice([0..rows, queries.clone(), 0..dp])
         };
         let x = match self.predictor_blocks.split_last() {
             Some((last, blocks)) => {
@@ -165,9 +175,7 @@ impl<B: crate::ops::IjepaBackend> Predictor<B> {
         };
         self.predictor_proj.forward(self.predictor_norm.forward(x))
     }
-}
 
-impl<B: crate::ops::IjepaBackend> Predictor<B> {
     /// The targets predicted from one token per context block: its mean `pooled`
     /// (`[nenc*B, 1, D]`, no position: it stands for the whole block) instead of the context
     /// tokens; rows as in [`Self::forward`]. This project's option
@@ -186,20 +194,7 @@ impl<B: crate::ops::IjepaBackend> Predictor<B> {
             );
         let x = Tensor::cat(vec![Tensor::cat(vec![x; npred], 0), queries], 1);
         let keys = masks.is_padded().then(|| 1 + masks.valid());
-        let queries_only = |x: Tensor<B, 3>| {
-            let [rows, _, dp] = x.dims();
-            x.slice([0..rows, 1..1 + k_pred, 0..dp])
-        };
-        let x = match self.predictor_blocks.split_last() {
-            Some((last, blocks)) => {
-                let x = blocks
-                    .iter()
-                    .fold(x, |x, block| block.forward_keys(x, keys));
-                last.forward_picked(x, keys, queries_only)
-            }
-            None => queries_only(x),
-        };
-        self.predictor_proj.forward(self.predictor_norm.forward(x))
+        self.predict_queries(x, keys, 1..1 + k_pred)
     }
 }
 

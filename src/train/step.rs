@@ -117,10 +117,7 @@ fn forward_backward<B: crate::ops::TrainBackend>(
     if let Some(t) = view_target {
         let features = nets.predictor.invariance_features(z_real.clone());
         let term = objective.invariance(features, Tensor::from_inner(t), nenc);
-        regulariser = Some(match regulariser {
-            Some(r) => r + term,
-            None => term,
-        });
+        regulariser = Some(plus(regulariser, term));
     }
     let targets = Tensor::<B, 3>::from_inner(targets);
     if objective.pooled_prediction_weight > 0.0 {
@@ -134,10 +131,7 @@ fn forward_backward<B: crate::ops::TrainBackend>(
             batch.masks_pred.valid(),
         )
         .mul_scalar(objective.pooled_prediction_weight);
-        regulariser = Some(match regulariser {
-            Some(r) => r + term,
-            None => term,
-        });
+        regulariser = Some(plus(regulariser, term));
     }
     let [_, _, d] = z.dims();
     let noise = objective.stop_noise::<B>(
@@ -167,6 +161,17 @@ fn forward_backward<B: crate::ops::TrainBackend>(
         loss: value,
         prediction: prediction_value,
         grads: map,
+    }
+}
+
+/// `sum + term`, or `term` when there is no sum yet.
+fn plus<B: burn::tensor::backend::Backend>(
+    sum: Option<Tensor<B, 1>>,
+    term: Tensor<B, 1>,
+) -> Tensor<B, 1> {
+    match sum {
+        Some(s) => s + term,
+        None => term,
     }
 }
 
