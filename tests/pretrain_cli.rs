@@ -142,41 +142,73 @@ fn interrupted_runs_resume_exactly() {
     child.wait().unwrap();
     ok(&pretrain(&killed, &sets_k, &["--resume"]));
 
-    let reference = losses(&whole);
-    assert_eq!(reference.len(), 20);
     for dir in [&parts, &killed] {
-        let got = losses(dir);
-        assert_eq!(
-            got.iter().map(|x| x.0).collect::<Vec<_>>(),
-            (1..=20).collect::<Vec<u64>>(),
-            "{}: steps",
+        assert_same_run(dir, &whole, 20);
+    }
+}
+
+/// MSN's prototypes and the invariance head (predictor parameters outside the official
+/// layout), with a second crop per image, are saved and resume exactly too.
+#[test]
+fn runs_with_msn_resume_exactly() {
+    require_fmnist();
+    let mut sets = tiny(320, 2);
+    sets.extend(
+        [
+            "regularization.msn_weight=0.5",
+            "regularization.msn_prototypes=16",
+            "regularization.invariance_head=24",
+            "regularization.invariance_view=crop",
+        ]
+        .map(String::from),
+    );
+    let whole = tmp("msn_whole");
+    ok(&pretrain(&whole, &sets, &[]));
+    let parts = tmp("msn_parts");
+    ok(&pretrain(&parts, &sets, &["--max-steps", "7"]));
+    ok(&pretrain(&parts, &sets, &["--resume"]));
+    assert_same_run(&parts, &whole, 20);
+    let predictor = checkpoint(&whole).predictor.unwrap();
+    for key in ["prototypes", "invariance_head.fc1.weight"] {
+        assert!(predictor.contains_key(key), "no {key} in the predictor");
+    }
+}
+
+/// `dir`'s losses (all `steps` of them) and weights are those of the uninterrupted `whole`.
+fn assert_same_run(dir: &Path, whole: &Path, steps: u64) {
+    let reference = losses(whole);
+    assert_eq!(reference.len() as u64, steps);
+    let got = losses(dir);
+    assert_eq!(
+        got.iter().map(|x| x.0).collect::<Vec<_>>(),
+        (1..=steps).collect::<Vec<u64>>(),
+        "{}: steps",
+        dir.display()
+    );
+    for ((s, a), (_, b)) in got.iter().zip(&reference) {
+        assert!(
+            (a - b).abs() <= 1e-6,
+            "{}: step {s}: loss {a} vs uninterrupted {b}",
             dir.display()
         );
-        for ((s, a), (_, b)) in got.iter().zip(&reference) {
-            assert!(
-                (a - b).abs() <= 1e-6,
-                "{}: step {s}: loss {a} vs uninterrupted {b}",
-                dir.display()
-            );
-        }
-        let (a, b) = (checkpoint(dir), checkpoint(&whole));
-        for (name, x, y) in [
-            ("encoder", &a.encoder, &b.encoder),
-            (
-                "predictor",
-                a.predictor.as_ref().unwrap(),
-                b.predictor.as_ref().unwrap(),
-            ),
-            (
-                "target",
-                a.target_encoder.as_ref().unwrap(),
-                b.target_encoder.as_ref().unwrap(),
-            ),
-        ] {
-            for (k, t) in x {
-                let d = t.max_abs_diff(&y[k]);
-                assert!(d <= 1e-6, "{}: {name}.{k} differs by {d}", dir.display());
-            }
+    }
+    let (a, b) = (checkpoint(dir), checkpoint(whole));
+    for (name, x, y) in [
+        ("encoder", &a.encoder, &b.encoder),
+        (
+            "predictor",
+            a.predictor.as_ref().unwrap(),
+            b.predictor.as_ref().unwrap(),
+        ),
+        (
+            "target",
+            a.target_encoder.as_ref().unwrap(),
+            b.target_encoder.as_ref().unwrap(),
+        ),
+    ] {
+        for (k, t) in x {
+            let d = t.max_abs_diff(&y[k]);
+            assert!(d <= 1e-6, "{}: {name}.{k} differs by {d}", dir.display());
         }
     }
 }

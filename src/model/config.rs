@@ -37,6 +37,10 @@ pub struct PredictorConfig {
     /// target token, this project's option); 0: none, as the official predictor.
     #[serde(default)]
     pub invariance_head: usize,
+    /// MSN's prototypes `[prototypes, embed_dim]` (this project's option, see
+    /// [`crate::train::msn`]); 0: none, as the official predictor.
+    #[serde(default)]
+    pub prototypes: usize,
 }
 
 /// `(embed_dim, depth, heads, mlp_ratio)` of the official `vit_*` factories.
@@ -131,6 +135,7 @@ impl PredictorConfig {
             qkv_bias: enc.qkv_bias,
             layer_norm_eps: enc.layer_norm_eps,
             invariance_head: 0,
+            prototypes: 0,
         };
         cfg.validate()?;
         Ok(cfg)

@@ -12,6 +12,10 @@
 //! VICReg puts its terms on an expander rather than on the features read out, and a head
 //! lets the context's mean differ from the full image's by what the mask hid). None by
 //! default: the official predictor.
+//!
+//! Option: MSN's prototypes, the learned rows its prototype term assigns image features to
+//! (see [`crate::train::msn`]); kept here so that they train and checkpoint with the
+//! predictor. None by default.
 
 use burn::module::{Module, Param};
 use burn::tensor::{Tensor, TensorData};
@@ -34,6 +38,8 @@ pub struct Predictor<B: crate::ops::IjepaBackend> {
     pub predictor_proj: Linear<B>,
     /// The invariance head (`PredictorConfig::invariance_head`); `None` in the official model.
     pub invariance_head: Option<Mlp<B>>,
+    /// MSN's prototypes `[K, D]` (`PredictorConfig::prototypes`); `None` in the official model.
+    pub prototypes: Option<Param<Tensor<B, 2>>>,
 }
 
 impl<B: crate::ops::IjepaBackend> Predictor<B> {
@@ -58,6 +64,8 @@ impl<B: crate::ops::IjepaBackend> Predictor<B> {
         // Drawn last, so that the official parameters' initial values do not depend on it.
         let invariance_head = (cfg.invariance_head > 0)
             .then(|| Mlp::new(cfg.embed_dim, cfg.invariance_head, init, device));
+        let prototypes = (cfg.prototypes > 0)
+            .then(|| Param::from_tensor(init.normal([cfg.prototypes, cfg.embed_dim], device)));
         Self {
             predictor_embed,
             mask_token,
@@ -69,6 +77,7 @@ impl<B: crate::ops::IjepaBackend> Predictor<B> {
             predictor_norm,
             predictor_proj,
             invariance_head,
+            prototypes,
         }
     }
 
@@ -325,6 +334,7 @@ mod tests {
             qkv_bias: true,
             layer_norm_eps: 1e-6,
             invariance_head: 0,
+            prototypes: 0,
         };
         let pred = Predictor::<F>::new(&cfg, &mut Init::new(5), &device);
         let (nenc, b, d, free) = (2, 3, 6, 15);

@@ -12,6 +12,7 @@ use crate::error::{ConfigError, Error, OverrideProblem, Result};
 use crate::masks::{MaskConfig, MaskMode};
 use crate::model::{EncoderConfig, PredictorConfig};
 use crate::train::loss::{LossKind, TargetNorm, TargetNormKind};
+use crate::train::msn;
 use crate::train::objective::{Objective, RegFeatures};
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -67,6 +68,36 @@ pub struct RegularizationSection {
     /// evaluation reads must then hold what the target blocks hold, layout included (0: off).
     #[serde(default)]
     pub pooled_prediction_weight: f64,
+    /// Weight of MSN's prototype term between the masked context's image feature (through
+    /// the invariance head when there is one) and the target encoder's mean token of the
+    /// second view (`invariance_view`), see [`crate::train::msn`] (0: off).
+    #[serde(default)]
+    pub msn_weight: f64,
+    /// MSN's number of learned prototypes (trained with the predictor, saved in its
+    /// checkpoint, never weight-decayed).
+    #[serde(default = "default_msn_prototypes")]
+    pub msn_prototypes: usize,
+    /// MSN's softmax temperatures `[anchor, target]` (the target's sharper).
+    #[serde(default = "default_msn_temperatures")]
+    pub msn_temperatures: (f64, f64),
+    /// MSN's weight λ of the mean-entropy maximisation (ME-MAX).
+    #[serde(default = "default_msn_me_max")]
+    pub msn_me_max_weight: f64,
+}
+
+fn default_msn_prototypes() -> usize {
+    1024
+}
+
+fn default_msn_temperatures() -> (f64, f64) {
+    (
+        msn::DEFAULT_TEMPERATURES.anchor,
+        msn::DEFAULT_TEMPERATURES.target,
+    )
+}
+
+fn default_msn_me_max() -> f64 {
+    1.0
 }
 
 /// Which view the invariance term compares the context with.
@@ -91,6 +122,10 @@ impl Default for RegularizationSection {
             invariance_head: 0,
             invariance_crop_scale: None,
             pooled_prediction_weight: 0.0,
+            msn_weight: 0.0,
+            msn_prototypes: default_msn_prototypes(),
+            msn_temperatures: default_msn_temperatures(),
+            msn_me_max_weight: default_msn_me_max(),
         }
     }
 }
@@ -477,6 +512,10 @@ impl TrainConfig {
         )?;
         Ok(PredictorConfig {
             invariance_head: self.regularization.invariance_head,
+            prototypes: match self.regularization.msn_weight > 0.0 {
+                true => self.regularization.msn_prototypes,
+                false => 0,
+            },
             ..cfg
         })
     }
@@ -520,13 +559,20 @@ impl TrainConfig {
             features: r.features,
             invariance_weight: r.invariance_weight,
             pooled_prediction_weight: r.pooled_prediction_weight,
+            msn_weight: r.msn_weight,
+            msn_temperatures: msn::Temperatures {
+                anchor: r.msn_temperatures.0,
+                target: r.msn_temperatures.1,
+            },
+            msn_me_max_weight: r.msn_me_max_weight,
         }
     }
 
     /// Whether the loader draws a second view of every image.
     pub fn second_view(&self) -> bool {
         let r = &self.regularization;
-        r.invariance_weight > 0.0 && r.invariance_view == InvarianceView::Crop
+        (r.invariance_weight > 0.0 || r.msn_weight > 0.0)
+            && r.invariance_view == InvarianceView::Crop
     }
 
     /// Normalisation statistics (ImageNet's by default, averaged for one channel).
@@ -665,6 +711,8 @@ impl TrainConfig {
             ("vicreg_covariance_weight", r.vicreg_covariance_weight),
             ("invariance_weight", r.invariance_weight),
             ("pooled_prediction_weight", r.pooled_prediction_weight),
+            ("msn_weight", r.msn_weight),
+            ("msn_me_max_weight", r.msn_me_max_weight),
         ] {
             if !(v.is_finite() && v >= 0.0) {
                 return bad(
@@ -681,10 +729,28 @@ impl TrainConfig {
                 &0,
             );
         }
-        if r.invariance_head > 0 && r.invariance_weight == 0.0 {
+        if r.msn_weight > 0.0 {
+            if r.msn_prototypes < 2 {
+                return bad(
+                    "regularization.msn_prototypes",
+                    "at least 2 (regularization.msn_weight is on)",
+                    &r.msn_prototypes,
+                );
+            }
+            let (anchor, target) = r.msn_temperatures;
+            if !(anchor.is_finite() && target.is_finite() && anchor > 0.0 && target > 0.0) {
+                return bad(
+                    "regularization.msn_temperatures",
+                    "two finite numbers > 0: [anchor, target]",
+                    &format!("[{anchor}, {target}]"),
+                );
+            }
+        }
+        if r.invariance_head > 0 && r.invariance_weight == 0.0 && r.msn_weight == 0.0 {
             return Err(ConfigError::Needs {
                 key: "regularization.invariance_head".into(),
-                needs: "regularization.invariance_weight > 0".into(),
+                needs: "regularization.invariance_weight > 0 or regularization.msn_weight > 0"
+                    .into(),
             }
             .into());
         }
@@ -693,7 +759,8 @@ impl TrainConfig {
             if !self.second_view() {
                 return Err(ConfigError::Needs {
                     key: "regularization.invariance_crop_scale".into(),
-                    needs: "regularization.invariance_weight > 0 and invariance_view: crop".into(),
+                    needs: "regularization.invariance_weight or msn_weight > 0, and invariance_view: crop"
+                        .into(),
                 }
                 .into());
             }
@@ -861,6 +928,8 @@ optimization:
                 "regularization.pooled_prediction_weight=.nan",
                 "pooled_prediction_weight",
             ),
+            ("regularization.msn_weight=-0.5", "msn_weight"),
+            ("regularization.msn_me_max_weight=.inf", "msn_me_max_weight"),
             ("regularization.sigreg_weigth=1", "sigreg_weigth"),
             ("logging.knn_monitor_bank=0", "knn_monitor"),
         ] {
@@ -925,5 +994,57 @@ optimization:
             global.regularization.invariance_crop_scale,
             Some((1.0, 1.0))
         );
+    }
+
+    /// MSN's keys: off by default (no prototypes in the predictor); on, the prototypes and
+    /// temperatures reach the model and the objective, and the view follows
+    /// `invariance_view` as the invariance term's does; bad values are named.
+    #[test]
+    fn msn_keys() {
+        let with = |sets: &[&str]| {
+            let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+            TrainConfig::from_yaml(OFFICIAL_H14, &sets, Path::new("x.yaml"))
+        };
+        let off = with(&[]).unwrap();
+        assert_eq!(off.predictor_config().unwrap().prototypes, 0);
+        assert_eq!(off.objective().msn_weight, 0.0);
+        let on = with(&[
+            "regularization.msn_weight=0.3",
+            "regularization.msn_prototypes=64",
+            "regularization.msn_temperatures=[0.2,0.05]",
+            "regularization.invariance_view=same",
+        ])
+        .unwrap();
+        assert_eq!(on.predictor_config().unwrap().prototypes, 64);
+        let o = on.objective();
+        assert_eq!((o.msn_weight, o.msn_me_max_weight), (0.3, 1.0));
+        assert_eq!(
+            (o.msn_temperatures.anchor, o.msn_temperatures.target),
+            (0.2, 0.05)
+        );
+        assert!(o.needs_view() && !on.second_view());
+        assert!(
+            with(&["regularization.msn_weight=0.3"])
+                .unwrap()
+                .second_view()
+        );
+        for (sets, key) in [
+            (&["regularization.msn_prototypes=1"][..], "msn_prototypes"),
+            (
+                &["regularization.msn_temperatures=[0,0.05]"][..],
+                "msn_temperatures",
+            ),
+        ] {
+            let mut all = vec!["regularization.msn_weight=0.3"];
+            all.extend_from_slice(sets);
+            let e = with(&all).unwrap_err().to_string();
+            assert!(e.contains(key), "{sets:?}: {e}");
+        }
+        let head = with(&[
+            "regularization.msn_weight=0.3",
+            "regularization.invariance_head=32",
+        ])
+        .unwrap();
+        assert_eq!(head.predictor_config().unwrap().invariance_head, 32);
     }
 }

@@ -12,6 +12,7 @@ pub mod knn_monitor;
 pub mod log;
 pub mod loss;
 pub mod monitor;
+pub mod msn;
 pub mod objective;
 pub mod optim;
 pub mod resume;

@@ -16,7 +16,11 @@
 //!   (no gradient through B, as every I-JEPA target), `+ λ_inv s`;
 //! - the same targets predicted a second time from each context block's mean token alone
 //!   (this project's option, see [`crate::model::Predictor::forward_pooled`]),
-//!   `+ λ_pool loss(pred(mean z), targets)`.
+//!   `+ λ_pool loss(pred(mean z), targets)`;
+//! - MSN's prototype term (Assran et al. 2022) across the same two views as the invariance
+//!   term: the mean context token (through the invariance head when there is one) and the
+//!   target encoder's mean token assigned to the same learned prototypes, see
+//!   [`super::msn`], `+ λ_msn msn`.
 //!
 //! The random parts of a step (StoP's noise, SIGReg's directions) come from streams keyed by
 //! the run's seed, the step and the replica ([`StepKey`]), so that a resumed run and a
@@ -29,7 +33,7 @@ use serde::{Deserialize, Serialize};
 use crate::rng::{self, Expansion, Rng};
 
 use super::loss::{LossKind, TargetNorm};
-use super::{sigreg, vicreg};
+use super::{msn, sigreg, vicreg};
 
 /// Which context features the regularisers see.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -67,6 +71,11 @@ pub struct Objective {
     pub invariance_weight: f64,
     /// The prediction of the targets from the mean context token alone; 0 is off.
     pub pooled_prediction_weight: f64,
+    /// MSN's prototype term across views; 0 is off.
+    pub msn_weight: f64,
+    pub msn_temperatures: msn::Temperatures,
+    /// MSN's λ of the mean-entropy maximisation.
+    pub msn_me_max_weight: f64,
 }
 
 impl Objective {
@@ -84,7 +93,15 @@ impl Objective {
             features: RegFeatures::Pooled,
             invariance_weight: 0.0,
             pooled_prediction_weight: 0.0,
+            msn_weight: 0.0,
+            msn_temperatures: msn::DEFAULT_TEMPERATURES,
+            msn_me_max_weight: 1.0,
         }
+    }
+
+    /// Whether a term compares the context with the target encoder's mean token of a view.
+    pub fn needs_view(&self) -> bool {
+        self.invariance_weight > 0.0 || self.msn_weight > 0.0
     }
 
     fn regularised(&self) -> bool {
@@ -159,6 +176,30 @@ impl Objective {
         let pooled = z.mean_dim(1).reshape([rows, d]);
         let view = Tensor::cat(vec![view.reshape([b, d]); nenc], 0);
         vicreg::invariance(pooled, view).mul_scalar(self.invariance_weight)
+    }
+
+    /// The weighted MSN term between the context's image features `z` (`[nenc*B, K, D]`, or
+    /// `[nenc*B, 1, D]` as in [`Self::invariance`], pooled here) and the other view's
+    /// pooled target features `view` (`[B, 1, D]`), with the prototypes `[K, D]`.
+    pub fn msn<B: burn::tensor::backend::Backend>(
+        &self,
+        z: Tensor<B, 3>,
+        view: Tensor<B, 3>,
+        prototypes: Tensor<B, 2>,
+        nenc: usize,
+    ) -> Tensor<B, 1> {
+        let [rows, _, d] = z.dims();
+        let [b, _, _] = view.dims();
+        let pooled = z.mean_dim(1).reshape([rows, d]);
+        let view = Tensor::cat(vec![view.reshape([b, d]); nenc], 0);
+        msn::msn(
+            pooled,
+            view,
+            prototypes,
+            self.msn_temperatures,
+            self.msn_me_max_weight,
+        )
+        .mul_scalar(self.msn_weight)
     }
 
     /// StoP's noise for `rows x k` target queries in width `d`, N(0, σ I); `None` when off.

@@ -21,7 +21,9 @@ pub type TensorMap<B> = BTreeMap<String, Tensor<B, 1>>;
 
 /// True for the parameters the official `init_opt` decays.
 pub fn is_decayed(name: &str, rank: usize) -> bool {
-    !name.contains("bias") && rank != 1
+    // MSN's prototypes are L2-normalised where used: decay would only shrink their norm
+    // and so raise their effective step (MSN does not decay them either).
+    !name.contains("bias") && rank != 1 && !name.contains("prototypes")
 }
 
 struct Path(Vec<String>);

@@ -80,7 +80,7 @@ fn forward_backward<B: crate::ops::TrainBackend>(
     // normalize(gather_targets(target(imgs))): row-wise ops commute with the gather. The
     // invariance term's target is the pooled target-encoder output of the second view (no
     // grad), or of the images themselves (`same`), then taken from the same pass.
-    let (h, view_target) = match (objective.invariance_weight > 0.0, &batch.second_view) {
+    let (h, view_target) = match (objective.needs_view(), &batch.second_view) {
         (true, None) => {
             let (h, pooled) = nets.target.forward_kept_layers_pooled(
                 batch.images.clone(),
@@ -116,8 +116,15 @@ fn forward_backward<B: crate::ops::TrainBackend>(
     let mut regulariser = objective.regulariser(z_real.clone(), key);
     if let Some(t) = view_target {
         let features = nets.predictor.invariance_features(z_real.clone());
-        let term = objective.invariance(features, Tensor::from_inner(t), nenc);
-        regulariser = Some(plus(regulariser, term));
+        let view = Tensor::<B, 3>::from_inner(t);
+        if objective.invariance_weight > 0.0 {
+            let term = objective.invariance(features.clone(), view.clone(), nenc);
+            regulariser = Some(plus(regulariser, term));
+        }
+        if let Some(prototypes) = &nets.predictor.prototypes {
+            let term = objective.msn(features, view, prototypes.val(), nenc);
+            regulariser = Some(plus(regulariser, term));
+        }
     }
     let targets = Tensor::<B, 3>::from_inner(targets);
     if objective.pooled_prediction_weight > 0.0 {
@@ -335,6 +342,11 @@ mod tests {
 
     /// [`setup`] with an invariance head of this hidden width (0: none).
     fn setup_with_head(invariance_head: usize) -> (Networks<B>, Batch<B>) {
+        setup_with(invariance_head, 0)
+    }
+
+    /// [`setup`] with an invariance head and MSN's prototypes (0: none).
+    fn setup_with(invariance_head: usize, prototypes: usize) -> (Networks<B>, Batch<B>) {
         let device = Default::default();
         let enc = EncoderConfig {
             image_size: 16,
@@ -357,6 +369,7 @@ mod tests {
             qkv_bias: true,
             layer_norm_eps: 1e-6,
             invariance_head,
+            prototypes,
         };
         let mut init = Init::new(3);
         let encoder = VisionTransformer::<B>::new(&enc, &mut init, &device);
@@ -564,6 +577,64 @@ mod tests {
                     .any(|(a, b)| (a - b).abs() > 1e-7)
         });
         assert!(encoder_moved);
+    }
+
+    /// MSN's term reaches the step: the weight times the f64 loss of the context means
+    /// against the target encoder's means of the images themselves (no second view: `same`)
+    /// on the predictor's prototypes; the prediction loss is untouched, and the prototypes
+    /// and the encoder get gradients.
+    #[test]
+    fn msn_reaches_the_step() {
+        let (nets, batch) = setup_with(0, 5);
+        let temperatures = crate::train::msn::Temperatures {
+            anchor: 0.3,
+            target: 0.1,
+        };
+        let o = Objective {
+            msn_weight: 0.7,
+            msn_temperatures: temperatures,
+            msn_me_max_weight: 0.5,
+            ..Objective::official(LossKind::SmoothL1)
+        };
+        let g = loss_and_grads_with(&nets, &batch, &o, StepKey::default(), Precision::F32);
+        let f64s = |t: Tensor<crate::Cpu, 2>| to_f64(&t.into_data().to_vec::<f32>().unwrap());
+        let context = f64s(z_mean(&nets, &batch));
+        let target = f64s(
+            nets.target
+                .forward(batch.images.clone(), None)
+                .mean_dim(1)
+                .reshape([4, 8]),
+        );
+        let prototypes = f64s(nets.predictor.prototypes.as_ref().unwrap().val().inner());
+        let want = 0.7
+            * crate::train::msn::reference::msn_f64(
+                &context,
+                &target,
+                &prototypes,
+                &prototypes,
+                8,
+                temperatures,
+                0.5,
+            );
+        let base = loss_and_grads(&nets, &batch, LossKind::SmoothL1, Precision::F32);
+        assert!((g.prediction - base.loss).abs() <= 1e-6 * base.loss);
+        assert!(want.abs() > 1e-3, "{want}");
+        assert!(
+            (g.loss - g.prediction - want).abs() <= 1e-5 * (1.0 + want.abs()),
+            "{} - {} vs {want}",
+            g.loss,
+            g.prediction
+        );
+        let norm = |key: &str| -> f32 {
+            let grad = g
+                .grads
+                .get(key)
+                .unwrap_or_else(|| panic!("no gradient for {key}"));
+            (grad.clone() * grad.clone()).sum().into_scalar()
+        };
+        assert!(norm("predictor.prototypes") > 0.0);
+        assert!(grads_differ(&base, &g));
+        assert!(!crate::train::optim::is_decayed("predictor.prototypes", 2));
     }
 
     /// The invariance head: the term compares `fc2(gelu(fc1(mean context)))` with the
