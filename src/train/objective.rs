@@ -171,10 +171,7 @@ impl Objective {
         view: Tensor<B, 3>,
         nenc: usize,
     ) -> Tensor<B, 1> {
-        let [rows, _, d] = z.dims();
-        let [b, _, _] = view.dims();
-        let pooled = z.mean_dim(1).reshape([rows, d]);
-        let view = Tensor::cat(vec![view.reshape([b, d]); nenc], 0);
+        let (pooled, view) = image_pairs(z, view, nenc);
         vicreg::invariance(pooled, view).mul_scalar(self.invariance_weight)
     }
 
@@ -188,10 +185,7 @@ impl Objective {
         prototypes: Tensor<B, 2>,
         nenc: usize,
     ) -> Tensor<B, 1> {
-        let [rows, _, d] = z.dims();
-        let [b, _, _] = view.dims();
-        let pooled = z.mean_dim(1).reshape([rows, d]);
-        let view = Tensor::cat(vec![view.reshape([b, d]); nenc], 0);
+        let (pooled, view) = image_pairs(z, view, nenc);
         msn::msn(
             pooled,
             view,
@@ -222,6 +216,19 @@ impl Objective {
             .collect();
         Some(Tensor::from_data(TensorData::new(v, [rows, k, d]), device))
     }
+}
+
+/// The rows the cross-view terms compare: each context block's mean `[nenc*B, D]` (from
+/// `z [nenc*B, K, D]`, mask-major) beside its image's view `[B, 1, D]`, repeated per block.
+fn image_pairs<B: burn::tensor::backend::Backend>(
+    z: Tensor<B, 3>,
+    view: Tensor<B, 3>,
+    nenc: usize,
+) -> (Tensor<B, 2>, Tensor<B, 2>) {
+    let [rows, _, d] = z.dims();
+    let [b, _, _] = view.dims();
+    let pooled = z.mean_dim(1).reshape([rows, d]);
+    (pooled, Tensor::cat(vec![view.reshape([b, d]); nenc], 0))
 }
 
 /// Names the random streams of one step of one replica: `(seed, step, replica)`.

@@ -412,6 +412,14 @@ mod tests {
             .reshape([4, 8])
     }
 
+    /// The target encoder's mean token of each whole image, `[4, 8]`.
+    fn target_mean(nets: &Networks<B>, batch: &Batch<B>) -> Tensor<crate::Cpu, 2> {
+        nets.target
+            .forward(batch.images.clone(), None)
+            .mean_dim(1)
+            .reshape([4, 8])
+    }
+
     fn grads_differ(a: &Gradients<B>, b: &Gradients<B>) -> bool {
         a.grads.iter().any(|(name, g)| {
             let h = &b.grads[name];
@@ -599,12 +607,7 @@ mod tests {
         let g = loss_and_grads_with(&nets, &batch, &o, StepKey::default(), Precision::F32);
         let f64s = |t: Tensor<crate::Cpu, 2>| to_f64(&t.into_data().to_vec::<f32>().unwrap());
         let context = f64s(z_mean(&nets, &batch));
-        let target = f64s(
-            nets.target
-                .forward(batch.images.clone(), None)
-                .mean_dim(1)
-                .reshape([4, 8]),
-        );
+        let target = f64s(target_mean(&nets, &batch));
         let prototypes = f64s(nets.predictor.prototypes.as_ref().unwrap().val().inner());
         let want = 0.7
             * crate::train::msn::reference::msn_f64(
@@ -684,12 +687,7 @@ mod tests {
         let (d, h) = (8, 12);
         let gelu = |x: f64| 0.5 * x * (1.0 + erf_f64(x / std::f64::consts::SQRT_2));
         let context = f64s(z_mean(&nets, &batch));
-        let target = f64s(
-            nets.target
-                .forward(batch.images.clone(), None)
-                .mean_dim(1)
-                .reshape([4, 8]),
-        );
+        let target = f64s(target_mean(&nets, &batch));
         let mut want = 0.0;
         for b in 0..4 {
             let x = &context[b * d..(b + 1) * d];
