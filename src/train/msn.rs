@@ -35,6 +35,12 @@ pub const DEFAULT_TEMPERATURES: Temperatures = Temperatures {
     target: 0.025,
 };
 
+/// MSN's weight λ of the mean-entropy maximisation.
+pub const DEFAULT_ME_MAX: f64 = 1.0;
+
+/// Prototypes unless configured (MSN's count for ImageNet).
+pub const DEFAULT_PROTOTYPES: usize = 1024;
+
 /// Below this norm a row is left as it is (`F.normalize`'s ε).
 const NORM_EPS: f64 = 1e-12;
 

@@ -95,7 +95,7 @@ impl Objective {
             pooled_prediction_weight: 0.0,
             msn_weight: 0.0,
             msn_temperatures: msn::DEFAULT_TEMPERATURES,
-            msn_me_max_weight: 1.0,
+            msn_me_max_weight: msn::DEFAULT_ME_MAX,
         }
     }
 

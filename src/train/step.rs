@@ -121,7 +121,13 @@ fn forward_backward<B: crate::ops::TrainBackend>(
             let term = objective.invariance(features.clone(), view.clone(), nenc);
             regulariser = Some(plus(regulariser, term));
         }
-        if let Some(prototypes) = &nets.predictor.prototypes {
+        if objective.msn_weight > 0.0 {
+            // TrainConfig::predictor_config gives the predictor prototypes iff the weight is on.
+            let prototypes = nets
+                .predictor
+                .prototypes
+                .as_ref()
+                .expect("msn_weight > 0 needs a predictor built with prototypes");
             let term = objective.msn(features, view, prototypes.val(), nenc);
             regulariser = Some(plus(regulariser, term));
         }
@@ -420,6 +426,16 @@ mod tests {
             .reshape([4, 8])
     }
 
+    /// The step's loss is its prediction loss plus `want` (the weighted term).
+    fn assert_term(g: &Gradients<B>, want: f64) {
+        assert!(
+            (g.loss - g.prediction - want).abs() <= 1e-5 * (1.0 + want.abs()),
+            "{} - {} vs {want}",
+            g.loss,
+            g.prediction
+        );
+    }
+
     fn grads_differ(a: &Gradients<B>, b: &Gradients<B>) -> bool {
         a.grads.iter().any(|(name, g)| {
             let h = &b.grads[name];
@@ -463,12 +479,7 @@ mod tests {
         let want = 0.7 * scalar(vicreg::variance(z.clone())) + 0.3 * scalar(vicreg::covariance(z));
         assert!(want > 1e-3, "{want}");
         assert!((g.prediction - base.loss).abs() <= 1e-6 * base.loss);
-        assert!(
-            (g.loss - g.prediction - want).abs() <= 1e-5 * (1.0 + want),
-            "{} - {} vs {want}",
-            g.loss,
-            g.prediction
-        );
+        assert_term(&g, want);
         assert!(grads_differ(&g, &base));
 
         // The invariance term: the mean of the context tokens against the target encoder's
@@ -501,12 +512,7 @@ mod tests {
             let want = 0.6 * scalar(vicreg::invariance(context.clone(), pooled_target(view)));
             assert!(want > 1e-4, "{want}");
             assert!((g.prediction - base.loss).abs() <= 1e-6 * base.loss);
-            assert!(
-                (g.loss - g.prediction - want).abs() <= 1e-5 * (1.0 + want),
-                "{} - {} vs {want}",
-                g.loss,
-                g.prediction
-            );
+            assert_term(&g, want);
             assert!(grads_differ(&g, &base));
         }
 
@@ -567,12 +573,7 @@ mod tests {
         let want = 0.8 * smooth_l1;
         assert!(want > 1e-3, "{want}");
         assert!((g.prediction - base.loss).abs() <= 1e-6 * base.loss);
-        assert!(
-            (g.loss - g.prediction - want).abs() <= 1e-5 * (1.0 + want),
-            "{} - {} vs {want}",
-            g.loss,
-            g.prediction
-        );
+        assert_term(&g, want);
         let encoder_moved = g.grads.iter().any(|(name, x)| {
             let y = &base.grads[name];
             name.starts_with("encoder.")
@@ -622,12 +623,7 @@ mod tests {
         let base = loss_and_grads(&nets, &batch, LossKind::SmoothL1, Precision::F32);
         assert!((g.prediction - base.loss).abs() <= 1e-6 * base.loss);
         assert!(want.abs() > 1e-3, "{want}");
-        assert!(
-            (g.loss - g.prediction - want).abs() <= 1e-5 * (1.0 + want.abs()),
-            "{} - {} vs {want}",
-            g.loss,
-            g.prediction
-        );
+        assert_term(&g, want);
         let norm = |key: &str| -> f32 {
             let grad = g
                 .grads
@@ -707,12 +703,7 @@ mod tests {
         };
         let g = loss_and_grads_with(&nets, &batch, &inv, StepKey::default(), Precision::F32);
         assert!(want > 1e-4, "{want}");
-        assert!(
-            (g.loss - g.prediction - want).abs() <= 1e-5 * (1.0 + want),
-            "{} - {} vs {want}",
-            g.loss,
-            g.prediction
-        );
+        assert_term(&g, want);
         for name in ["fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"] {
             let key = format!("predictor.invariance_head.{name}");
             let grad = g
