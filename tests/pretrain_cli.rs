@@ -174,6 +174,52 @@ fn runs_with_msn_resume_exactly() {
     }
 }
 
+/// `meta.patch_embed: per_position`: a run resumes exactly, per-position weights included,
+/// and trains them in both encoders; the Hugging Face export refuses the model (its format
+/// has no such weights) and writes nothing, the native export keeps them.
+#[test]
+fn runs_with_per_position_patch_embed() {
+    require_fmnist();
+    let mut sets = tiny(320, 2);
+    sets.push("meta.patch_embed=per_position".into());
+    let whole = tmp("per_position_whole");
+    ok(&pretrain(&whole, &sets, &[]));
+    let parts = tmp("per_position_parts");
+    ok(&pretrain(&parts, &sets, &["--max-steps", "7"]));
+    ok(&pretrain(&parts, &sets, &["--resume"]));
+    assert_same_run(&parts, &whole, 20);
+    let ck = checkpoint(&whole);
+    for (name, encoder) in [
+        ("encoder", &ck.encoder),
+        ("target", ck.target_encoder.as_ref().unwrap()),
+    ] {
+        let w = &encoder["patch_embed.per_position"];
+        assert_eq!(w.shape, [64, 16, 32], "{name}");
+        assert!(w.data.iter().any(|v| *v != 0.0), "{name}: never trained");
+    }
+    let export = |format: &str, output: &Path| {
+        Command::new(ijepa_bin())
+            .args(["export", "--format", format, "--model"])
+            .arg(whole.join("latest"))
+            .arg("--output")
+            .arg(output)
+            .output()
+            .unwrap()
+    };
+    let hf = whole.join("hf");
+    let o = export("hf", &hf);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("per-position"), "{err}");
+    assert!(!hf.exists(), "a refused export wrote {}", hf.display());
+    let native = whole.join("copy.safetensors");
+    ok(&export("native", &native));
+    let copy = Checkpoint::read(&native, &LoadOptions::default()).unwrap();
+    assert_eq!(
+        copy.encoder["patch_embed.per_position"].data,
+        ck.encoder["patch_embed.per_position"].data
+    );
+}
+
 /// `dir`'s losses (all `steps` of them) and weights are those of the uninterrupted `whole`.
 fn assert_same_run(dir: &Path, whole: &Path, steps: u64) {
     let reference = losses(whole);

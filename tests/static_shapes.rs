@@ -32,6 +32,7 @@ fn config() -> (EncoderConfig, PredictorConfig) {
         mlp_hidden: 64,
         qkv_bias: true,
         layer_norm_eps: 1e-6,
+        patch_embed: ijepa::model::config::PatchEmbedKind::Shared,
     };
     let pred = PredictorConfig::for_encoder(&enc, 16, 2, 2).unwrap();
     (enc, pred)

@@ -121,6 +121,12 @@ pub enum CheckpointError {
         path.display()
     )]
     NoTargetEncoder { path: PathBuf },
+    /// A model part this project adds that the format cannot hold.
+    #[error(
+        "{}: a Hugging Face IJepaModel has no {what}: export this model in the native format",
+        path.display()
+    )]
+    NoHfCounterpart { path: PathBuf, what: &'static str },
     #[error("{}: holds no predictor", path.display())]
     NoPredictor { path: PathBuf },
     /// Tensors that do not fit the model they are loaded into; `what` names the file and part.

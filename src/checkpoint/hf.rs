@@ -14,6 +14,7 @@ use crate::data::transform::Preprocess;
 use crate::error::{ConfigError, Error, Result};
 use crate::fsutil::write_bytes_atomic;
 use crate::model::EncoderConfig;
+use crate::model::config::PatchEmbedKind;
 
 /// The fields of `IJepaConfig` this project reads and writes.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -89,6 +90,7 @@ impl HfConfig {
             mlp_hidden: self.intermediate_size,
             qkv_bias: self.qkv_bias,
             layer_norm_eps: self.layer_norm_eps,
+            patch_embed: PatchEmbedKind::Shared,
         };
         cfg.validate()?;
         Ok(cfg)
@@ -353,6 +355,13 @@ pub fn write_dir(
     encoder: &NamedTensors,
     preprocess: &Preprocess,
 ) -> Result<()> {
+    if config.patch_embed != PatchEmbedKind::Shared {
+        return Err(CheckpointError::NoHfCounterpart {
+            path: dir.to_path_buf(),
+            what: "per-position patch embedding (meta.patch_embed: per_position)",
+        }
+        .into());
+    }
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let hf = HfConfig::from_encoder_config(config);
     let mut cfg = serde_json::to_value(&hf)?;

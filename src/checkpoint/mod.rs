@@ -157,6 +157,7 @@ pub fn infer_encoder_config(
         mlp_hidden: fc1[0],
         qkv_bias: named.contains_key("blocks.0.attn.qkv.bias"),
         layer_norm_eps: 1e-6,
+        patch_embed: crate::model::config::PatchEmbedKind::Shared,
     };
     cfg.validate().map_err(|e| Error::in_file(path, e))?;
     Ok(cfg)

@@ -18,6 +18,22 @@ pub struct EncoderConfig {
     pub mlp_hidden: usize,
     pub qkv_bias: bool,
     pub layer_norm_eps: f64,
+    /// How patches become tokens (`shared`: the official conv).
+    #[serde(default)]
+    pub patch_embed: PatchEmbedKind,
+}
+
+/// `meta.patch_embed`: how a patch becomes a token.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PatchEmbedKind {
+    /// The official `Conv2d(C, D, p, stride p)`: one projection shared by every position.
+    #[default]
+    Shared,
+    /// The shared conv plus a learned projection of its own for every grid position
+    /// (zero-initialised, so training starts from the official model): the tokens' mean then
+    /// holds a linear map of the whole image, layout included (this project's option).
+    PerPosition,
 }
 
 /// Shapes of the narrow predictor.
@@ -80,6 +96,7 @@ impl EncoderConfig {
             mlp_hidden: (*dim as f64 * ratio) as usize,
             qkv_bias: true,
             layer_norm_eps: 1e-6,
+            patch_embed: PatchEmbedKind::Shared,
         };
         cfg.validate()?;
         Ok(cfg)

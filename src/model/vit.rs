@@ -6,7 +6,7 @@ use burn::module::{Module, Param};
 use burn::tensor::Tensor;
 use burn::tensor::TensorData;
 
-use super::config::EncoderConfig;
+use super::config::{EncoderConfig, PatchEmbedKind};
 use super::gather::{MaskIndices, apply_masks};
 use super::init::Init;
 use super::layers::{Block, BlockDims, LayerNorm};
@@ -25,23 +25,25 @@ pub struct PatchConv<B: crate::ops::IjepaBackend> {
 #[derive(Module, Debug)]
 pub struct PatchEmbed<B: crate::ops::IjepaBackend> {
     pub proj: PatchConv<B>,
+    /// `[N, C*p*p, D]`, each grid position's own projection added to the shared one
+    /// ([`PatchEmbedKind::PerPosition`]); `None` in the official model.
+    pub per_position: Option<Param<Tensor<B, 3>>>,
     pub patch_size: usize,
 }
 
 impl<B: crate::ops::IjepaBackend> PatchEmbed<B> {
-    pub fn new(
-        in_chans: usize,
-        dim: usize,
-        patch: usize,
-        init: &mut Init,
-        device: &B::Device,
-    ) -> Self {
+    pub fn new(cfg: &EncoderConfig, init: &mut Init, device: &B::Device) -> Self {
+        let (c, d, p) = (cfg.in_chans, cfg.embed_dim, cfg.patch_size);
         Self {
             proj: PatchConv {
-                weight: Param::from_tensor(init.normal([dim, in_chans, patch, patch], device)),
-                bias: Param::from_tensor(Tensor::zeros([dim], device)),
+                weight: Param::from_tensor(init.normal([d, c, p, p], device)),
+                bias: Param::from_tensor(Tensor::zeros([d], device)),
             },
-            patch_size: patch,
+            // zero: the first step sees the official model, and no draw of `init` moves
+            per_position: (cfg.patch_embed == PatchEmbedKind::PerPosition).then(|| {
+                Param::from_tensor(Tensor::zeros([cfg.num_patches(), c * p * p, d], device))
+            }),
+            patch_size: p,
         }
     }
 
@@ -56,8 +58,20 @@ impl<B: crate::ops::IjepaBackend> PatchEmbed<B> {
             .permute([0, 2, 4, 1, 3, 5])
             .reshape([b * gh * gw, c * p * p]);
         let weight = self.proj.weight.val().reshape([d, c * p * p]).transpose();
-        let tokens = crate::ops::linear(patches, weight, Some(self.proj.bias.val()));
-        tokens.reshape([b, gh * gw, d])
+        let tokens = crate::ops::linear(patches.clone(), weight, Some(self.proj.bias.val()));
+        let tokens = tokens.reshape([b, gh * gw, d]);
+        match &self.per_position {
+            None => tokens,
+            Some(w) => {
+                // [N, B, Cpp] x [N, Cpp, D]: one small product per position
+                let own = patches
+                    .reshape([b, gh * gw, c * p * p])
+                    .swap_dims(0, 1)
+                    .matmul(w.val())
+                    .swap_dims(0, 1);
+                tokens + own
+            }
+        }
     }
 }
 
@@ -80,8 +94,7 @@ impl<B: crate::ops::IjepaBackend> VisionTransformer<B> {
             qkv_bias: cfg.qkv_bias,
             eps: cfg.layer_norm_eps,
         };
-        let patch_embed =
-            PatchEmbed::new(cfg.in_chans, cfg.embed_dim, cfg.patch_size, init, device);
+        let patch_embed = PatchEmbed::new(cfg, init, device);
         let pos = sincos_2d(cfg.embed_dim, cfg.grid());
         Self {
             patch_embed,
@@ -281,6 +294,7 @@ mod tests {
             mlp_hidden: 64,
             qkv_bias: true,
             layer_norm_eps: 1e-6,
+            patch_embed: PatchEmbedKind::Shared,
         };
         let device = Default::default();
         let vit = VisionTransformer::<Cpu>::new(&cfg, &mut Init::new(3), &device);
@@ -322,6 +336,7 @@ mod tests {
             mlp_hidden: 32,
             qkv_bias: true,
             layer_norm_eps: eps,
+            patch_embed: PatchEmbedKind::Shared,
         };
         let device = Default::default();
         let mut vit = VisionTransformer::<Cpu>::new(&cfg, &mut Init::new(5), &device);
@@ -377,5 +392,88 @@ mod tests {
                 "{layers} layers, pooled: max diff {max_diff}"
             );
         }
+    }
+
+    /// `per_position` against float64 written from its definition: token `n` of image `b` is
+    /// `bias + Σ_k (W[:, k] + P[n, k, :]) x_bk` over the patch's pixels `k` in (channel, y, x)
+    /// order; the gradient of `Σ r ⊙ tokens` on `P[n]` is `Σ_b x_bn ⊗ r_bn`. Zero-initialised,
+    /// it is the official embedding.
+    #[test]
+    fn per_position_patch_embed_matches_f64() {
+        type A = crate::CpuAutodiff;
+        let (b, c, p, g, d) = (2, 2, 2, 3, 4);
+        let (n, k) = (g * g, c * p * p);
+        let mut cfg = EncoderConfig {
+            image_size: g * p,
+            patch_size: p,
+            in_chans: c,
+            embed_dim: d,
+            depth: 1,
+            num_heads: 1,
+            mlp_hidden: 8,
+            qkv_bias: true,
+            layer_norm_eps: 1e-6,
+            patch_embed: PatchEmbedKind::Shared,
+        };
+        let device = Default::default();
+        let shared = PatchEmbed::<A>::new(&cfg, &mut Init::new(2), &device);
+        cfg.patch_embed = PatchEmbedKind::PerPosition;
+        let mut pe = PatchEmbed::<A>::new(&cfg, &mut Init::new(2), &device);
+        let side = g * p;
+        let x: Vec<f32> = (0..b * c * side * side)
+            .map(|i| ((i * 37 % 101) as f32 / 50.0) - 1.0)
+            .collect();
+        let img =
+            || Tensor::<A, 4>::from_data(TensorData::new(x.clone(), [b, c, side, side]), &device);
+        let diff = |a: Tensor<A, 3>, w: Tensor<A, 3>| max_abs_diff(a.inner(), w.inner());
+        assert_eq!(diff(pe.forward(img()), shared.forward(img())), 0.0);
+
+        let own: Vec<f32> = (0..n * k * d)
+            .map(|i| ((i * 29 % 53) as f32 / 26.0) - 1.0)
+            .collect();
+        let own_t = Tensor::<A, 3>::from_data(TensorData::new(own.clone(), [n, k, d]), &device);
+        pe.per_position = Some(Param::from_tensor(own_t.require_grad()));
+        pe.proj.bias = Param::from_tensor(Tensor::from_data(
+            TensorData::new(vec![0.1f32, -0.2, 0.3, 0.05], [d]),
+            &device,
+        ));
+        let w = pe.proj.weight.val().into_data().to_vec::<f32>().unwrap();
+        let bias = [0.1f64, -0.2, 0.3, 0.05];
+        let r: Vec<f32> = (0..b * n * d)
+            .map(|i| ((i * 13 % 17) as f32 / 8.0) - 1.0)
+            .collect();
+        // pixel k of patch (gy, gx) of image bi
+        let pixel = |bi: usize, pos: usize, kk: usize| {
+            let (gy, gx, ch, yy, xx) = (pos / g, pos % g, kk / (p * p), kk / p % p, kk % p);
+            x[((bi * c + ch) * side + gy * p + yy) * side + gx * p + xx] as f64
+        };
+        let mut want = vec![0.0f64; b * n * d];
+        let mut want_grad = vec![0.0f64; n * k * d];
+        for bi in 0..b {
+            for pos in 0..n {
+                for dd in 0..d {
+                    let row = (bi * n + pos) * d + dd;
+                    want[row] = bias[dd];
+                    for kk in 0..k {
+                        let px = pixel(bi, pos, kk);
+                        want[row] +=
+                            (w[dd * k + kk] as f64 + own[(pos * k + kk) * d + dd] as f64) * px;
+                        want_grad[(pos * k + kk) * d + dd] += px * r[row] as f64;
+                    }
+                }
+            }
+        }
+        let got = pe.forward(img());
+        let close = |what: &str, got: Vec<f32>, want: &[f64]| {
+            assert_eq!(got.len(), want.len(), "{what}");
+            for (i, (a, w)) in got.iter().zip(want).enumerate() {
+                assert!((*a as f64 - w).abs() <= 1e-5, "{what}[{i}]: {a} vs {w}");
+            }
+        };
+        close("tokens", got.clone().into_data().to_vec().unwrap(), &want);
+        let weights = Tensor::<A, 3>::from_data(TensorData::new(r, [b, n, d]), &device);
+        let grads = (got * weights).sum().backward();
+        let grad = pe.per_position.as_ref().unwrap().grad(&grads).unwrap();
+        close("gradient", grad.into_data().to_vec().unwrap(), &want_grad);
     }
 }

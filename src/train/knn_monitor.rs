@@ -216,6 +216,7 @@ mod tests {
             mlp_hidden: 32,
             qkv_bias: true,
             layer_norm_eps: 1e-6,
+            patch_embed: crate::model::config::PatchEmbedKind::Shared,
         };
         let device = Default::default();
         let vit = VisionTransformer::<Cpu>::new(&cfg, &mut Init::new(1), &device);

@@ -364,6 +364,7 @@ mod tests {
             mlp_hidden: 16,
             qkv_bias: true,
             layer_norm_eps: 1e-6,
+            patch_embed: crate::model::config::PatchEmbedKind::Shared,
         };
         let pred = PredictorConfig {
             embed_dim: 8,

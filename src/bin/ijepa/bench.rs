@@ -102,6 +102,7 @@ pub fn run_cli(a: Args) -> Result<()> {
                 mlp_hidden: a.embed_dim * 4,
                 qkv_bias: true,
                 layer_norm_eps: 1e-6,
+                patch_embed: ijepa::model::config::PatchEmbedKind::Shared,
             };
             encoder.validate()?;
             let predictor =

@@ -277,6 +277,9 @@ pub struct MetaSection {
     /// `smooth_l1` (the official code), `l2` (the paper) or `l1` (V-JEPA 2).
     #[serde(default)]
     pub loss: LossKind,
+    /// How patches become tokens: `shared` (official) or `per_position`.
+    #[serde(default)]
+    pub patch_embed: crate::model::config::PatchEmbedKind,
     /// Targets: `layer_norm` (official), `dyntanh` (`tanh(alpha h)`) or `none`.
     #[serde(default)]
     pub target_norm: TargetNormKind,
@@ -478,6 +481,7 @@ impl TrainConfig {
                     mlp_hidden: (dim as f64 * m.mlp_ratio.unwrap_or(4.0)) as usize,
                     qkv_bias: true,
                     layer_norm_eps: 1e-6,
+                    patch_embed: m.patch_embed,
                 }
             }
             None => {
@@ -494,6 +498,7 @@ impl TrainConfig {
                 if let Some(h) = m.num_heads {
                     cfg.num_heads = h;
                 }
+                cfg.patch_embed = m.patch_embed;
                 cfg
             }
         };

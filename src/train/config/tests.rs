@@ -1,6 +1,7 @@
 //! The training config: files, overrides, defaults and the validation of every key.
 
 use super::*;
+use crate::model::config::PatchEmbedKind;
 
 const OFFICIAL_H14: &str = "
 data:
@@ -92,6 +93,10 @@ fn options_default_off_and_bad_values_name_their_key() {
     let cfg = TrainConfig::from_yaml(OFFICIAL_H14, &[], Path::new("x.yaml")).unwrap();
     assert_eq!(cfg.objective(), Objective::official(LossKind::SmoothL1));
     assert!(!cfg.second_view());
+    assert_eq!(
+        cfg.encoder_config().unwrap().patch_embed,
+        PatchEmbedKind::Shared
+    );
     let with = |sets: &[&str]| {
         let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
         TrainConfig::from_yaml(OFFICIAL_H14, &sets, Path::new("x.yaml"))
@@ -108,9 +113,14 @@ fn options_default_off_and_bad_values_name_their_key() {
         "regularization.vicreg_covariance_weight=0.04",
         "regularization.features=tokens",
         "regularization.invariance_weight=0.5",
+        "meta.patch_embed=per_position",
     ])
     .unwrap();
     assert!(cfg.second_view());
+    assert_eq!(
+        cfg.encoder_config().unwrap().patch_embed,
+        PatchEmbedKind::PerPosition
+    );
     let o = cfg.objective();
     assert_eq!(o.invariance_weight, 0.5);
     assert_eq!(o.loss, LossKind::L1);
@@ -130,6 +140,7 @@ fn options_default_off_and_bad_values_name_their_key() {
     );
     for (set, key) in [
         ("meta.loss=huber", "loss"),
+        ("meta.patch_embed=untied", "patch_embed"),
         ("meta.target_norm=batch_norm", "target_norm"),
         ("meta.target_dyntanh_alpha=2", "target_dyntanh_alpha"),
         ("meta.stop_sigma=-1", "stop_sigma"),
