@@ -1,4 +1,5 @@
-//! The ViT encoder of the official `VisionTransformer` (spec 1.6): conv patch embedding,
+//! The ViT encoder of the official `VisionTransformer` (spec 1.6): conv patch embedding (plus,
+//! as this project's option, a projection of its own for every grid position),
 //! fixed sin-cos positions, optional token selection *before* the blocks, pre-norm blocks,
 //! final LayerNorm. No CLS token.
 
@@ -39,7 +40,8 @@ impl<B: crate::ops::IjepaBackend> PatchEmbed<B> {
                 weight: Param::from_tensor(init.normal([d, c, p, p], device)),
                 bias: Param::from_tensor(Tensor::zeros([d], device)),
             },
-            // zero: the first step sees the official model, and no draw of `init` moves
+            // zeros, not drawn from `init`: training starts from the official model, whose
+            // parameters get the values they get without the option
             per_position: (cfg.patch_embed == PatchEmbedKind::PerPosition).then(|| {
                 Param::from_tensor(Tensor::zeros([cfg.num_patches(), c * p * p, d], device))
             }),
