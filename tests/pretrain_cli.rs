@@ -162,12 +162,7 @@ fn runs_with_msn_resume_exactly() {
         ]
         .map(String::from),
     );
-    let whole = tmp("msn_whole");
-    ok(&pretrain(&whole, &sets, &[]));
-    let parts = tmp("msn_parts");
-    ok(&pretrain(&parts, &sets, &["--max-steps", "7"]));
-    ok(&pretrain(&parts, &sets, &["--resume"]));
-    assert_same_run(&parts, &whole, 20);
+    let whole = resumes_exactly("msn", &sets);
     let predictor = checkpoint(&whole).predictor.unwrap();
     for key in ["prototypes", "invariance_head.fc1.weight"] {
         assert!(predictor.contains_key(key), "no {key} in the predictor");
@@ -182,12 +177,7 @@ fn runs_with_per_position_patch_embed() {
     require_fmnist();
     let mut sets = tiny(320, 2);
     sets.push("meta.patch_embed=per_position".into());
-    let whole = tmp("per_position_whole");
-    ok(&pretrain(&whole, &sets, &[]));
-    let parts = tmp("per_position_parts");
-    ok(&pretrain(&parts, &sets, &["--max-steps", "7"]));
-    ok(&pretrain(&parts, &sets, &["--resume"]));
-    assert_same_run(&parts, &whole, 20);
+    let whole = resumes_exactly("per_position", &sets);
     let ck = checkpoint(&whole);
     for (name, encoder) in [
         ("encoder", &ck.encoder),
@@ -218,6 +208,18 @@ fn runs_with_per_position_patch_embed() {
         copy.encoder["patch_embed.per_position"].data,
         ck.encoder["patch_embed.per_position"].data
     );
+}
+
+/// A run of `sets` (20 steps) stopped after step 7 and resumed matches the uninterrupted one;
+/// returns the uninterrupted run's folder.
+fn resumes_exactly(name: &str, sets: &[String]) -> common::TestDir {
+    let whole = tmp(&format!("{name}_whole"));
+    ok(&pretrain(&whole, sets, &[]));
+    let parts = tmp(&format!("{name}_parts"));
+    ok(&pretrain(&parts, sets, &["--max-steps", "7"]));
+    ok(&pretrain(&parts, sets, &["--resume"]));
+    assert_same_run(&parts, &whole, 20);
+    whole
 }
 
 /// `dir`'s losses (all `steps` of them) and weights are those of the uninterrupted `whole`.
