@@ -59,20 +59,22 @@ impl<B: crate::ops::IjepaBackend> PatchEmbed<B> {
             .reshape([b, c, gh, p, gw, p])
             .permute([0, 2, 4, 1, 3, 5])
             .reshape([b * gh * gw, c * p * p]);
+        // [N, B, Cpp] x [N, Cpp, D]: one small product per position (the official path keeps
+        // `patches` unshared)
+        let own = self.per_position.as_ref().map(|w| {
+            patches
+                .clone()
+                .reshape([b, gh * gw, c * p * p])
+                .swap_dims(0, 1)
+                .matmul(w.val())
+                .swap_dims(0, 1)
+        });
         let weight = self.proj.weight.val().reshape([d, c * p * p]).transpose();
-        let tokens = crate::ops::linear(patches.clone(), weight, Some(self.proj.bias.val()));
+        let tokens = crate::ops::linear(patches, weight, Some(self.proj.bias.val()));
         let tokens = tokens.reshape([b, gh * gw, d]);
-        match &self.per_position {
+        match own {
+            Some(own) => tokens + own,
             None => tokens,
-            Some(w) => {
-                // [N, B, Cpp] x [N, Cpp, D]: one small product per position
-                let own = patches
-                    .reshape([b, gh * gw, c * p * p])
-                    .swap_dims(0, 1)
-                    .matmul(w.val())
-                    .swap_dims(0, 1);
-                tokens + own
-            }
         }
     }
 }

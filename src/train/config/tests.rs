@@ -48,6 +48,12 @@ optimization:
   weight_decay: 0.04
 ";
 
+/// The official ViT-H/14 config with `sets` (`key=value`) applied.
+fn with(sets: &[&str]) -> Result<TrainConfig> {
+    let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+    TrainConfig::from_yaml(OFFICIAL_H14, &sets, Path::new("x.yaml"))
+}
+
 #[test]
 fn official_config_and_overrides() {
     let cfg = TrainConfig::from_yaml(OFFICIAL_H14, &[], Path::new("h14.yaml")).unwrap();
@@ -97,10 +103,6 @@ fn options_default_off_and_bad_values_name_their_key() {
         cfg.encoder_config().unwrap().patch_embed,
         PatchEmbedKind::Shared
     );
-    let with = |sets: &[&str]| {
-        let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
-        TrainConfig::from_yaml(OFFICIAL_H14, &sets, Path::new("x.yaml"))
-    };
     let cfg = with(&[
         "meta.loss=l1",
         "meta.target_norm=dyntanh",
@@ -235,10 +237,6 @@ fn options_default_off_and_bad_values_name_their_key() {
 /// `invariance_view` as the invariance term's does; bad values are named.
 #[test]
 fn msn_keys() {
-    let with = |sets: &[&str]| {
-        let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
-        TrainConfig::from_yaml(OFFICIAL_H14, &sets, Path::new("x.yaml"))
-    };
     let off = with(&[]).unwrap();
     assert_eq!(off.predictor_config().unwrap().prototypes, 0);
     assert_eq!(off.objective().msn_weight, 0.0);
