@@ -147,8 +147,8 @@ fn interrupted_runs_resume_exactly() {
     }
 }
 
-/// MSN's prototypes and the invariance head (predictor parameters outside the official
-/// layout), with a second crop per image, are saved and resume exactly too.
+/// MSN's prototypes, the invariance head and VICReg's expander (predictor parameters outside
+/// the official layout), with a second crop per image, are saved and resume exactly too.
 #[test]
 fn runs_with_msn_resume_exactly() {
     require_fmnist();
@@ -159,12 +159,18 @@ fn runs_with_msn_resume_exactly() {
             "regularization.msn_prototypes=16",
             "regularization.invariance_head=24",
             "regularization.invariance_view=crop",
+            "regularization.vicreg_variance_weight=1.0",
+            "regularization.expander=20",
         ]
         .map(String::from),
     );
     let whole = resumes_exactly("msn", &sets);
     let predictor = checkpoint(&whole).predictor.unwrap();
-    for key in ["prototypes", "invariance_head.fc1.weight"] {
+    for key in [
+        "prototypes",
+        "invariance_head.fc1.weight",
+        "expander.fc2.weight",
+    ] {
         assert!(predictor.contains_key(key), "no {key} in the predictor");
     }
 }

@@ -183,6 +183,7 @@ pub fn infer_predictor_config(
         layer_norm_eps: enc.layer_norm_eps,
         invariance_head: 0,
         prototypes: 0,
+        expander: 0,
     };
     cfg.validate().map_err(|e| Error::in_file(path, e))?;
     Ok(cfg)

@@ -57,6 +57,11 @@ pub struct PredictorConfig {
     /// [`crate::train::msn`]); 0: none, as the official predictor.
     #[serde(default)]
     pub prototypes: usize,
+    /// Hidden width of the expander (an MLP every context token goes through before SIGReg's
+    /// and VICReg's variance and covariance terms, this project's option); 0: none, the terms
+    /// on the encoder's tokens themselves.
+    #[serde(default)]
+    pub expander: usize,
 }
 
 /// `(embed_dim, depth, heads, mlp_ratio)` of the official `vit_*` factories.
@@ -153,6 +158,7 @@ impl PredictorConfig {
             layer_norm_eps: enc.layer_norm_eps,
             invariance_head: 0,
             prototypes: 0,
+            expander: 0,
         };
         cfg.validate()?;
         Ok(cfg)

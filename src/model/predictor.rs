@@ -16,6 +16,11 @@
 //! Option: MSN's prototypes, the learned rows its prototype term assigns image features to
 //! (see [`crate::train::msn`]); kept here so that they train and checkpoint with the
 //! predictor. None by default.
+//!
+//! Option: an expander, the MLP VICReg puts between the features read out and its variance
+//! and covariance terms (Bardes et al. 2022): the terms then shape the expander's output, and
+//! the encoder's tokens need not be whitened themselves. Here every context token goes
+//! through it before SIGReg's and VICReg's terms. None by default.
 
 use burn::module::{Module, Param};
 use burn::tensor::{Tensor, TensorData};
@@ -40,6 +45,8 @@ pub struct Predictor<B: crate::ops::IjepaBackend> {
     pub invariance_head: Option<Mlp<B>>,
     /// MSN's prototypes `[K, D]` (`PredictorConfig::prototypes`); `None` in the official model.
     pub prototypes: Option<Param<Tensor<B, 2>>>,
+    /// The expander (`PredictorConfig::expander`); `None` in the official model.
+    pub expander: Option<Mlp<B>>,
 }
 
 impl<B: crate::ops::IjepaBackend> Predictor<B> {
@@ -66,6 +73,8 @@ impl<B: crate::ops::IjepaBackend> Predictor<B> {
             .then(|| Mlp::new(cfg.embed_dim, cfg.invariance_head, init, device));
         let prototypes = (cfg.prototypes > 0)
             .then(|| Param::from_tensor(init.normal([cfg.prototypes, cfg.embed_dim], device)));
+        let expander =
+            (cfg.expander > 0).then(|| Mlp::new(cfg.embed_dim, cfg.expander, init, device));
         Self {
             predictor_embed,
             mask_token,
@@ -78,6 +87,16 @@ impl<B: crate::ops::IjepaBackend> Predictor<B> {
             predictor_proj,
             invariance_head,
             prototypes,
+            expander,
+        }
+    }
+
+    /// The features SIGReg's and VICReg's terms see: the context tokens `[rows, K, D]`,
+    /// through the expander when there is one.
+    pub fn regularised_features(&self, z: Tensor<B, 3>) -> Tensor<B, 3> {
+        match &self.expander {
+            Some(expander) => expander.forward(z),
+            None => z,
         }
     }
 
@@ -335,6 +354,7 @@ mod tests {
             layer_norm_eps: 1e-6,
             invariance_head: 0,
             prototypes: 0,
+            expander: 0,
         };
         let pred = Predictor::<F>::new(&cfg, &mut Init::new(5), &device);
         let (nenc, b, d, free) = (2, 3, 6, 15);

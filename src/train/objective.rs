@@ -9,14 +9,18 @@
 //! - StoP noise on the target queries' positions (Bar et al. 2024), see
 //!   [`crate::model::predictor`];
 //! - SIGReg (LeJEPA) and VICReg's variance and covariance terms (C-JEPA) on the context
-//!   encoder's features, average-pooled per image or token by token, each added to the loss
+//!   encoder's features, average-pooled per image or token by token (optionally each token
+//!   centred on the batch's mean token at its position), directly or behind VICReg's
+//!   expander ([`crate::model::Predictor::regularised_features`]), each added to the loss
 //!   with its weight: `loss = prediction + λ_sig SIGReg + λ_var v + λ_cov c`;
 //! - VICReg's invariance term across two views: the mean of the context tokens of view A
 //!   against the mean of the target encoder's tokens of a second crop B of the same image
 //!   (no gradient through B, as every I-JEPA target), `+ λ_inv s`;
 //! - the same targets predicted a second time from each context block's mean token alone
 //!   (this project's option, see [`crate::model::Predictor::forward_pooled`]),
-//!   `+ λ_pool loss(pred(mean z), targets)`;
+//!   `+ λ_pool loss(pred(mean z), targets)`, or from the mean token of the context encoder's
+//!   pass over the whole image ([`PooledView::Full`]: the feature the evaluation pools must
+//!   then hold what the target blocks hold);
 //! - MSN's prototype term (Assran et al. 2022) across the same two views as the invariance
 //!   term: the mean context token (through the invariance head when there is one) and the
 //!   target encoder's mean token assigned to the same learned prototypes, see
@@ -45,10 +49,26 @@ pub enum RegFeatures {
     Pooled,
     /// Every context token on its own.
     Tokens,
+    /// Every context token, first centred on the batch's mean token at its grid position
+    /// (see [`vicreg::centre_by_position`]): the spread the terms ask for must then come from
+    /// the images, not from where the tokens sit, which the mean over positions cancels.
+    TokensByPosition,
     /// Both: the terms on every token plus the terms on the per-image means (with a
     /// cross-view invariance term the means need their own spread, or they can agree by
     /// all being the same while the tokens still vary by position).
     Both,
+}
+
+/// What the pooled prediction's mean token is taken over.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PooledView {
+    /// Each context block's tokens (no extra pass).
+    #[default]
+    Context,
+    /// The context encoder's tokens of the whole, unmasked image (one more pass of the
+    /// encoder, with gradients): the mean the evaluation reads, up to the EMA.
+    Full,
 }
 
 /// SIGReg's random directions per step unless configured (LeJEPA uses a few hundred).
@@ -71,6 +91,7 @@ pub struct Objective {
     pub invariance_weight: f64,
     /// The prediction of the targets from the mean context token alone; 0 is off.
     pub pooled_prediction_weight: f64,
+    pub pooled_prediction_view: PooledView,
     /// MSN's prototype term across views; 0 is off.
     pub msn_weight: f64,
     pub msn_temperatures: msn::Temperatures,
@@ -93,6 +114,7 @@ impl Objective {
             features: RegFeatures::Pooled,
             invariance_weight: 0.0,
             pooled_prediction_weight: 0.0,
+            pooled_prediction_view: PooledView::Context,
             msn_weight: 0.0,
             msn_temperatures: msn::DEFAULT_TEMPERATURES,
             msn_me_max_weight: msn::DEFAULT_ME_MAX,
@@ -125,7 +147,8 @@ impl Objective {
         let tokens = || z.clone().reshape([rows * k, d]);
         match self.features {
             RegFeatures::Pooled => Some(self.terms(pooled(), key)),
-            RegFeatures::Tokens => Some(self.terms(tokens(), key)),
+            // centred by the caller, which knows the positions
+            RegFeatures::Tokens | RegFeatures::TokensByPosition => Some(self.terms(tokens(), key)),
             RegFeatures::Both => Some(self.terms(tokens(), key) + self.terms(pooled(), key)),
         }
     }

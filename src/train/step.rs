@@ -7,8 +7,9 @@ use burn::tensor::{ElementConversion, Tensor};
 
 use super::distributed::GradReducer;
 use super::loss::{self, LossKind};
-use super::objective::{Objective, StepKey};
+use super::objective::{Objective, PooledView, RegFeatures, StepKey};
 use super::optim::{AdamW, StepHyper, TensorMap, collect_grads, grad_norm};
+use super::vicreg;
 use crate::error::{Error, Result};
 use crate::model::padding::pad_batch;
 use crate::model::{MaskIndices, Predictor, VisionTransformer};
@@ -113,7 +114,21 @@ fn forward_backward<B: crate::ops::TrainBackend>(
         }
         false => z.clone(),
     };
-    let mut regulariser = objective.regulariser(z_real.clone(), key);
+    let features = nets.predictor.regularised_features(z_real.clone());
+    let features = match objective.features {
+        RegFeatures::TokensByPosition => {
+            let (k, valid) = (batch.masks_enc.k(), batch.masks_enc.valid());
+            let positions: Vec<usize> = batch
+                .masks_enc
+                .as_flat()
+                .chunks(k)
+                .flat_map(|row| row[..valid].iter().copied())
+                .collect();
+            vicreg::centre_by_position(features, &positions, nets.encoder.num_patches())
+        }
+        _ => features,
+    };
+    let mut regulariser = objective.regulariser(features, key);
     if let Some(t) = view_target {
         let features = nets.predictor.invariance_features(z_real.clone());
         let view = Tensor::<B, 3>::from_inner(t);
@@ -134,9 +149,18 @@ fn forward_backward<B: crate::ops::TrainBackend>(
     }
     let targets = Tensor::<B, 3>::from_inner(targets);
     if objective.pooled_prediction_weight > 0.0 {
-        let pooled = nets
-            .predictor
-            .forward_pooled(z_real.clone().mean_dim(1), &batch.masks_pred);
+        let mean = match objective.pooled_prediction_view {
+            PooledView::Context => z_real.clone().mean_dim(1),
+            // one row per image and context block, as the targets are laid out
+            PooledView::Full => {
+                let full = nets
+                    .encoder
+                    .forward(Tensor::from_inner(batch.images.clone()), None)
+                    .mean_dim(1);
+                Tensor::cat(vec![full; nenc], 0)
+            }
+        };
+        let pooled = nets.predictor.forward_pooled(mean, &batch.masks_pred);
         let term = loss::loss_valid(
             objective.loss,
             pooled,
@@ -335,8 +359,6 @@ mod tests {
     use crate::CpuAutodiff;
     use crate::model::{EncoderConfig, Init, PredictorConfig};
     use crate::ops::kernels::testutil::{erf_f64, to_f64};
-    use crate::train::objective::RegFeatures;
-    use crate::train::vicreg;
 
     type B = CpuAutodiff;
 
@@ -377,6 +399,7 @@ mod tests {
             layer_norm_eps: 1e-6,
             invariance_head,
             prototypes,
+            expander: 0,
         };
         let mut init = Init::new(3);
         let encoder = VisionTransformer::<B>::new(&enc, &mut init, &device);
@@ -536,24 +559,33 @@ mod tests {
         );
     }
 
-    /// The prediction from the mean context token: the term is the weight times smooth-L1
-    /// (beta 1, in f64 here) between `forward_pooled` of each context block's mean token and
-    /// the step's own targets (the layer-normed target tokens of the target blocks); the
-    /// prediction loss is untouched and the term's gradients reach the encoder.
-    #[test]
-    fn pooled_prediction_reaches_the_step() {
+    /// The prediction from a mean token: the term is the weight times smooth-L1 (beta 1, in
+    /// f64 here) between `forward_pooled` of the mean token and the step's own targets (the
+    /// layer-normed target tokens of the target blocks); the prediction loss is untouched
+    /// and the term's gradients reach the encoder. The mean token is each context block's
+    /// (`context`), or the context encoder's over the whole image (`full`).
+    fn pooled_prediction_reaches_the_step_from(view: PooledView) {
         let (nets, batch) = setup();
         let base = loss_and_grads(&nets, &batch, LossKind::SmoothL1, Precision::F32);
         let pooled = Objective {
             pooled_prediction_weight: 0.8,
+            pooled_prediction_view: view,
             ..Objective::official(LossKind::SmoothL1)
         };
         let g = loss_and_grads_with(&nets, &batch, &pooled, StepKey::default(), Precision::F32);
-        let context = z_mean(&nets, &batch).reshape([4, 1, 8]);
+        let mean = match view {
+            PooledView::Context => z_mean(&nets, &batch),
+            PooledView::Full => nets
+                .encoder
+                .valid()
+                .forward(batch.images.clone(), None)
+                .mean_dim(1)
+                .reshape([4, 8]),
+        };
         let predicted = nets
             .predictor
             .valid()
-            .forward_pooled(context, &batch.masks_pred);
+            .forward_pooled(mean.reshape([4, 1, 8]), &batch.masks_pred);
         let targets = crate::train::loss::normalize_targets(nets.target.forward_kept(
             batch.images.clone(),
             &batch.masks_pred,
@@ -587,6 +619,35 @@ mod tests {
                     .any(|(a, b)| (a - b).abs() > 1e-7)
         });
         assert!(encoder_moved);
+    }
+
+    #[test]
+    fn pooled_prediction_reaches_the_step() {
+        pooled_prediction_reaches_the_step_from(PooledView::Context);
+    }
+
+    /// The whole image's mean differs from the context block's (the setup's context blocks
+    /// leave tokens out), so the two views give different terms.
+    #[test]
+    fn pooled_prediction_from_the_full_image_reaches_the_step() {
+        pooled_prediction_reaches_the_step_from(PooledView::Full);
+        let (nets, batch) = setup();
+        let with = |view| Objective {
+            pooled_prediction_weight: 0.8,
+            pooled_prediction_view: view,
+            ..Objective::official(LossKind::SmoothL1)
+        };
+        let run = |view| {
+            loss_and_grads_with(
+                &nets,
+                &batch,
+                &with(view),
+                StepKey::default(),
+                Precision::F32,
+            )
+        };
+        let (context, full) = (run(PooledView::Context), run(PooledView::Full));
+        assert!((context.loss - full.loss).abs() > 1e-6, "{}", context.loss);
     }
 
     /// MSN's term reaches the step: the weight times the f64 loss of the context means
@@ -637,14 +698,9 @@ mod tests {
         assert!(!crate::train::optim::is_decayed("predictor.prototypes", 2));
     }
 
-    /// The invariance head: the term compares `fc2(gelu(fc1(mean context)))` with the
-    /// target's mean token, against an f64 computation from the head's weights; the head is
-    /// trained (its gradients are collected under `predictor.invariance_head.`).
-    #[test]
-    fn invariance_head_reaches_the_step() {
-        let (mut nets, batch) = setup_with_head(12);
-        // Weights far from the init's 0.02 scale and non-zero biases, so that every part of
-        // the head moves the term.
+    /// An MLP `d -> h -> d` with weights far from the init's 0.02 scale and non-zero biases,
+    /// so that every part of it moves a term.
+    fn test_mlp(d: usize, h: usize) -> crate::model::layers::Mlp<B> {
         let device = Default::default();
         let values = |n: usize, shape: Vec<usize>, seed: usize| {
             let v: Vec<f32> = (0..n)
@@ -662,13 +718,19 @@ mod tests {
                 &device,
             ))),
         };
-        nets.predictor.invariance_head = Some(crate::model::layers::Mlp {
-            fc1: linear(8, 12, 1),
-            fc2: linear(12, 8, 3),
-        });
-        let head = nets.predictor.invariance_head.as_ref().expect("a head");
-        let f64s =
-            |t: Tensor<crate::Cpu, 2>| to_f64(&t.into_data().to_vec::<f32>().expect("f32 data"));
+        crate::model::layers::Mlp {
+            fc1: linear(d, h, 1),
+            fc2: linear(h, d, 3),
+        }
+    }
+
+    fn f64s(t: Tensor<crate::Cpu, 2>) -> Vec<f64> {
+        to_f64(&t.into_data().to_vec::<f32>().expect("f32 data"))
+    }
+
+    /// `fc2(gelu(fc1(x)))` of every row of `x` (`[rows, d]`, row-major) in f64, from the
+    /// MLP's weights.
+    fn mlp_f64(mlp: &crate::model::layers::Mlp<B>, x: &[f64]) -> Vec<f64> {
         let weight = |l: &crate::model::layers::Linear<B>| f64s(l.weight.val().inner());
         let bias = |l: &crate::model::layers::Linear<B>| {
             let b = l.bias.as_ref().expect("bias").val().inner();
@@ -676,28 +738,42 @@ mod tests {
             f64s(b.reshape([1, n]))
         };
         let (w1, b1, w2, b2) = (
-            weight(&head.fc1),
-            bias(&head.fc1),
-            weight(&head.fc2),
-            bias(&head.fc2),
+            weight(&mlp.fc1),
+            bias(&mlp.fc1),
+            weight(&mlp.fc2),
+            bias(&mlp.fc2),
         );
-        let (d, h) = (8, 12);
+        let (d, h) = (b2.len(), b1.len());
         let gelu = |x: f64| 0.5 * x * (1.0 + erf_f64(x / std::f64::consts::SQRT_2));
-        let context = f64s(z_mean(&nets, &batch));
-        let target = f64s(target_mean(&nets, &batch));
-        let mut want = 0.0;
-        for b in 0..4 {
-            let x = &context[b * d..(b + 1) * d];
+        let mut out = Vec::with_capacity(x.len());
+        for row in x.chunks(d) {
             // burn's Linear weight is [in, out].
             let hidden: Vec<f64> = (0..h)
-                .map(|j| gelu(b1[j] + (0..d).map(|i| x[i] * w1[i * h + j]).sum::<f64>()))
+                .map(|j| gelu(b1[j] + (0..d).map(|i| row[i] * w1[i * h + j]).sum::<f64>()))
                 .collect();
-            for k in 0..d {
-                let y = b2[k] + (0..h).map(|j| hidden[j] * w2[j * d + k]).sum::<f64>();
-                want += (y - target[b * d + k]).powi(2);
-            }
+            out.extend(
+                (0..d).map(|k| b2[k] + (0..h).map(|j| hidden[j] * w2[j * d + k]).sum::<f64>()),
+            );
         }
-        want *= 0.6 / (4 * d) as f64;
+        out
+    }
+
+    /// The invariance head: the term compares `fc2(gelu(fc1(mean context)))` with the
+    /// target's mean token, against an f64 computation from the head's weights; the head is
+    /// trained (its gradients are collected under `predictor.invariance_head.`).
+    #[test]
+    fn invariance_head_reaches_the_step() {
+        let (mut nets, batch) = setup_with_head(12);
+        nets.predictor.invariance_head = Some(test_mlp(8, 12));
+        let head = nets.predictor.invariance_head.as_ref().expect("a head");
+        let d = 8;
+        let y = mlp_f64(head, &f64s(z_mean(&nets, &batch)));
+        let target = f64s(target_mean(&nets, &batch));
+        let want = 0.6 / (4 * d) as f64
+            * y.iter()
+                .zip(&target)
+                .map(|(a, b)| (a - b).powi(2))
+                .sum::<f64>();
         let inv = Objective {
             invariance_weight: 0.6,
             ..Objective::official(LossKind::SmoothL1)
@@ -705,15 +781,7 @@ mod tests {
         let g = loss_and_grads_with(&nets, &batch, &inv, StepKey::default(), Precision::F32);
         assert!(want > 1e-4, "{want}");
         assert_term(&g, want);
-        for name in ["fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"] {
-            let key = format!("predictor.invariance_head.{name}");
-            let grad = g
-                .grads
-                .get(&key)
-                .unwrap_or_else(|| panic!("no gradient for {key}"));
-            let norm: f32 = (grad.clone() * grad.clone()).sum().into_scalar();
-            assert!(norm > 0.0, "{key}");
-        }
+        assert_trained(&g, "predictor.invariance_head");
         // Without the term the head has no gradient: it only serves the invariance term.
         let official = loss_and_grads(&nets, &batch, LossKind::SmoothL1, Precision::F32);
         assert!(
@@ -721,5 +789,123 @@ mod tests {
                 .grads
                 .contains_key("predictor.invariance_head.fc1.weight")
         );
+    }
+
+    /// Every weight and bias of the MLP under `prefix` has a non-zero gradient.
+    fn assert_trained(g: &Gradients<B>, prefix: &str) {
+        for name in ["fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"] {
+            let key = format!("{prefix}.{name}");
+            let grad = g
+                .grads
+                .get(&key)
+                .unwrap_or_else(|| panic!("no gradient for {key}"));
+            let norm: f32 = (grad.clone() * grad.clone()).sum().into_scalar();
+            assert!(norm > 0.0, "{key}");
+        }
+    }
+
+    /// VICReg's variance (hinge at 1, eps 1e-4) and covariance (squared off-diagonal
+    /// entries over d) terms of the rows of `y` (`[n, d]`), in f64 from their definitions.
+    fn vicreg_f64(y: &[f64], d: usize) -> (f64, f64) {
+        let n = y.len() / d;
+        let mean: Vec<f64> = (0..d)
+            .map(|j| (0..n).map(|r| y[r * d + j]).sum::<f64>() / n as f64)
+            .collect();
+        let cov = |i: usize, j: usize| {
+            (0..n)
+                .map(|r| (y[r * d + i] - mean[i]) * (y[r * d + j] - mean[j]))
+                .sum::<f64>()
+                / (n - 1) as f64
+        };
+        let variance = (0..d)
+            .map(|j| (1.0 - (cov(j, j) + 1e-4).sqrt()).max(0.0))
+            .sum::<f64>()
+            / d as f64;
+        let covariance = (0..d)
+            .flat_map(|i| (0..d).filter(move |&j| j != i).map(move |j| (i, j)))
+            .map(|(i, j)| cov(i, j).powi(2))
+            .sum::<f64>()
+            / d as f64;
+        (variance, covariance)
+    }
+
+    /// `features: tokens_by_position`: the terms on the context tokens after each is centred
+    /// on the batch's mean token at its grid position (positions from the context masks),
+    /// computed in f64; they differ from the plain tokens' terms.
+    #[test]
+    fn tokens_by_position_reach_the_step() {
+        let (nets, batch) = setup();
+        let z = nets
+            .encoder
+            .valid()
+            .forward(batch.images.clone(), Some(&batch.masks_enc));
+        let [rows, k, d] = z.dims();
+        let mut y = f64s(z.reshape([rows * k, d]));
+        let positions = batch.masks_enc.as_flat();
+        assert_eq!(positions.len(), rows * k);
+        let plain = vicreg_f64(&y, d);
+        for p in 0..16 {
+            let at: Vec<usize> = (0..rows * k).filter(|&t| positions[t] == p).collect();
+            for j in 0..d {
+                let mean = at.iter().map(|&t| y[t * d + j]).sum::<f64>() / at.len().max(1) as f64;
+                for &t in &at {
+                    y[t * d + j] -= mean;
+                }
+            }
+        }
+        let (variance, covariance) = vicreg_f64(&y, d);
+        let objective = |features| Objective {
+            vicreg_variance_weight: 0.7,
+            vicreg_covariance_weight: 0.3,
+            features,
+            ..Objective::official(LossKind::SmoothL1)
+        };
+        let run = |features| {
+            loss_and_grads_with(
+                &nets,
+                &batch,
+                &objective(features),
+                StepKey::default(),
+                Precision::F32,
+            )
+        };
+        let g = run(RegFeatures::TokensByPosition);
+        assert_term(&g, 0.7 * variance + 0.3 * covariance);
+        assert!((variance - plain.0).abs() + (covariance - plain.1).abs() > 1e-3);
+        assert_term(&run(RegFeatures::Tokens), 0.7 * plain.0 + 0.3 * plain.1);
+    }
+
+    /// The expander: VICReg's variance and covariance terms on every context token through
+    /// `fc2(gelu(fc1(.)))`, against the definitions (spread over the token rows, the
+    /// hinge at 1, the squared off-diagonal covariances over d) computed in f64 from the
+    /// expander's weights; the expander is trained, and the prediction loss is untouched.
+    #[test]
+    fn expander_reaches_the_step() {
+        let (mut nets, batch) = setup();
+        nets.predictor.expander = Some(test_mlp(8, 12));
+        let expander = nets.predictor.expander.as_ref().expect("an expander");
+        let z = nets
+            .encoder
+            .valid()
+            .forward(batch.images.clone(), Some(&batch.masks_enc));
+        let [rows, k, d] = z.dims();
+        let y = mlp_f64(expander, &f64s(z.reshape([rows * k, d])));
+        let (variance, covariance) = vicreg_f64(&y, d);
+        let want = 0.7 * variance + 0.3 * covariance;
+        let vic = Objective {
+            vicreg_variance_weight: 0.7,
+            vicreg_covariance_weight: 0.3,
+            features: RegFeatures::Tokens,
+            ..Objective::official(LossKind::SmoothL1)
+        };
+        let g = loss_and_grads_with(&nets, &batch, &vic, StepKey::default(), Precision::F32);
+        let base = loss_and_grads(&nets, &batch, LossKind::SmoothL1, Precision::F32);
+        assert!(
+            variance > 1e-3 && covariance > 1e-3,
+            "{variance} {covariance}"
+        );
+        assert!((g.prediction - base.loss).abs() <= 1e-6 * base.loss);
+        assert_term(&g, want);
+        assert_trained(&g, "predictor.expander");
     }
 }

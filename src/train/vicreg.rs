@@ -50,6 +50,38 @@ pub fn covariance<B: Backend>(z: Tensor<B, 2>) -> Tensor<B, 1> {
     (cov.clone() * cov).sum().sub(var).div_scalar(d as f64)
 }
 
+/// Every token of `z` (`[rows, K, D]`) minus the mean of the batch's tokens at the same grid
+/// position; `positions` holds each token's position (row-major `[rows, K]`, all
+/// `< num_patches`). Written as products with the one-hot `[rows K, N]` matrix of the
+/// positions, so that the gradient flows through the means too.
+pub fn centre_by_position<B: Backend>(
+    z: Tensor<B, 3>,
+    positions: &[usize],
+    num_patches: usize,
+) -> Tensor<B, 3> {
+    let [rows, k, d] = z.dims();
+    assert_eq!(positions.len(), rows * k, "one position per token");
+    let mut onehot = vec![0f32; rows * k * num_patches];
+    let mut counts = vec![0f32; num_patches];
+    for (t, &p) in positions.iter().enumerate() {
+        onehot[t * num_patches + p] = 1.0;
+        counts[p] += 1.0;
+    }
+    let device = z.device();
+    let m = Tensor::<B, 2>::from_data(
+        burn::tensor::TensorData::new(onehot, [rows * k, num_patches]),
+        &device,
+    );
+    let inv: Vec<f32> = counts.iter().map(|&c| 1.0 / c.max(1.0)).collect();
+    let inv = Tensor::<B, 2>::from_data(
+        burn::tensor::TensorData::new(inv, [num_patches, 1]),
+        &device,
+    );
+    let tokens = z.reshape([rows * k, d]);
+    let means = m.clone().transpose().matmul(tokens.clone()) * inv;
+    (tokens - m.matmul(means)).reshape([rows, k, d])
+}
+
 /// The diagonal of a square matrix, as a row `[1, D]`.
 fn c_diag<B: Backend>(m: Tensor<B, 2>) -> Tensor<B, 2> {
     let [d, _] = m.dims();
@@ -100,6 +132,56 @@ mod tests {
             }
         }
         s / d as f64
+    }
+
+    /// Each token minus the mean of the tokens at its position (over every row), against f64;
+    /// the map is a symmetric projection, so the gradient of `sum(out * w)` is `w` centred
+    /// the same way. A position no token sits at is left alone.
+    #[test]
+    fn centre_by_position_subtracts_each_positions_mean() {
+        let (rows, k, d, n) = (3, 2, 4, 5);
+        let positions = [0, 3, 3, 1, 0, 3];
+        let values: Vec<f64> = (0..rows * k * d)
+            .map(|i| ((i * 13 % 11) as f64) / 4.0 - 1.2)
+            .collect();
+        let centre = |v: &[f64]| -> Vec<f64> {
+            let mut out = v.to_vec();
+            for p in 0..n {
+                let at: Vec<usize> = (0..rows * k).filter(|&t| positions[t] == p).collect();
+                for j in 0..d {
+                    let mean =
+                        at.iter().map(|&t| v[t * d + j]).sum::<f64>() / at.len().max(1) as f64;
+                    for &t in &at {
+                        out[t * d + j] -= mean;
+                    }
+                }
+            }
+            out
+        };
+        let device = Default::default();
+        let tensor = |v: &[f64]| {
+            Tensor::<B, 3>::from_data(
+                TensorData::new(
+                    v.iter().map(|&x| x as f32).collect::<Vec<_>>(),
+                    [rows, k, d],
+                ),
+                &device,
+            )
+        };
+        let z = tensor(&values).require_grad();
+        let out = centre_by_position(z.clone(), &positions, n);
+        let got: Vec<f32> = out.clone().into_data().to_vec().unwrap();
+        for (g, w) in got.iter().zip(centre(&values)) {
+            assert!((*g as f64 - w).abs() < 1e-5, "{g} vs {w}");
+        }
+        let w: Vec<f64> = (0..rows * k * d)
+            .map(|i| ((i * 7 % 5) as f64) - 2.0)
+            .collect();
+        let grads = (out * tensor(&w)).sum().backward();
+        let grad: Vec<f32> = z.grad(&grads).unwrap().into_data().to_vec().unwrap();
+        for (g, want) in grad.iter().zip(centre(&w)) {
+            assert!((*g as f64 - want).abs() < 1e-5, "{g} vs {want}");
+        }
     }
 
     /// The second view of the invariance test: a fixed function of the position.

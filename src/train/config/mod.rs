@@ -13,7 +13,7 @@ use crate::masks::{MaskConfig, MaskMode};
 use crate::model::{EncoderConfig, PredictorConfig};
 use crate::train::loss::{LossKind, TargetNorm, TargetNormKind};
 use crate::train::msn;
-use crate::train::objective::{Objective, RegFeatures};
+use crate::train::objective::{Objective, PooledView, RegFeatures};
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -43,6 +43,12 @@ pub struct RegularizationSection {
     pub vicreg_variance_weight: f64,
     #[serde(default)]
     pub vicreg_covariance_weight: f64,
+    /// Hidden width of VICReg's expander: an MLP (fc, GELU, fc back to the encoder's width)
+    /// every context token goes through before SIGReg's and VICReg's variance and covariance
+    /// terms, trained with the predictor and saved in its checkpoint; 0: none, the terms on
+    /// the tokens themselves.
+    #[serde(default)]
+    pub expander: usize,
     /// `pooled` (one vector per image: the mean of its context tokens) or `tokens`.
     #[serde(default)]
     pub features: RegFeatures,
@@ -68,6 +74,11 @@ pub struct RegularizationSection {
     /// evaluation reads must then hold what the target blocks hold, layout included (0: off).
     #[serde(default)]
     pub pooled_prediction_weight: f64,
+    /// Whose mean token that prediction starts from: `context` (each context block's) or
+    /// `full` (the context encoder run once more on the whole image: the very mean the
+    /// evaluation reads, up to the EMA).
+    #[serde(default)]
+    pub pooled_prediction_view: PooledView,
     /// Weight of MSN's prototype term between the masked context's image feature (through
     /// the invariance head when there is one) and the target encoder's mean token of the
     /// second view (`invariance_view`), see [`crate::train::msn`] (0: off).
@@ -116,12 +127,14 @@ impl Default for RegularizationSection {
             sigreg_projections: default_projections(),
             vicreg_variance_weight: 0.0,
             vicreg_covariance_weight: 0.0,
+            expander: 0,
             features: RegFeatures::Pooled,
             invariance_weight: 0.0,
             invariance_view: InvarianceView::Crop,
             invariance_head: 0,
             invariance_crop_scale: None,
             pooled_prediction_weight: 0.0,
+            pooled_prediction_view: PooledView::Context,
             msn_weight: 0.0,
             msn_prototypes: default_msn_prototypes(),
             msn_temperatures: default_msn_temperatures(),
@@ -517,6 +530,7 @@ impl TrainConfig {
         )?;
         Ok(PredictorConfig {
             invariance_head: self.regularization.invariance_head,
+            expander: self.regularization.expander,
             prototypes: match self.regularization.msn_weight > 0.0 {
                 true => self.regularization.msn_prototypes,
                 false => 0,
@@ -564,6 +578,7 @@ impl TrainConfig {
             features: r.features,
             invariance_weight: r.invariance_weight,
             pooled_prediction_weight: r.pooled_prediction_weight,
+            pooled_prediction_view: r.pooled_prediction_view,
             msn_weight: r.msn_weight,
             msn_temperatures: msn::Temperatures {
                 anchor: r.msn_temperatures.0,
@@ -751,11 +766,31 @@ impl TrainConfig {
                 );
             }
         }
+        if r.expander > 0
+            && r.sigreg_weight == 0.0
+            && r.vicreg_variance_weight == 0.0
+            && r.vicreg_covariance_weight == 0.0
+        {
+            return Err(ConfigError::Needs {
+                key: "regularization.expander".into(),
+                needs: "regularization.sigreg_weight, vicreg_variance_weight or \
+                        vicreg_covariance_weight > 0"
+                    .into(),
+            }
+            .into());
+        }
         if r.invariance_head > 0 && r.invariance_weight == 0.0 && r.msn_weight == 0.0 {
             return Err(ConfigError::Needs {
                 key: "regularization.invariance_head".into(),
                 needs: "regularization.invariance_weight > 0 or regularization.msn_weight > 0"
                     .into(),
+            }
+            .into());
+        }
+        if r.pooled_prediction_view == PooledView::Full && r.pooled_prediction_weight == 0.0 {
+            return Err(ConfigError::Needs {
+                key: "regularization.pooled_prediction_view".into(),
+                needs: "regularization.pooled_prediction_weight > 0".into(),
             }
             .into());
         }

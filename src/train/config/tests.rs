@@ -116,8 +116,12 @@ fn options_default_off_and_bad_values_name_their_key() {
         "regularization.features=tokens",
         "regularization.invariance_weight=0.5",
         "meta.patch_embed=per_position",
+        "regularization.pooled_prediction_weight=0.7",
+        "regularization.pooled_prediction_view=full",
+        "regularization.expander=32",
     ])
     .unwrap();
+    assert_eq!(cfg.predictor_config().unwrap().expander, 32);
     assert!(cfg.second_view());
     assert_eq!(
         cfg.encoder_config().unwrap().patch_embed,
@@ -125,6 +129,10 @@ fn options_default_off_and_bad_values_name_their_key() {
     );
     let o = cfg.objective();
     assert_eq!(o.invariance_weight, 0.5);
+    assert_eq!(
+        (o.pooled_prediction_weight, o.pooled_prediction_view),
+        (0.7, PooledView::Full)
+    );
     assert_eq!(o.loss, LossKind::L1);
     assert_eq!(o.target_norm, TargetNorm::Dyntanh { alpha: 0.5 });
     assert_eq!(o.target_layers, 4);
@@ -139,6 +147,11 @@ fn options_default_off_and_bad_values_name_their_key() {
             o.features
         ),
         (1.0, 0.04, RegFeatures::Tokens)
+    );
+    let by_position = with(&["regularization.features=tokens_by_position"]).unwrap();
+    assert_eq!(
+        by_position.objective().features,
+        RegFeatures::TokensByPosition
     );
     for (set, key) in [
         ("meta.loss=huber", "loss"),
@@ -164,6 +177,18 @@ fn options_default_off_and_bad_values_name_their_key() {
             "regularization.pooled_prediction_weight=.nan",
             "pooled_prediction_weight",
         ),
+        (
+            "regularization.pooled_prediction_view=global",
+            "pooled_prediction_view",
+        ),
+        // the whole image's mean is the pooled prediction's: without the prediction it is
+        // a setting of nothing
+        (
+            "regularization.pooled_prediction_view=full",
+            "pooled_prediction_view",
+        ),
+        // an expander in front of no term
+        ("regularization.expander=16", "expander"),
         ("regularization.msn_weight=-0.5", "msn_weight"),
         ("regularization.msn_me_max_weight=.inf", "msn_me_max_weight"),
         ("regularization.sigreg_weigth=1", "sigreg_weigth"),
