@@ -201,6 +201,15 @@ impl MaskIndices {
         &self.flat
     }
 
+    /// The real indices of every list (padding left out), row-major `[n_masks * batch,
+    /// valid]`: the grid position of every real token the lists gather.
+    pub fn real_positions(&self) -> Vec<usize> {
+        self.flat
+            .chunks(self.k)
+            .flat_map(|list| list[..self.valid].iter().copied())
+            .collect()
+    }
+
     /// Nested `[n_masks][batch][k]` copy.
     pub fn to_nested(&self) -> Vec<Vec<Vec<usize>>> {
         self.flat
@@ -327,6 +336,17 @@ mod tests {
             MaskIndexError::PadBelow { from: 2, to: 1 }
         );
         assert_eq!(m.padded(2).unwrap(), m);
+    }
+
+    /// The real positions of padded lists leave the padding out, mask by mask, image by image.
+    #[test]
+    fn real_positions_leave_the_padding_out() {
+        let masks = vec![vec![vec![5, 1], vec![2, 7]], vec![vec![0, 3], vec![6, 4]]];
+        let m = MaskIndices::new(&masks, 8).unwrap();
+        assert_eq!(m.real_positions(), [5, 1, 2, 7, 0, 3, 6, 4]);
+        let padded = m.padded(4).unwrap();
+        assert_eq!(padded.as_flat().len(), 16);
+        assert_eq!(padded.real_positions(), m.real_positions());
     }
 
     #[test]
