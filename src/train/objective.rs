@@ -34,6 +34,7 @@ use burn::tensor::{Tensor, TensorData};
 use rand_distr::{Distribution, StandardNormal};
 use serde::{Deserialize, Serialize};
 
+use crate::model::MaskIndices;
 use crate::rng::{self, Expansion, Rng};
 
 use super::loss::{LossKind, TargetNorm};
@@ -133,10 +134,12 @@ impl Objective {
     }
 
     /// The regularisers' weighted sum on the context encoder's output `z`
-    /// (`[nenc*B, K_enc, D]`); `None` when they are all off.
+    /// (`[nenc*B, K_enc, D]`, the real tokens of the context masks `context`, whose positions
+    /// [`RegFeatures::TokensByPosition`] reads); `None` when they are all off.
     pub fn regulariser<B: crate::ops::IjepaBackend>(
         &self,
         z: Tensor<B, 3>,
+        context: &MaskIndices,
         key: StepKey,
     ) -> Option<Tensor<B, 1>> {
         if !self.regularised() {
@@ -147,8 +150,11 @@ impl Objective {
         let tokens = || z.clone().reshape([rows * k, d]);
         match self.features {
             RegFeatures::Pooled => Some(self.terms(pooled(), key)),
-            // centred by the caller, which knows the positions
-            RegFeatures::Tokens | RegFeatures::TokensByPosition => Some(self.terms(tokens(), key)),
+            RegFeatures::Tokens => Some(self.terms(tokens(), key)),
+            RegFeatures::TokensByPosition => {
+                let centred = vicreg::centre_by_position(z, &context.real_positions());
+                Some(self.terms(centred.reshape([rows * k, d]), key))
+            }
             RegFeatures::Both => Some(self.terms(tokens(), key) + self.terms(pooled(), key)),
         }
     }
@@ -280,12 +286,17 @@ mod tests {
     use super::*;
     use crate::Cpu;
 
+    /// One context mask of the first `k` positions for each of `batch` images.
+    fn context(batch: usize, k: usize) -> MaskIndices {
+        MaskIndices::new(&[vec![(0..k).collect(); batch]], k).unwrap()
+    }
+
     #[test]
     fn official_objective_adds_nothing() {
         let o = Objective::official(LossKind::SmoothL1);
         let z = Tensor::<Cpu, 3>::ones([2, 3, 4], &Default::default());
         let key = StepKey::default();
-        assert!(o.regulariser(z, key).is_none());
+        assert!(o.regulariser(z, &context(2, 3), key).is_none());
         assert!(
             o.stop_noise::<Cpu>([2, 3, 4], key, &Default::default())
                 .is_none()
@@ -325,7 +336,7 @@ mod tests {
         let want = 0.5 * scalar(sigreg::sigreg(tokens.clone(), dirs))
             + 2.0 * scalar(vicreg::variance(tokens.clone()))
             + 3.0 * scalar(vicreg::covariance(tokens));
-        let got = scalar(o.regulariser(z.clone(), key).unwrap());
+        let got = scalar(o.regulariser(z.clone(), &context(2, 3), key).unwrap());
         assert!(
             (got - want).abs() < 1e-5 * want.abs().max(1.0),
             "{got} vs {want}"
@@ -337,7 +348,7 @@ mod tests {
         };
         let p = z.clone().mean_dim(1).reshape([2, 4]);
         let want = 2.0 * scalar(vicreg::variance(p.clone())) + 3.0 * scalar(vicreg::covariance(p));
-        let got = scalar(pooled.regulariser(z.clone(), key).unwrap());
+        let got = scalar(pooled.regulariser(z.clone(), &context(2, 3), key).unwrap());
         assert!(
             (got - want).abs() < 1e-5 * want.abs().max(1.0),
             "{got} vs {want}"
@@ -350,7 +361,7 @@ mod tests {
         let want = want
             + 2.0 * scalar(vicreg::variance(tokens.clone()))
             + 3.0 * scalar(vicreg::covariance(tokens));
-        let got = scalar(both.regulariser(z, key).unwrap());
+        let got = scalar(both.regulariser(z, &context(2, 3), key).unwrap());
         assert!(
             (got - want).abs() < 1e-5 * want.abs().max(1.0),
             "{got} vs {want}"

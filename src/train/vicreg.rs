@@ -51,16 +51,13 @@ pub fn covariance<B: Backend>(z: Tensor<B, 2>) -> Tensor<B, 1> {
 }
 
 /// Every token of `z` (`[rows, K, D]`) minus the mean of the batch's tokens at the same grid
-/// position; `positions` holds each token's position (row-major `[rows, K]`, all
-/// `< num_patches`). Written as products with the one-hot `[rows K, N]` matrix of the
-/// positions, so that the gradient flows through the means too.
-pub fn centre_by_position<B: Backend>(
-    z: Tensor<B, 3>,
-    positions: &[usize],
-    num_patches: usize,
-) -> Tensor<B, 3> {
+/// position; `positions` holds each token's position (row-major `[rows, K]`). Written as
+/// products with the one-hot `[rows K, N]` matrix of the positions (N: the largest position
+/// plus one), so that the gradient flows through the means too.
+pub fn centre_by_position<B: Backend>(z: Tensor<B, 3>, positions: &[usize]) -> Tensor<B, 3> {
     let [rows, k, d] = z.dims();
     assert_eq!(positions.len(), rows * k, "one position per token");
+    let num_patches = positions.iter().max().map_or(0, |p| p + 1);
     let mut onehot = vec![0f32; rows * k * num_patches];
     let mut counts = vec![0f32; num_patches];
     for (t, &p) in positions.iter().enumerate() {
@@ -169,7 +166,7 @@ mod tests {
             )
         };
         let z = tensor(&values).require_grad();
-        let out = centre_by_position(z.clone(), &positions, n);
+        let out = centre_by_position(z.clone(), &positions);
         let got: Vec<f32> = out.clone().into_data().to_vec().unwrap();
         for (g, w) in got.iter().zip(centre(&values)) {
             assert!((*g as f64 - w).abs() < 1e-5, "{g} vs {w}");

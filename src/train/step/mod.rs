@@ -7,9 +7,8 @@ use burn::tensor::{ElementConversion, Tensor};
 
 use super::distributed::GradReducer;
 use super::loss::{self, LossKind};
-use super::objective::{Objective, PooledView, RegFeatures, StepKey};
+use super::objective::{Objective, PooledView, StepKey};
 use super::optim::{AdamW, StepHyper, TensorMap, collect_grads, grad_norm};
-use super::vicreg;
 use crate::error::{Error, Result};
 use crate::model::padding::pad_batch;
 use crate::model::{MaskIndices, Predictor, VisionTransformer};
@@ -114,16 +113,11 @@ fn forward_backward<B: crate::ops::TrainBackend>(
         }
         false => z.clone(),
     };
-    let features = nets.predictor.regularised_features(z_real.clone());
-    let features = match objective.features {
-        RegFeatures::TokensByPosition => vicreg::centre_by_position(
-            features,
-            &batch.masks_enc.real_positions(),
-            nets.encoder.num_patches(),
-        ),
-        _ => features,
-    };
-    let mut regulariser = objective.regulariser(features, key);
+    let mut regulariser = objective.regulariser(
+        nets.predictor.regularised_features(z_real.clone()),
+        &batch.masks_enc,
+        key,
+    );
     if let Some(t) = view_target {
         let features = nets.predictor.invariance_features(z_real.clone());
         let view = Tensor::<B, 3>::from_inner(t);

@@ -7,6 +7,8 @@ use super::*;
 use crate::CpuAutodiff;
 use crate::model::{EncoderConfig, Init, PredictorConfig};
 use crate::ops::kernels::testutil::{erf_f64, to_f64};
+use crate::train::objective::RegFeatures;
+use crate::train::vicreg;
 
 type B = CpuAutodiff;
 
@@ -106,6 +108,11 @@ fn assert_term(g: &Gradients<B>, want: f64) {
         g.loss,
         g.prediction
     );
+}
+
+/// The step with `objective`, the default key and f32 products.
+fn step(nets: &Networks<B>, batch: &Batch<B>, objective: &Objective) -> Gradients<B> {
+    loss_and_grads_with(nets, batch, objective, StepKey::default(), Precision::F32)
 }
 
 fn grads_differ(a: &Gradients<B>, b: &Gradients<B>) -> bool {
@@ -219,7 +226,7 @@ fn pooled_prediction_reaches_the_step_from(view: PooledView) {
         pooled_prediction_view: view,
         ..Objective::official(LossKind::SmoothL1)
     };
-    let g = loss_and_grads_with(&nets, &batch, &pooled, StepKey::default(), Precision::F32);
+    let g = step(&nets, &batch, &pooled);
     let mean = match view {
         PooledView::Context => z_mean(&nets, &batch),
         PooledView::Full => nets
@@ -284,15 +291,7 @@ fn pooled_prediction_from_the_full_image_reaches_the_step() {
         pooled_prediction_view: view,
         ..Objective::official(LossKind::SmoothL1)
     };
-    let run = |view| {
-        loss_and_grads_with(
-            &nets,
-            &batch,
-            &with(view),
-            StepKey::default(),
-            Precision::F32,
-        )
-    };
+    let run = |view| step(&nets, &batch, &with(view));
     let (context, full) = (run(PooledView::Context), run(PooledView::Full));
     assert!((context.loss - full.loss).abs() > 1e-6, "{}", context.loss);
 }
@@ -314,7 +313,7 @@ fn msn_reaches_the_step() {
         msn_me_max_weight: 0.5,
         ..Objective::official(LossKind::SmoothL1)
     };
-    let g = loss_and_grads_with(&nets, &batch, &o, StepKey::default(), Precision::F32);
+    let g = step(&nets, &batch, &o);
     let f64s = |t: Tensor<crate::Cpu, 2>| to_f64(&t.into_data().to_vec::<f32>().unwrap());
     let context = f64s(z_mean(&nets, &batch));
     let target = f64s(target_mean(&nets, &batch));
@@ -423,7 +422,7 @@ fn invariance_head_reaches_the_step() {
         invariance_weight: 0.6,
         ..Objective::official(LossKind::SmoothL1)
     };
-    let g = loss_and_grads_with(&nets, &batch, &inv, StepKey::default(), Precision::F32);
+    let g = step(&nets, &batch, &inv);
     assert!(want > 1e-4, "{want}");
     assert_term(&g, want);
     assert_trained(&g, "predictor.invariance_head");
@@ -505,15 +504,7 @@ fn tokens_by_position_reach_the_step() {
         features,
         ..Objective::official(LossKind::SmoothL1)
     };
-    let run = |features| {
-        loss_and_grads_with(
-            &nets,
-            &batch,
-            &objective(features),
-            StepKey::default(),
-            Precision::F32,
-        )
-    };
+    let run = |features| step(&nets, &batch, &objective(features));
     let g = run(RegFeatures::TokensByPosition);
     assert_term(&g, 0.7 * variance + 0.3 * covariance);
     assert!((variance - plain.0).abs() + (covariance - plain.1).abs() > 1e-3);
@@ -543,7 +534,7 @@ fn expander_reaches_the_step() {
         features: RegFeatures::Tokens,
         ..Objective::official(LossKind::SmoothL1)
     };
-    let g = loss_and_grads_with(&nets, &batch, &vic, StepKey::default(), Precision::F32);
+    let g = step(&nets, &batch, &vic);
     let base = loss_and_grads(&nets, &batch, LossKind::SmoothL1, Precision::F32);
     assert!(
         variance > 1e-3 && covariance > 1e-3,
